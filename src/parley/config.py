@@ -1,0 +1,235 @@
+"""Typed settings for parley, and the one place that reads YAML files and environment variables.
+
+Owns: the shape of the configuration, its defaults, validation with clear messages, and secrets taken
+from the environment. Must not know how any setting is used. Everything below is a frozen dataclass;
+``load_settings`` builds them from a YAML mapping plus ``PARLEY_*`` environment variables.
+
+Secrets never need to be in the file: ``PARLEY_ESL_PASSWORD`` and ``PARLEY_STREAM_TOKEN_SECRET`` override
+it. The FreeSWITCH default ESL password ``ClueCon`` is refused outright: ESL is shell access.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+from parley.errors import ConfigError
+
+PlaybackMode = Literal["sendmsg", "broadcast", "remote"]
+MixType = Literal["mono", "mixed", "stereo"]
+
+FORBIDDEN_PASSWORDS = frozenset({"cluecon", "1234", "password", ""})
+
+
+@dataclass(frozen=True, slots=True)
+class EslSettings:
+    host: str = "127.0.0.1"
+    port: int = 8021
+    password: str = field(default="", repr=False)
+    connect_timeout_s: float = 5.0
+    api_timeout_s: float = 10.0
+    bgapi_timeout_s: float = 30.0
+    reconnect_initial_s: float = 0.25
+    reconnect_max_s: float = 8.0
+    event_format: Literal["json", "plain"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioStreamSettings:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8765
+    path: str = "/call"  # the call UUID is appended: /call/<uuid>
+    public_url: str = ""  # what FreeSWITCH dials; default ws://<listen_host>:<listen_port>
+    sample_rate: int = 16000
+    mix: MixType = "mono"
+    heartbeat_s: int = 15
+    token_secret: str = field(default="", repr=False)  # enables the per-call token check
+    queue_frames: int = 50  # inbound frames buffered per call (50 x 20 ms = 1 s); oldest dropped beyond
+    unidentified_timeout_s: float = 3.0  # how long a connection may stay unbound to a call
+
+    @property
+    def dial_url(self) -> str:
+        base = self.public_url or f"ws://{self.listen_host}:{self.listen_port}"
+        return base.rstrip("/") + "/" + self.path.strip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackSettings:
+    mode: PlaybackMode = "sendmsg"
+    spool_dir: str = "/var/spool/parley"  # where parley writes WAV chunks
+    freeswitch_spool_dir: str = ""  # the same directory as FreeSWITCH sees it (default: spool_dir)
+    first_chunk_ms: int = 200
+    chunk_ms: int = 600
+    max_chunk_ms: int = 2000
+
+    @property
+    def fs_dir(self) -> str:
+        return self.freeswitch_spool_dir or self.spool_dir
+
+
+@dataclass(frozen=True, slots=True)
+class DialplanSettings:
+    context: str = "public"
+    extension_name: str = "parley_agent"
+    destination_pattern: str = r"^(parley|agent)$"
+    fallback_extension: str = ""  # where the Lua helper transfers a call when the stream cannot start
+    record_sessions: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FreeSwitchSettings:
+    esl: EslSettings = field(default_factory=EslSettings)
+    audio_stream: AudioStreamSettings = field(default_factory=AudioStreamSettings)
+    playback: PlaybackSettings = field(default_factory=PlaybackSettings)
+    dialplan: DialplanSettings = field(default_factory=DialplanSettings)
+    # ESL clients allowed by the rendered ACL (CIDRs). Loopback only by default.
+    esl_allowed_cidrs: tuple[str, ...] = ("127.0.0.1/32",)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    greeting_wav: str = ""  # empty: the greeting shipped in the package
+    utterance_silence_ms: int = 600  # echo agent: silence that ends an utterance
+    energy_threshold_dbfs: float = -40.0
+    max_utterance_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    freeswitch: FreeSwitchSettings = field(default_factory=FreeSwitchSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    log_level: str = "INFO"
+
+
+# --------------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'settings'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{where or 'settings'}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if is_dataclass(tp) and isinstance(tp, type):
+        return _build(tp, value or {}, where)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(str(v) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return value.lower() in {"true", "1", "yes"}
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
+        return str(value)
+    return value
+
+
+def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Build and validate settings from a parsed YAML mapping plus environment overrides."""
+    settings = _build(Settings, data, "")
+    return validate(apply_env(settings, os.environ if env is None else env))
+
+
+def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    data: Any = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    return settings_from_mapping(data, env)
+
+
+def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
+    fs = settings.freeswitch
+    esl, stream = fs.esl, fs.audio_stream
+    if env.get("PARLEY_ESL_PASSWORD"):
+        esl = replace(esl, password=env["PARLEY_ESL_PASSWORD"])
+    if env.get("PARLEY_ESL_HOST"):
+        esl = replace(esl, host=env["PARLEY_ESL_HOST"])
+    if env.get("PARLEY_ESL_PORT"):
+        esl = replace(esl, port=_coerce(int, env["PARLEY_ESL_PORT"], "PARLEY_ESL_PORT"))
+    if env.get("PARLEY_STREAM_TOKEN_SECRET"):
+        stream = replace(stream, token_secret=env["PARLEY_STREAM_TOKEN_SECRET"])
+    playback = fs.playback
+    if env.get("PARLEY_SPOOL_DIR"):
+        playback = replace(playback, spool_dir=env["PARLEY_SPOOL_DIR"])
+    fs = replace(fs, esl=esl, audio_stream=stream, playback=playback)
+    return replace(settings, freeswitch=fs, log_level=env.get("PARLEY_LOG_LEVEL", settings.log_level))
+
+
+def validate(settings: Settings) -> Settings:
+    stream = settings.freeswitch.audio_stream
+    if stream.sample_rate % 8000 or stream.sample_rate <= 0:
+        raise ConfigError(
+            f"freeswitch.audio_stream.sample_rate: {stream.sample_rate} is not a multiple of 8000 "
+            "(mod_audio_stream accepts 8k, 16k or another multiple of 8000)"
+        )
+    if stream.queue_frames < 1:
+        raise ConfigError("freeswitch.audio_stream.queue_frames must be at least 1")
+    pb = settings.freeswitch.playback
+    if not 20 <= pb.first_chunk_ms <= pb.max_chunk_ms or not 20 <= pb.chunk_ms <= pb.max_chunk_ms:
+        raise ConfigError("freeswitch.playback: need 20 <= first_chunk_ms, chunk_ms <= max_chunk_ms")
+    return settings
+
+
+def require_esl_password(esl: EslSettings) -> str:
+    """The ESL password, or a ConfigError if it is missing or a well-known default."""
+    if not esl.password:
+        raise ConfigError(
+            "no ESL password configured: set PARLEY_ESL_PASSWORD (or freeswitch.esl.password) to the "
+            "password in FreeSWITCH's event_socket.conf.xml"
+        )
+    if esl.password.lower() in FORBIDDEN_PASSWORDS:
+        raise ConfigError(
+            "refusing to use a default ESL password: ESL is shell access to the FreeSWITCH host. "
+            "Set a long random password in event_socket.conf.xml (`parley freeswitch config` renders one) "
+            "and in PARLEY_ESL_PASSWORD"
+        )
+    return esl.password
