@@ -337,7 +337,7 @@ def parse_plain_event(payload: bytes, *, offset: int = 0) -> Event:
     headers = parse_header_block(block, where=f"plain event at stream offset {offset}", url_decoded=True)
     body: str | None = None
     if "Content-Length" in headers:
-        n = _content_length(headers, len(payload), offset)
+        n = _content_length(headers, DEFAULT_MAX_BODY_BYTES, offset)
         if len(rest) < n:
             raise EslProtocolError(
                 f"ESL plain event declares a {n}-byte body but only {len(rest)} bytes follow "
