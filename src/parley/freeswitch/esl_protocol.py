@@ -222,7 +222,7 @@ class EslParser:
     def _next(self) -> Message | None:
         if self._headers is None:
             # FreeSWITCH never sends stray newlines between messages, but tolerate them.
-            while self._buf[:1] in (b"\n", b"\r"):
+            while self._buf and self._buf[0] in (10, 13):  # \n, \r
                 del self._buf[:1]
                 self._offset += 1
             if not self._buf:
