@@ -110,6 +110,7 @@ class EslClient:
         self._connected = asyncio.Event()
         self._closing = False
         self._fatal: BaseException | None = None
+        self._fatal_event = asyncio.Event()
         self._jobs: dict[str, asyncio.Future[esl.Event]] = {}
         self._call_handlers: dict[str, EventHandler] = {}
         self._default_handlers: list[EventHandler] = []
@@ -147,6 +148,12 @@ class EslClient:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._drop(EslConnectionLost("ESL client closed"))
+
+    async def wait_fatal(self) -> BaseException:
+        """Return the error that made the client give up (wrong password, ACL rejection)."""
+        await self._fatal_event.wait()
+        assert self._fatal is not None
+        return self._fatal
 
     @property
     def connected(self) -> bool:
@@ -410,6 +417,7 @@ class EslClient:
                 await self._connect_once()
             except (EslAuthError, EslAccessDenied) as exc:
                 self._fatal = exc
+                self._fatal_event.set()
                 self._connected.set()  # wake waiters so they see the fatal error
                 log.error("%s", exc)
                 return

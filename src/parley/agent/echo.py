@@ -1,0 +1,68 @@
+"""The echo / announcement agent: proves the bridge end to end until the conversation engine lands.
+
+Owns: greeting the caller with a WAV, detecting each caller utterance by energy, and playing it back;
+when the caller talks over the echo it barges in (``uuid_break all``) and logs what was heard.
+Must not know about sockets or ESL: it only uses the :class:`~parley.freeswitch.call.Call` API.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+from parley.audio.energy import EnergyUtteranceDetector, SpeechEnded, SpeechStarted
+from parley.audio.pcm import Int16Array, from_bytes
+from parley.audio.wav import read_wav
+from parley.config import AgentSettings
+from parley.freeswitch.call import Call
+from parley.freeswitch.playback import BargeIn
+
+log = logging.getLogger("parley.agent.echo")
+
+
+def load_greeting(path: str = "") -> tuple[Int16Array, int]:
+    if path:
+        return read_wav(Path(path))
+    with files("parley.data").joinpath("greeting.wav").open("rb") as fh:
+        return read_wav(fh)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class EchoResult:
+    """What happened on one call (for logs and tests)."""
+
+    utterances: int = 0
+    barge_ins: list[BargeIn] = field(default_factory=list)
+
+
+class EchoAgent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.greeting = load_greeting(settings.greeting_wav)
+        self.results: dict[str, EchoResult] = {}
+
+    async def __call__(self, call: Call) -> None:
+        result = self.results.setdefault(call.uuid, EchoResult())
+        samples, rate = self.greeting
+        await call.playback.play(samples, rate, utterance_id="greeting")
+        detector = EnergyUtteranceDetector(
+            call.stream_rate,
+            threshold_dbfs=self.settings.energy_threshold_dbfs,
+            silence_ms=self.settings.utterance_silence_ms,
+            max_utterance_ms=self.settings.max_utterance_s * 1000,
+        )
+        async for frame in call.frames():
+            for event in detector.feed(from_bytes(frame.pcm), frame.t):
+                match event:
+                    case SpeechStarted():
+                        if call.playback.is_playing:
+                            barge = await call.playback.barge_in()
+                            if barge is not None:
+                                result.barge_ins.append(barge)
+                                call.log.info("barge-in: caller heard %.0f ms of the agent", barge.heard_ms)
+                    case SpeechEnded(audio=audio, duration_ms=ms):
+                        result.utterances += 1
+                        call.log.info("caller utterance of %.0f ms; echoing it", ms)
+                        await call.playback.play(audio, call.stream_rate)

@@ -1,0 +1,101 @@
+"""The ``parley`` command line. Parses arguments, loads settings, and calls into the package."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from parley.errors import ConfigError, EslProtocolError, ParleyError
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from parley.config import load_settings
+
+    return load_settings(args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from parley.app import serve
+    from parley.config import require_esl_password
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    require_esl_password(settings.freeswitch.esl)
+    return asyncio.run(serve(settings))
+
+
+def cmd_decode_esl(args: argparse.Namespace) -> int:
+    from parley.freeswitch.decode import decode_capture
+
+    data = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+    return decode_capture(data, as_json=args.json, out=sys.stdout, err=sys.stderr)
+
+
+def cmd_freeswitch_config(args: argparse.Namespace) -> int:
+    from parley.freeswitch.conf_render import render_config
+
+    settings = _settings(args)
+    result = render_config(settings, Path(args.out))
+    for path in result.paths:
+        print(f"wrote {path}")
+    if result.esl_password_generated:
+        print("\nA new ESL password was generated. Give parley the same one:")
+        print(f"  export PARLEY_ESL_PASSWORD='{result.esl_password}'")
+    if result.stream_secret_generated:
+        print("A new stream token secret was generated (per-call WebSocket tokens are on):")
+        print(f"  export PARLEY_STREAM_TOKEN_SECRET='{result.stream_secret}'")
+    print(f"\nInstall the files as described in {Path(args.out) / 'README.parley-freeswitch.txt'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description="Self-hosted real-time voice agent for FreeSWITCH")
+    parser.add_argument("--config", "-c", help="YAML settings file (secrets come from PARLEY_* env vars)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the mod_audio_stream server and the ESL client")
+    p.set_defaults(func=cmd_serve)
+
+    fs = sub.add_parser("freeswitch", help="FreeSWITCH tools").add_subparsers(dest="fs_command", required=True)
+    p = fs.add_parser("decode-esl", help="decode a raw ESL capture (FreeSWITCH -> client bytes)")
+    p.add_argument("file", help="capture file, or - for stdin")
+    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    p.set_defaults(func=cmd_decode_esl)
+    p = fs.add_parser("config", help="render the dialplan, Lua helper and hardened ESL config")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_freeswitch_config)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"parley: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except EslProtocolError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 1
+    except ParleyError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `parley ... | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
