@@ -204,7 +204,9 @@ class Utterance:
 
     def _target(self) -> int:
         s = self._owner.settings
-        ms = s.first_chunk_ms if not self.chunks and not self._owner.is_playing else s.chunk_ms
+        # A small first chunk gets audio to the caller sooner, unless earlier audio is still playing anyway.
+        busy = any(not u.done for u in self._owner._utterances if u is not self)
+        ms = s.first_chunk_ms if not self.chunks and not busy else s.chunk_ms
         return max(1, samples_for_ms(ms, self._owner.codec_rate))
 
     async def _emit(self, n: int) -> None:
