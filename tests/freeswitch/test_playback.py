@@ -132,7 +132,7 @@ async def test_heard_position_comes_from_playback_event_timestamps(settings: Pla
     rec = RecordingEsl()
     pb = CallPlayback(UUID, rec, settings, codec_rate=8000)
     utt = await pb.play(tone(1.4, 8000), 8000, utterance_id="u1")
-    a0, a1, a2 = play_args(rec)
+    a0, a1, _a2 = play_args(rec)
     t = 1_795_477_783_000_000
     pb.handle_event(event("PLAYBACK_START", a0, t))
     pb.handle_event(event("PLAYBACK_STOP", a0, t + 200_000, **{"Playback-Status": "done"}))
