@@ -38,17 +38,8 @@ def cmd_decode_esl(args: argparse.Namespace) -> int:
 def cmd_freeswitch_config(args: argparse.Namespace) -> int:
     from parley.freeswitch.conf_render import render_config
 
-    settings = _settings(args)
-    result = render_config(settings, Path(args.out))
-    for path in result.paths:
-        print(f"wrote {path}")
-    if result.esl_password_generated:
-        print("\nA new ESL password was generated. Give parley the same one:")
-        print(f"  export PARLEY_ESL_PASSWORD='{result.esl_password}'")
-    if result.stream_secret_generated:
-        print("A new stream token secret was generated (per-call WebSocket tokens are on):")
-        print(f"  export PARLEY_STREAM_TOKEN_SECRET='{result.stream_secret}'")
-    print(f"\nInstall the files as described in {Path(args.out) / 'README.parley-freeswitch.txt'}")
+    result = render_config(_settings(args), Path(args.out))
+    print(result.summary())
     return 0
 
 
