@@ -17,7 +17,7 @@ from parley.audio.pcm import Int16Array, from_bytes
 from parley.audio.wav import read_wav
 from parley.config import AgentSettings
 from parley.freeswitch.call import Call
-from parley.freeswitch.playback import BargeIn
+from parley.freeswitch.playback import BargeIn, Utterance
 
 log = logging.getLogger("parley.agent.echo")
 
@@ -26,15 +26,35 @@ def load_greeting(path: str = "") -> tuple[Int16Array, int]:
     if path:
         return read_wav(Path(path))
     with files("parley.data").joinpath("greeting.wav").open("rb") as fh:
-        return read_wav(fh)  # type: ignore[arg-type]
+        return read_wav(fh)
+
+
+@dataclass(slots=True)
+class Echo:
+    """One caller utterance and the agent's echo of it, with the times that make up the latency."""
+
+    speech_end_t: float  # last loud caller frame ended (stream clock)
+    detected_t: float  # the silence that ends the utterance was complete
+    utterance: Utterance
+
+
+@dataclass(slots=True)
+class BargeInTiming:
+    speech_onset_t: float
+    barge: BargeIn
 
 
 @dataclass(slots=True)
 class EchoResult:
-    """What happened on one call (for logs and tests)."""
+    """What happened on one call (for logs, the demo and tests)."""
 
-    utterances: int = 0
-    barge_ins: list[BargeIn] = field(default_factory=list)
+    greeting: Utterance | None = None
+    echoes: list[Echo] = field(default_factory=list)
+    barge_ins: list[BargeInTiming] = field(default_factory=list)
+
+    @property
+    def utterances(self) -> int:
+        return len(self.echoes)
 
 
 class EchoAgent:
@@ -46,7 +66,7 @@ class EchoAgent:
     async def __call__(self, call: Call) -> None:
         result = self.results.setdefault(call.uuid, EchoResult())
         samples, rate = self.greeting
-        await call.playback.play(samples, rate, utterance_id="greeting")
+        result.greeting = await call.playback.play(samples, rate, utterance_id="greeting")
         detector = EnergyUtteranceDetector(
             call.stream_rate,
             threshold_dbfs=self.settings.energy_threshold_dbfs,
@@ -56,13 +76,14 @@ class EchoAgent:
         async for frame in call.frames():
             for event in detector.feed(from_bytes(frame.pcm), frame.t):
                 match event:
-                    case SpeechStarted():
+                    case SpeechStarted(t=onset):
                         if call.playback.is_playing:
                             barge = await call.playback.barge_in()
                             if barge is not None:
-                                result.barge_ins.append(barge)
+                                result.barge_ins.append(BargeInTiming(onset, barge))
                                 call.log.info("barge-in: caller heard %.0f ms of the agent", barge.heard_ms)
-                    case SpeechEnded(audio=audio, duration_ms=ms):
-                        result.utterances += 1
+                    case SpeechEnded(audio=audio, duration_ms=ms, t=end):
+                        detected = frame.t + len(frame.pcm) / 2 / call.stream_rate
                         call.log.info("caller utterance of %.0f ms; echoing it", ms)
-                        await call.playback.play(audio, call.stream_rate)
+                        utt = await call.playback.play(audio, call.stream_rate)
+                        result.echoes.append(Echo(end, detected, utt))

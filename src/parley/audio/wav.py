@@ -11,6 +11,7 @@ import io
 import os
 import wave
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -38,9 +39,9 @@ def write_wav_atomic(path: Path, samples: Int16Array, rate: int, *, mode: int = 
     os.replace(tmp, path)
 
 
-def read_wav(path: Path | str) -> tuple[Int16Array, int]:
-    """16-bit PCM WAV -> (mono int16 samples, rate); stereo is averaged to mono."""
-    with wave.open(str(path), "rb") as w:
+def read_wav(path: Path | str | BinaryIO) -> tuple[Int16Array, int]:
+    """16-bit PCM WAV (a path or an open binary file) -> (mono int16 samples, rate); stereo is averaged."""
+    with wave.open(path if not isinstance(path, str | Path) else str(path), "rb") as w:
         if w.getsampwidth() != 2:
             raise ValueError(f"{path}: only 16-bit PCM WAV is supported (sample width {w.getsampwidth()})")
         rate, channels = w.getframerate(), w.getnchannels()
