@@ -43,6 +43,17 @@ def cmd_freeswitch_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from parley.testing.demo_report import print_report
+    from parley.testing.echo_call import run_echo_call
+
+    _setup_logging("WARNING" if not args.verbose else "INFO")
+    result = asyncio.run(run_echo_call())
+    print_report(result, sys.stdout, Path(args.out) if args.out else None)
+    ok = result.calls_left == 0 and not result.spool_left and result.result.echoes
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="Self-hosted real-time voice agent for FreeSWITCH")
     parser.add_argument("--config", "-c", help="YAML settings file (secrets come from PARLEY_* env vars)")
@@ -50,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the mod_audio_stream server and the ESL client")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="a whole simulated call (echo agent) through a fake FreeSWITCH")
+    p.add_argument("--out", default="out/demo-call.wav", help="stereo WAV of the call ('' for none)")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     fs = sub.add_parser("freeswitch", help="FreeSWITCH tools").add_subparsers(dest="fs_command", required=True)
     p = fs.add_parser("decode-esl", help="decode a raw ESL capture (FreeSWITCH -> client bytes)")

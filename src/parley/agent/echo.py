@@ -74,7 +74,9 @@ class EchoAgent:
             max_utterance_ms=self.settings.max_utterance_s * 1000,
         )
         async for frame in call.frames():
-            for event in detector.feed(from_bytes(frame.pcm), frame.t):
+            samples = from_bytes(frame.pcm)
+            # frame.t is when the frame arrived, i.e. when its 20 ms of audio ended
+            for event in detector.feed(samples, frame.t - samples.size / call.stream_rate):
                 match event:
                     case SpeechStarted(t=onset):
                         if call.playback.is_playing:
@@ -83,7 +85,7 @@ class EchoAgent:
                                 result.barge_ins.append(BargeInTiming(onset, barge))
                                 call.log.info("barge-in: caller heard %.0f ms of the agent", barge.heard_ms)
                     case SpeechEnded(audio=audio, duration_ms=ms, t=end):
-                        detected = frame.t + len(frame.pcm) / 2 / call.stream_rate
+                        detected = frame.t
                         call.log.info("caller utterance of %.0f ms; echoing it", ms)
                         utt = await call.playback.play(audio, call.stream_rate)
                         result.echoes.append(Echo(end, detected, utt))
