@@ -11,7 +11,7 @@ import io
 import os
 import wave
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def write_wav_atomic(path: Path, samples: Int16Array, rate: int, *, mode: int = 
     os.replace(tmp, path)
 
 
-def read_wav(path: Path | str | BinaryIO) -> tuple[Int16Array, int]:
+def read_wav(path: Path | str | IO[bytes]) -> tuple[Int16Array, int]:
     """16-bit PCM WAV (a path or an open binary file) -> (mono int16 samples, rate); stereo is averaged."""
     with wave.open(path if not isinstance(path, str | Path) else str(path), "rb") as w:
         if w.getsampwidth() != 2:
