@@ -51,6 +51,9 @@ class AudioStreamSettings:
     token_secret: str = field(default="", repr=False)  # enables the per-call token check
     queue_frames: int = 50  # inbound frames buffered per call (50 x 20 ms = 1 s); oldest dropped beyond
     unidentified_timeout_s: float = 3.0  # how long a connection may stay unbound to a call
+    # Streams with no call UUID in the path or metadata (e.g. a hand-written dialplan) are paired with a
+    # call by its mod_audio_stream::connect event, only when exactly one of each is waiting.
+    allow_anonymous: bool = True
 
     @property
     def dial_url(self) -> str:

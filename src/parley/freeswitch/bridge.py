@@ -64,6 +64,8 @@ class Bridge:
         self.calls: dict[str, Call] = {}
         self._seen: OrderedDict[str, esl.Event] = OrderedDict()  # latest info event of not-yet-ours calls
         self._anonymous: list[AudioStream] = []
+        self._connects: OrderedDict[str, float] = OrderedDict()  # ::connect of calls with no stream yet
+        self._retiring: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._agents: dict[str, asyncio.Task[None]] = {}
         self._closing = False
@@ -79,9 +81,14 @@ class Bridge:
             self._spawn(stream.close(1001, "parley shutting down"))
             return
         if stream.call_uuid is None:
+            if not self.settings.audio_stream.allow_anonymous:
+                self._spawn(stream.close(1008, "call UUID required in the path or metadata"))
+                return
             self._anonymous.append(stream)
             self._spawn(self._forget_anonymous(stream))
+            self._correlate()
             return
+        self._connects.pop(stream.call_uuid, None)
         self._attach(stream.call_uuid, stream)
 
     def on_esl_event(self, event: esl.Event) -> None:
@@ -89,35 +96,56 @@ class Bridge:
         uuid = event.unique_id
         if not uuid or self._closing:
             return
-        ours = event.variable("parley_agent") == "true"
-        if event.subclass == "mod_audio_stream::connect" and uuid not in self.calls and self._anonymous:
-            if len(self._anonymous) == 1:  # exactly one unidentified stream: it is this call's
-                stream = self._anonymous.pop()
-                try:
-                    stream.bind(uuid)
-                except Exception as exc:
-                    log.warning("could not bind anonymous stream to %s: %s", uuid, exc)
-                    return
-                log.info("bound unidentified stream #%s to call %s by mod_audio_stream::connect", stream.conn_id, uuid)
-                self._attach(uuid, stream)
-            else:
-                log.warning(
-                    "call %s: %d unidentified streams are waiting; cannot tell which is this call's "
-                    "(put ${uuid} in the stream URL or metadata)", uuid, len(self._anonymous)
-                )
         call = self.calls.get(uuid)
-        if call is None and ours:
+        if event.subclass == "mod_audio_stream::connect" and (call is None or call.stream is None):
+            self._connects[uuid] = self._clock()
+            while len(self._connects) > _CACHE_MAX:
+                self._connects.popitem(last=False)
+        elif event.name == "CHANNEL_HANGUP":
+            self._connects.pop(uuid, None)
+        if call is None and event.variable("parley_agent") == "true":
             call = self._new_call(uuid)
         if call is not None:
             self._call_event(call, event)
             return
-        if event.name in _INFO_EVENTS:
+        if event.subclass == "mod_audio_stream::connect":
+            self._seen[uuid] = event
+            self._correlate()
+        elif event.name in _INFO_EVENTS:
             self._seen[uuid] = event
             self._seen.move_to_end(uuid)
             while len(self._seen) > _CACHE_MAX:
                 self._seen.popitem(last=False)
         elif event.name == "CHANNEL_HANGUP_COMPLETE":
             self._seen.pop(uuid, None)
+
+    def _correlate(self) -> None:
+        """Tie an unidentified stream to a call by its ``mod_audio_stream::connect`` event.
+
+        Only when exactly one stream and exactly one recent connect are waiting: with more, which is
+        which cannot be told, and guessing would hand one caller's audio to another call.
+        """
+        now = self._clock()
+        window = self.settings.audio_stream.unidentified_timeout_s
+        for uuid, t in list(self._connects.items()):
+            if now - t > window or (uuid in self.calls and self.calls[uuid].stream is not None):
+                del self._connects[uuid]
+        waiting = [st for st in self._anonymous if not st.closed.is_set()]
+        if len(waiting) != 1 or len(self._connects) != 1:
+            if waiting and self._connects:
+                log.warning("%d unidentified streams and %d connecting calls: cannot pair them; put ${uuid} "
+                            "in the stream URL or metadata", len(waiting), len(self._connects))
+            return
+        stream = waiting[0]
+        uuid, _ = self._connects.popitem()
+        self._anonymous.remove(stream)
+        try:
+            stream.bind(uuid)
+        except Exception as exc:
+            log.warning("could not bind unidentified stream #%s to call %s: %s", stream.conn_id, uuid, exc)
+            return
+        log.info("bound unidentified stream #%s to call %s by its mod_audio_stream::connect", stream.conn_id, uuid)
+        self._attach(uuid, stream)
 
     def on_esl_reconnect(self) -> None:
         """Events were lost during the outage: ask FreeSWITCH which of our calls still exist."""
@@ -288,9 +316,9 @@ class Bridge:
         await self._retire(call, call.hangup_cause or "hangup")
 
     async def _retire(self, call: Call, why: str) -> None:
-        if self.calls.get(call.uuid) is not call:
+        if self.calls.get(call.uuid) is not call or call.uuid in self._retiring:
             return
-        del self.calls[call.uuid]
+        self._retiring.add(call.uuid)
         if not call.hungup.is_set():
             call.mark_hungup(why)
         self.stats.calls_ended += 1
@@ -303,6 +331,9 @@ class Bridge:
                 async with asyncio.timeout(1):
                     await call.stream.close(1000, "call ended")
         self.esl.route_call(call.uuid, lambda ev: None)()  # drop the route
+        del self.calls[call.uuid]
+        self._retiring.discard(call.uuid)
+        call.retired.set()
         call.log.info("retired (%s)", why)
 
     async def _forget_anonymous(self, stream: AudioStream) -> None:

@@ -102,6 +102,7 @@ class Call:
         self.stream: AudioStream | None = None
         self.stream_ready = asyncio.Event()
         self.hungup = asyncio.Event()
+        self.retired = asyncio.Event()  # the bridge let go of it: agent stopped, spool removed, stream closed
         self.confirmed = asyncio.Event()  # FreeSWITCH told us about this UUID (an event, or uuid_exists)
         self.events: asyncio.Queue[CallEvent] = asyncio.Queue(maxsize=256)
         self.dtmf_digits: list[str] = []
