@@ -1,0 +1,135 @@
+"""The command line: decode-esl on recordings, config rendering, and `parley serve` as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from parley.freeswitch import esl_protocol as esl
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "freeswitch"
+PARLEY = [sys.executable, "-m", "parley.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*PARLEY, *args], capture_output=True, env=env, input=input, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("name", ["barge-in", "call-playback-json", "esl-handshake", "streamaudio"])
+def test_decode_esl_prints_one_line_per_message(name: str) -> None:
+    path = FIXTURES / f"{name}.esl-in.bin"
+    expected = esl.parse_stream(path.read_bytes())
+    text = run("freeswitch", "decode-esl", str(path))
+    assert text.returncode == 0, text.stderr
+    assert len(text.stdout.decode().splitlines()) == len(expected)
+    js = run("freeswitch", "decode-esl", str(path), "--json")
+    records = [json.loads(line) for line in js.stdout.decode().splitlines()]
+    assert len(records) == len(expected)
+    for rec, msg in zip(records, expected, strict=True):
+        if isinstance(msg, esl.Event):
+            assert rec["event"] == msg.name and rec["subclass"] == msg.subclass
+            assert rec["unique_id"] == msg.unique_id and rec["body"] == msg.body
+            assert rec["headers"] == dict(msg.headers)
+            assert rec["content_type"] == f"text/event-{msg.format}"
+
+
+def test_decode_esl_reports_a_truncated_capture_precisely() -> None:
+    data = (FIXTURES / "barge-in.esl-in.bin").read_bytes()[:5000]
+    out = run("freeswitch", "decode-esl", "-", input=data)
+    assert out.returncode == 1
+    assert len(out.stdout.decode().splitlines()) == 3
+    assert b"ended inside a message body: 4791 of 4894 bytes" in out.stderr
+
+
+def test_config_renders_files_without_default_secrets(tmp_path: Path) -> None:
+    out = run("freeswitch", "config", "--out", str(tmp_path / "fs"))
+    assert out.returncode == 0, out.stderr
+    files = [p for p in (tmp_path / "fs").rglob("*") if p.is_file()]
+    assert len(files) >= 7
+    for p in files:
+        text = p.read_text()
+        assert "ClueCon" not in text and "1234" not in text
+    assert b"PARLEY_ESL_PASSWORD" in out.stdout
+
+
+def test_serve_refuses_the_default_password() -> None:
+    env = {**os.environ, "PARLEY_ESL_PASSWORD": "ClueCon"}
+    out = run("serve", env=env)
+    assert out.returncode == 2
+    assert b"refusing to use a default ESL password" in out.stderr
+
+
+def test_serve_runs_against_freeswitch_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """`parley serve` as a real process, against the fake FreeSWITCH in another process."""
+    password = "serve-test-password-abcdef"
+    fake = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import asyncio,sys\n"
+            "from parley.testing.fake_freeswitch import FakeFreeSwitch\n"
+            "async def main():\n"
+            f"    fs = FakeFreeSwitch(password={password!r})\n"
+            "    await fs.start(); print(fs.esl_port, flush=True)\n"
+            "    await asyncio.sleep(60)\n"
+            "asyncio.run(main())\n"
+        )],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert fake.stdout is not None
+        port = int(fake.stdout.readline())
+        config = tmp_path / "parley.yaml"
+        config.write_text(
+            "freeswitch:\n"
+            f"  esl: {{port: {port}}}\n"
+            "  audio_stream: {listen_port: 0}\n"
+            f"  playback: {{spool_dir: {tmp_path / 'spool'}}}\n"
+        )
+        env = {**os.environ, "PARLEY_ESL_PASSWORD": password}
+        serve = subprocess.Popen([*PARLEY, "--config", str(config), "serve"], env=env, stderr=subprocess.PIPE)
+        assert serve.stderr is not None
+        deadline = time.monotonic() + 20
+        seen = b""
+        while b"parley ready" not in seen and time.monotonic() < deadline:
+            seen += serve.stderr.readline()
+        assert b"ESL connected" in seen and b"parley ready" in seen
+        serve.send_signal(signal.SIGTERM)
+        rest = serve.communicate(timeout=15)[1]
+        assert serve.returncode == 0, rest
+        assert b"shutting down" in rest
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+def test_serve_exits_with_a_clear_error_on_a_wrong_password(tmp_path: Path) -> None:
+    fake = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import asyncio\n"
+            "from parley.testing.fake_freeswitch import FakeFreeSwitch\n"
+            "async def main():\n"
+            "    fs = FakeFreeSwitch(password='the-right-password-123x')\n"
+            "    await fs.start(); print(fs.esl_port, flush=True)\n"
+            "    await asyncio.sleep(60)\n"
+            "asyncio.run(main())\n"
+        )],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert fake.stdout is not None
+        port = int(fake.stdout.readline())
+        config = tmp_path / "parley.yaml"
+        config.write_text(f"freeswitch:\n  esl: {{port: {port}}}\n  audio_stream: {{listen_port: 0}}\n")
+        env = {**os.environ, "PARLEY_ESL_PASSWORD": "a-wrong-password-456y"}
+        out = subprocess.run([*PARLEY, "--config", str(config), "serve"], env=env, capture_output=True, timeout=30)
+        assert out.returncode == 1
+        assert b"rejected the ESL password (-ERR invalid)" in out.stderr
+    finally:
+        fake.kill()
+        fake.wait()
