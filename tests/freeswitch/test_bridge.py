@@ -140,7 +140,8 @@ async def test_stream_for_a_call_freeswitch_does_not_know_is_refused(rig: Rig) -
 async def test_refused_stream_is_restarted_over_esl(rig: Rig) -> None:
     dead = free_port()  # nothing listens: mod_audio_stream::error (code 6) arrives over ESL
     uuid = str(uuidlib.uuid4())
-    call = await rig.fs.place_call(ws_url=f"ws://127.0.0.1:{dead}/call/{{uuid}}", uuid=uuid, caller_audio=speech(0.3))
+    call = await rig.fs.place_call(ws_url=f"ws://127.0.0.1:{dead}/call/{{uuid}}", uuid=uuid, caller_audio=speech(0.3),
+                                   channel_vars={"parley_agent": "true"})  # as our rendered dialplan sets
     # the call is ours (the dialplan marks it) even though no stream reached us
     await rig.until(lambda: rig.agent.frames.get(uuid, 0) > 5, timeout=8)
     starts = [c for c in rig.fs.commands if c.startswith(f"api uuid_audio_stream {uuid} start ".encode())]
