@@ -103,9 +103,50 @@ class AgentSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnSettings:
+    """Turn-taking knobs (the pure machine's policy); defaults are tuned for phone calls."""
+
+    smart_turn: bool = True  # ask the smart-turn v3.2 model after a short silence
+    smart_turn_threshold: float = 0.5
+    score_after_ms: int = 200  # silence before asking the model
+    silence_ms: int = 700  # endpoint without the model (or when it is off)
+    fallback_silence_ms: int = 800  # end the turn even if the model says "not finished"
+    min_speech_ms: int = 100  # shorter sounds are not speech
+    barge_in_min_speech_ms: int = 250  # a cough or "uh-huh" while the agent talks does not cut it off
+    idle_timeout_s: float = 8.0
+    idle_max_prompts: int = 1
+    max_turn_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSettings:
+    """Which providers talk and think, and what the agent says outside the brain."""
+
+    stt: Literal["whisper"] = "whisper"
+    llm: Literal["rules", "openai"] = "rules"  # rules: the offline deterministic dialogue policy
+    tts: Literal["hibari", "piper", "espeak"] = "hibari"
+    rules_file: str = ""  # empty: the packaged Riverside Dental receptionist
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4o-mini"
+    openai_api_key_env: str = "OPENAI_API_KEY"
+    system_prompt: str = (
+        "You are a friendly, efficient receptionist answering the phone. Speak in short, natural "
+        "sentences: one or two per reply. Never use lists or markdown."
+    )
+    greeting: str = ""  # empty: the rules file's greeting (or no greeting for an LLM)
+    idle_prompt: str = "Are you still there?"
+    goodbye: str = "It seems we got disconnected. Goodbye!"
+    transfer_destination: str = ""  # an extension in the agent's context, or sip:user@host
+    dtmf_gap_s: float = 1.0  # digits typed within this gap form one input ('#' ends it at once)
+    whisper_threads: int = 2
+    turn: TurnSettings = field(default_factory=TurnSettings)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     freeswitch: FreeSwitchSettings = field(default_factory=FreeSwitchSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    conversation: ConversationSettings = field(default_factory=ConversationSettings)
     log_level: str = "INFO"
 
 

@@ -8,12 +8,12 @@ collecting what happened: ESL commands, playback events, heard milliseconds, tim
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 import tempfile
-import time
 import uuid as uuidlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -99,8 +99,6 @@ async def run_echo_call(spool_dir: Path | None = None, *, event_format: str = "j
     fs = FakeFreeSwitch(password=password)
     await fs.start()
     try:
-        from dataclasses import replace
-
         settings = replace(
             settings,
             freeswitch=replace(settings.freeswitch, esl=replace(settings.freeswitch.esl, port=fs.esl_port)),
@@ -117,9 +115,11 @@ async def run_echo_call(spool_dir: Path | None = None, *, event_format: str = "j
             )
             await asyncio.sleep(caller_audio.size / RATE + 0.3)
             await call.hangup()
-            deadline = time.monotonic() + 5
-            while call_uuid in running.bridge.calls and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            held = running.bridge.calls.get(call_uuid)
+            if held is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await held.retired.wait()
             calls_left = len(running.bridge.calls)
         finally:
             await running.close()
