@@ -329,3 +329,16 @@ def test_filter_nixevent_and_exit() -> None:
         b"nixevent DTMF CUSTOM mod_audio_stream::json\n\n"
     )
     assert esl.exit_command() == b"exit\n\n"
+
+
+def test_oversized_header_block_refused_even_when_complete() -> None:
+    block = b"Content-Type: api/response\n" + b"X-Junk: " + b"a" * 5000 + b"\n\n"
+    with pytest.raises(EslProtocolError, match="header block exceeds 4096 bytes"):
+        esl.EslParser(max_header_bytes=4096).feed(block)
+
+
+def test_many_messages_in_one_read_consume_the_buffer() -> None:
+    one = b"Content-Type: api/response\nContent-Length: 4\n\n+OK\n"
+    parser = esl.EslParser()
+    assert len(parser.feed(one * 10000)) == 10000
+    assert parser.buffered == 0

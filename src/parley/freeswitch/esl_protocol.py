@@ -170,6 +170,7 @@ class EslParser:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._buf = bytearray()
+        self._pos = 0  # start of unconsumed bytes in _buf
         self._scan_from = 0  # where to resume the search for the blank line
         self._headers: dict[str, str] | None = None  # parsed envelope awaiting its body
         self._body_len = 0
@@ -181,7 +182,7 @@ class EslParser:
     @property
     def buffered(self) -> int:
         """Bytes held that do not yet form a complete message."""
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> list[Message]:
         if self._failed is not None:
@@ -189,30 +190,33 @@ class EslParser:
         self._buf += data
         out: list[Message] = []
         try:
-            while True:
-                msg = self._next()
-                if msg is None:
-                    return out
+            while (msg := self._next()) is not None:
                 out.append(msg)
         except EslProtocolError as exc:
             self._failed = exc
             self._buf.clear()
+            self._pos = 0
             raise
+        # drop consumed bytes once per feed (not per message: that would be quadratic on big reads)
+        del self._buf[: self._pos]
+        self._scan_from -= self._pos
+        self._pos = 0
+        return out
 
     def feed_eof(self) -> None:
         """The peer closed the stream: raise if a message was cut off."""
         if self._failed is not None:
             raise self._failed
+        rest = self._buf[self._pos :]
         if self._headers is not None:
-            got = len(self._buf)
             self._failed = EslProtocolError(
-                f"ESL stream ended inside a message body: {got} of {self._body_len} bytes received "
+                f"ESL stream ended inside a message body: {len(rest)} of {self._body_len} bytes received "
                 f"(Content-Type {self._headers.get('Content-Type', '?')!r}, stream offset {self._offset})"
             )
             raise self._failed
-        if self._buf.strip(b"\r\n"):
+        if rest.strip(b"\r\n"):
             self._failed = EslProtocolError(
-                f"ESL stream ended inside a header block: {len(self._buf)} bytes without the closing "
+                f"ESL stream ended inside a header block: {len(rest)} bytes without the closing "
                 f"blank line (stream offset {self._offset})"
             )
             raise self._failed
@@ -220,34 +224,35 @@ class EslParser:
     # ---- internals -------------------------------------------------------------------------------
 
     def _next(self) -> Message | None:
+        buf = self._buf
         if self._headers is None:
             # FreeSWITCH never sends stray newlines between messages, but tolerate them.
-            while self._buf and self._buf[0] in (10, 13):  # \n, \r
-                del self._buf[:1]
+            while self._pos < len(buf) and buf[self._pos] in (10, 13):  # \n, \r
+                self._pos += 1
                 self._offset += 1
-            if not self._buf:
-                self._scan_from = 0
+            if self._pos >= len(buf):
+                self._scan_from = self._pos
                 return None
-            m = _BLANK_LINE.search(self._buf, max(0, self._scan_from - 3))
-            if m is None:
-                if len(self._buf) > self._max_header:
+            m = _BLANK_LINE.search(buf, max(self._pos, self._scan_from - 3))
+            if m is None or m.start() - self._pos > self._max_header:
+                if m is not None or len(buf) - self._pos > self._max_header:
                     raise EslProtocolError(
                         f"ESL header block exceeds {self._max_header} bytes without a blank line "
                         f"(stream offset {self._offset})"
                     )
-                self._scan_from = len(self._buf)
+                self._scan_from = len(buf)
                 return None
-            block = bytes(self._buf[: m.start()])
-            consumed = m.end()
+            block = bytes(buf[self._pos : m.start()])
             self._headers = parse_header_block(block, where=f"envelope at stream offset {self._offset}")
             self._body_len = _content_length(self._headers, self._max_body, self._offset)
-            del self._buf[:consumed]
-            self._offset += consumed
-            self._scan_from = 0
-        if len(self._buf) < self._body_len:
+            self._offset += m.end() - self._pos
+            self._pos = m.end()
+            self._scan_from = self._pos
+        if len(buf) - self._pos < self._body_len:
             return None
-        body = bytes(self._buf[: self._body_len])
-        del self._buf[: self._body_len]
+        body = bytes(buf[self._pos : self._pos + self._body_len])
+        self._pos += self._body_len
+        self._scan_from = self._pos
         headers = self._headers
         start = self._offset
         self._offset += self._body_len
