@@ -88,8 +88,8 @@ class AudioStream:
         self.rate = rate
         self.metadata = metadata
         self.extra_headers = dict(extra_headers or {})
-        self._caller = caller_audio.astype("<i2").tobytes()
-        self._caller_start = caller_start
+        self._caller = bytearray(caller_audio.astype("<i2").tobytes())
+        self._pos = 2 * caller_start  # byte offset of the next caller frame in _caller
         self._heard = heard
         self._on_event = on_event
         self._on_text = on_text
@@ -190,13 +190,22 @@ class AudioStream:
 
     # ---- caller audio ---------------------------------------------------------------------------
 
+    def inject(self, samples: Int16Array) -> None:
+        """The caller says ``samples`` (at the stream rate) from the next frame on, over any scripted audio."""
+        start = self._pos
+        end = start + 2 * samples.size
+        if len(self._caller) < end:
+            self._caller.extend(bytes(end - len(self._caller)))
+        existing = np.frombuffer(bytes(self._caller[start:end]), dtype="<i2").astype(np.int32)
+        mixed = np.clip(existing + samples.astype(np.int32), -32768, 32767).astype("<i2")
+        self._caller[start:end] = mixed.tobytes()
+
     async def _pace(self, ws: ClientConnection) -> None:
         n = self.samples_per_frame
         nbytes = 2 * n
         silence = bytes(nbytes)
         t0 = self._clock() + FIRST_FRAME_DELAY_S
         k = 0
-        pos = 2 * self._caller_start
         try:
             while not self._fs_closing:
                 target = t0 + k * self.frame_s
@@ -205,8 +214,8 @@ class AudioStream:
                 delay = target - self._clock()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                chunk = self._caller[pos : pos + nbytes]
-                pos += nbytes
+                chunk = bytes(self._caller[self._pos : self._pos + nbytes])
+                self._pos += nbytes
                 frame_t0 = t0 + k * self.frame_s
                 k += 1
                 if self.mix == "mono":

@@ -146,6 +146,10 @@ class FakeCall:
         """The caller hangs up (SIP BYE)."""
         await self._hangup(cause, remote=True)
 
+    def say(self, samples: Int16Array, rate: int) -> None:
+        """The caller speaks now: ``samples`` (int16 mono at ``rate``) go out in the next frames."""
+        self.media.say(samples, rate)
+
     async def send_dtmf(self, digit: str, duration_ms: int = 100) -> None:
         """The caller presses a key (RFC 2833); the DTMF event arrives when the tone ends."""
         await asyncio.sleep(duration_ms / 1000)

@@ -100,6 +100,11 @@ class CallMedia:
             self._caller_t0 = self._clock() + FIRST_FRAME_DELAY_S
         stream.start()
 
+    def say(self, samples: Int16Array, rate: int) -> None:
+        """Live caller speech (int16 mono at ``rate``) into the attached stream, from now on."""
+        if self.attached is not None:
+            self.attached.inject(resample(samples, rate, self.attached.rate))
+
     def _app_closed(self, code: int, reason: str) -> None:
         self.ws_close = (code, reason)
 
