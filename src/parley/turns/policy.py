@@ -1,0 +1,69 @@
+"""Turn-taking thresholds, with defaults chosen for phone calls.
+
+Owns: ``TurnPolicy``, one frozen value holding every number the turn machine uses, and its validation.
+Must not know how the numbers are applied (that is ``turns/machine.py``) or where they come from (config).
+A call can switch policies between turns (e.g. a longer silence while the caller dictates a number).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parley.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPolicy:
+    # Speech needed before the caller holds the floor. 120 ms = 6 frames: longer than clicks, line pops and
+    # runs of 1-3 false Silero windows (32 ms each); shorter than the voiced part of a clipped "no" (~200 ms).
+    min_speech_ms: float = 120.0
+    # Silence that may interrupt a candidate onset without restarting its count (a dip inside a word).
+    # Separate sounds further apart (a cough, then "mm") do not add up.
+    onset_gap_ms: float = 60.0
+    # Silence before UserPaused (the engine's speculative STT decode). Debounces stop closures and short
+    # dips inside words, and still leaves STT a 100 ms head start over the smart-turn decision.
+    pause_ms: float = 100.0
+    # Endpoint hangover when smart-turn is off. 700 ms: phone callers pause 300-600 ms mid-sentence
+    # (reading digits, thinking); shorter values are the classic "agent answers before I finished".
+    silence_ms: float = 700.0
+    smart_turn: bool = True
+    # P(complete) at or above which smart-turn ends the turn (the model's own decision boundary).
+    smart_turn_threshold: float = 0.5
+    # Silence before asking smart-turn: the model was trained on clips ending ~200 ms into silence, and
+    # Silero needs ~60-100 ms to fall after speech stops, so earlier scores see speech still "running".
+    score_after_ms: float = 200.0
+    # With smart-turn on, end the turn after this much silence whatever the model said (or if its answer
+    # is late): 800 ms bounds the worst case to ~0.1 s over plain silence endpointing.
+    fallback_silence_ms: float = 800.0
+    # Accept the STT provider's endpoint (Deepgram speech_final) during silence.
+    stt_endpointing: bool = False
+    # A turn longer than this is cut so a stuck VAD (line noise, TV) cannot hold the call forever.
+    max_turn_s: float = 30.0
+    # Speech while the agent holds the floor must last this long to interrupt: coughs, "mm", "yeah" are
+    # shorter (peers.md §10, pain point 2). Shorter speech is a backchannel: no barge-in, no turn.
+    barge_in_min_speech_ms: float = 250.0
+    barge_in: bool = True
+    # Silence after the agent finished before "are you still there?", and how many such prompts before
+    # hanging up. 8 s: long enough to look something up, short enough that a dead line is noticed.
+    idle_timeout_s: float = 8.0
+    idle_max_prompts: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("min_speech_ms", "pause_ms", "silence_ms", "score_after_ms", "fallback_silence_ms"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"turn policy: {name} must be > 0")
+        if self.onset_gap_ms < 0 or self.barge_in_min_speech_ms <= 0:
+            raise ConfigError("turn policy: onset_gap_ms must be >= 0 and barge_in_min_speech_ms > 0")
+        if self.pause_ms > self.silence_ms or self.pause_ms > self.fallback_silence_ms:
+            raise ConfigError("turn policy: pause_ms must not exceed silence_ms or fallback_silence_ms")
+        if self.smart_turn and not self.pause_ms <= self.score_after_ms < self.fallback_silence_ms:
+            raise ConfigError("turn policy: need pause_ms <= score_after_ms < fallback_silence_ms")
+        if not 0.0 <= self.smart_turn_threshold <= 1.0:
+            raise ConfigError("turn policy: smart_turn_threshold must be in [0, 1]")
+        if self.max_turn_s <= 0 or self.idle_timeout_s <= 0 or self.idle_max_prompts < 0:
+            raise ConfigError("turn policy: max_turn_s and idle_timeout_s must be > 0, idle_max_prompts >= 0")
+
+    @property
+    def endpoint_silence_ms(self) -> float:
+        """The silence that ends a turn without a positive smart-turn verdict."""
+        return self.fallback_silence_ms if self.smart_turn else self.silence_ms
