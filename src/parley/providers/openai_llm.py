@@ -1,0 +1,437 @@
+"""Streaming chat completions from any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, ...).
+
+Owns: the Chat Completions wire format over HTTP + Server-Sent Events, spoken with ``httpx`` (no SDK):
+mapping :class:`Message` / :class:`ToolSpec` to the request body, decoding the SSE stream into
+:class:`TextDelta`, :class:`ToolCall` and :class:`Usage`, and translating every transport and vendor
+failure into :mod:`parley.providers.errors` at this edge. Must not know about calls, turns or audio.
+
+Sans-I/O cores, testable with plain strings and dicts: :class:`SSEDecoder` (lines in, event data out)
+and :class:`ChatStreamAssembler` (chunk objects in, events out; concatenates tool-call argument
+fragments by ``index`` and parses them when the choice finishes, so parallel calls work). The assembler
+tolerates the compatible servers' deviations: tool deltas without ``index``, whole calls in one delta,
+empty ids, a tool turn ending with ``finish_reason: "stop"``, usage absent / null / repeated / under
+``x_groq`` (the last one wins), integer or string error codes.
+
+Request: ``stream: true`` and ``stream_options: {"include_usage": true}``; the usage chunk then comes
+last (``choices: []``). ``base_url`` includes the version prefix (``https://api.openai.com/v1``,
+``http://localhost:11434/v1``). ``max_tokens`` is sent as ``max_tokens`` (what compatible servers accept);
+pass ``max_tokens_field="max_completion_tokens"`` for OpenAI reasoning models.
+
+Failures: 401/403 -> :class:`ProviderAuthError`; 429 and 5xx -> retryable :class:`ProviderError`
+(``insufficient_quota`` is not retryable); timeouts -> :class:`ProviderTimeout`; refused or dropped
+connections, and a stream that ends before it finished -> :class:`ProviderConnectionError` (retryable,
+but text may already have been emitted); undecodable SSE or JSON, or a non-SSE 200 ->
+:class:`ProviderProtocolError`; an in-band ``error`` event -> :class:`ProviderError`. A failed stream
+yields ``Usage(failed=True)`` (tokens as far as known) and then raises.
+
+Cancellation: closing the iterator (``aclose()``) or cancelling the task iterating it closes the HTTP
+response at once; nothing more is yielded. The usage chunk only comes at the very end, so a cancelled
+request usually has no token counts: ``on_cancel`` (if given) receives ``Usage(cancelled=True)`` with
+the counts the stream did report, else zeros, although the vendor may bill what it generated.
+
+The API key is sent only in the ``Authorization`` header; it is never logged, never part of ``repr``,
+and redacted from error messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal
+
+import httpx
+
+from parley.providers.base import LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage
+from parley.providers.errors import (
+    ProviderConnectionError,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderTimeout,
+    error_for_status,
+    redact,
+)
+
+__all__ = ["ChatStreamAssembler", "OpenAICompatLLM", "SSEDecoder", "request_body", "wire_message"]
+
+log = logging.getLogger("parley.providers.openai_llm")
+
+
+class SSEDecoder:
+    """Server-Sent Events decoding, one line (without its line ending) at a time.
+
+    Joins the ``data:`` lines of one event with ``\\n`` and returns the data when the blank line ending
+    the event arrives; ignores ``:`` comments and the ``event`` / ``id`` / ``retry`` fields.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def line(self, line: str) -> str | None:
+        if not line:
+            return self.end()
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        if name == "data":
+            self._data.append(value[1:] if value.startswith(" ") else value)
+        return None
+
+    def end(self) -> str | None:
+        """The event in progress, if any (call at end of body: the last blank line may be missing)."""
+        if not self._data:
+            return None
+        data = "\n".join(self._data)
+        self._data = []
+        return data
+
+
+def _obj(value: object) -> Mapping[str, object]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@dataclass(slots=True)
+class _PartialCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class ChatStreamAssembler:
+    """Chat-completion chunk objects in, :class:`TextDelta` / :class:`ToolCall` events out."""
+
+    __slots__ = ("_by_index", "_calls", "finish_reason", "input_tokens", "output_tokens", "provider", "saw_usage")
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self._calls: list[_PartialCall] = []
+        self._by_index: dict[int, _PartialCall] = {}
+        self.finish_reason: str | None = None
+        self.saw_usage = False
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    def feed(self, chunk: object) -> list[TextDelta | ToolCall]:
+        if not isinstance(chunk, dict):
+            raise ProviderProtocolError(f"{self.provider}: stream chunk is not a JSON object", provider=self.provider)
+        if chunk.get("error") is not None:
+            raise self._in_band_error(chunk["error"])
+        usage = chunk.get("usage") or _obj(chunk.get("x_groq")).get("usage")
+        if isinstance(usage, dict):
+            self.saw_usage = True
+            self.input_tokens = _int(usage.get("prompt_tokens"))
+            self.output_tokens = _int(usage.get("completion_tokens"))
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise ProviderProtocolError(f"{self.provider}: 'choices' is not a list", provider=self.provider)
+        events: list[TextDelta | ToolCall] = []
+        for choice in map(_obj, choices):
+            if _int(choice.get("index")) != 0:
+                continue
+            delta = _obj(choice.get("delta"))
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                events.append(TextDelta(content))
+            fragments = delta.get("tool_calls") or []
+            for fragment in fragments if isinstance(fragments, list) else []:
+                self._add_fragment(_obj(fragment))
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str) and reason:
+                self.finish_reason = reason
+                events.extend(self.take_tool_calls())
+        return events
+
+    def take_tool_calls(self) -> list[ToolCall]:
+        """The tool calls accumulated so far, parsed (at a finish chunk, or when the stream ends)."""
+        calls = [self._parse(n, partial) for n, partial in enumerate(self._calls)]
+        self._calls = []
+        self._by_index = {}
+        return calls
+
+    def _add_fragment(self, fragment: Mapping[str, object]) -> None:
+        function = _obj(fragment.get("function"))
+        call_id, name, arguments = fragment.get("id"), function.get("name"), function.get("arguments")
+        index = fragment.get("index")
+        if isinstance(index, int) and index in self._by_index:
+            partial = self._by_index[index]
+        elif isinstance(index, int) or call_id or name or not self._calls:
+            partial = _PartialCall()
+            self._calls.append(partial)
+            if isinstance(index, int):
+                self._by_index[index] = partial
+        else:
+            partial = self._calls[-1]  # no index, no id, no name: a continuation of the last call
+        if isinstance(call_id, str) and call_id:
+            partial.id = call_id
+        if isinstance(name, str) and name:
+            partial.name = name
+        if isinstance(arguments, str):
+            partial.arguments.append(arguments)
+        elif isinstance(arguments, dict):
+            partial.arguments.append(json.dumps(arguments))
+
+    def _parse(self, n: int, partial: _PartialCall) -> ToolCall:
+        if not partial.name:
+            raise ProviderProtocolError(f"{self.provider}: tool call without a function name", provider=self.provider)
+        text = "".join(partial.arguments).strip()
+        try:
+            arguments = json.loads(text) if text else {}
+        except json.JSONDecodeError as exc:
+            raise ProviderProtocolError(
+                f"{self.provider}: arguments of tool call {partial.name!r} are not valid JSON: {exc}",
+                provider=self.provider,
+            ) from exc
+        if not isinstance(arguments, dict):
+            raise ProviderProtocolError(
+                f"{self.provider}: arguments of tool call {partial.name!r} are not a JSON object",
+                provider=self.provider,
+            )
+        return ToolCall(id=partial.id or f"call_{n}", name=partial.name, arguments=arguments)
+
+    def _in_band_error(self, error: object) -> ProviderError:
+        details = _obj(error)
+        message = str(details.get("message") or error)
+        code = details.get("code")
+        if isinstance(code, int) and not isinstance(code, bool):
+            return error_for_status(code, message, provider=self.provider)
+        kind = str(details.get("type") or "")
+        retryable = code in ("server_error", "rate_limit_exceeded") or kind == "server_error"
+        text = f"{self.provider}: error in stream: {message}"
+        return ProviderError(text, provider=self.provider, code=str(code) if code else None, retryable=retryable)
+
+
+def wire_message(message: Message) -> dict[str, object]:
+    """One :class:`Message` in the Chat Completions request shape."""
+    if message.role == "tool":
+        if not message.tool_call_id:
+            raise ProviderError("a tool message needs the tool_call_id it answers", retryable=False)
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    out: dict[str, object] = {"role": message.role, "content": message.content}
+    if message.role == "assistant" and message.tool_calls:
+        out["content"] = message.content or None
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(dict(call.arguments))},
+            }
+            for call in message.tool_calls
+        ]
+    if message.name:
+        out["name"] = message.name
+    return out
+
+
+def request_body(
+    model: str,
+    messages: Sequence[Message],
+    tools: Sequence[ToolSpec] = (),
+    *,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    max_tokens_field: str = "max_tokens",
+) -> dict[str, object]:
+    """The JSON body of one streaming request."""
+    body: dict[str, object] = {
+        "model": model,
+        "messages": [wire_message(m) for m in messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": dict(t.parameters)},
+            }
+            for t in tools
+        ]
+    if temperature is not None:
+        body["temperature"] = temperature
+    if max_tokens is not None:
+        body[max_tokens_field] = max_tokens
+    return body
+
+
+def _error_message(body: bytes) -> tuple[str, str | None]:
+    """The vendor's error message and code from an error response body."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        parsed: object = json.loads(text)
+    except json.JSONDecodeError:
+        return text[:300], None
+    error = _obj(parsed).get("error", _obj(parsed).get("detail"))
+    if isinstance(error, str):
+        return error[:300], None
+    details = _obj(error)
+    code = details.get("code")
+    return str(details.get("message") or text)[:300], str(code) if code is not None else None
+
+
+class OpenAICompatLLM:
+    """An :class:`~parley.providers.base.LLMProvider` for an OpenAI-compatible ``/chat/completions``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        *,
+        name: str = "openai",
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+        extra_headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        on_cancel: Callable[[Usage], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.max_tokens_field = max_tokens_field
+        self._api_key = api_key
+        self._extra_headers = dict(extra_headers or {})
+        self._timeout = httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s))
+        self._client = http_client
+        self._owns_client = http_client is None
+        self._on_cancel = on_cancel
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatLLM(name={self.name!r}, url={self.url!r}, model={self.model!r})"
+
+    async def __aenter__(self) -> OpenAICompatLLM:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client this provider created (an injected client belongs to its owner)."""
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncIterator[LLMEvent]:
+        assembler = ChatStreamAssembler(self.name)
+        ended = False
+        try:
+            async with aclosing(self._events(messages, tools, assembler)) as events:
+                async for event in events:
+                    yield event
+            ended = True
+        except ProviderError:
+            ended = True
+            yield self._usage(assembler, failed=True)
+            raise
+        finally:
+            if not ended and self._on_cancel is not None:
+                self._on_cancel(self._usage(assembler, cancelled=True))
+        yield self._usage(assembler)
+
+    def _usage(self, assembler: ChatStreamAssembler, *, failed: bool = False, cancelled: bool = False) -> Usage:
+        return Usage(
+            provider=self.name,
+            model=self.model,
+            kind="llm",
+            input_tokens=assembler.input_tokens,
+            output_tokens=assembler.output_tokens,
+            failed=failed,
+            cancelled=cancelled,
+        )
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream", **self._extra_headers}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    async def _events(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], assembler: ChatStreamAssembler
+    ) -> AsyncGenerator[TextDelta | ToolCall, None]:
+        body = request_body(
+            self.model,
+            messages,
+            tools,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            max_tokens_field=self.max_tokens_field,
+        )
+        if self._client is None:
+            self._client = httpx.AsyncClient()
+        log.debug(
+            "%s: POST %s model=%s messages=%d tools=%d", self.name, self.url, self.model, len(messages), len(tools)
+        )
+        try:
+            async with self._client.stream(
+                "POST", self.url, content=json.dumps(body).encode(), headers=self._headers(), timeout=self._timeout
+            ) as response:
+                if response.status_code != 200:
+                    message, code = _error_message(await response.aread())
+                    raise error_for_status(response.status_code, self._redact(message), provider=self.name, code=code)
+                content_type = response.headers.get("content-type", "")
+                if not content_type.startswith("text/event-stream"):
+                    raise ProviderProtocolError(
+                        f"{self.name}: expected text/event-stream, got {content_type or 'no content type'!r}",
+                        provider=self.name,
+                    )
+                async for event in self._decode(response, assembler):
+                    yield event
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeout(f"{self.name}: timed out ({type(exc).__name__})", provider=self.name) from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise ProviderConnectionError(
+                f"{self.name}: connection failed: {self._redact(str(exc)) or type(exc).__name__}", provider=self.name
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"{self.name}: {self._redact(str(exc))}", provider=self.name) from exc
+
+    async def _decode(
+        self, response: httpx.Response, assembler: ChatStreamAssembler
+    ) -> AsyncIterator[TextDelta | ToolCall]:
+        decoder = SSEDecoder()
+        done = False
+        async for line in response.aiter_lines():
+            data = decoder.line(line)
+            if data is None:
+                continue
+            if data.strip() == "[DONE]":
+                done = True
+                break
+            for event in assembler.feed(self._json(data)):
+                yield event
+        if not done and (data := decoder.end()) is not None and data.strip() != "[DONE]":
+            for event in assembler.feed(self._json(data)):
+                yield event
+        if not done and assembler.finish_reason is None:
+            raise ProviderConnectionError(
+                f"{self.name}: the stream ended before the reply finished", provider=self.name
+            )
+        for call in assembler.take_tool_calls():  # a server that never sent a finish chunk for them
+            yield call
+
+    def _json(self, data: str) -> object:
+        try:
+            parsed: object = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise ProviderProtocolError(
+                f"{self.name}: stream event is not JSON ({exc}): {self._redact(data[:120])!r}", provider=self.name
+            ) from exc
+        return parsed
+
+    def _redact(self, text: str) -> str:
+        return redact(text, [self._api_key])

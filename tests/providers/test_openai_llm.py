@@ -1,0 +1,639 @@
+"""The OpenAI-compatible chat client against an in-process HTTP/1.1 server speaking the documented SSE stream:
+text, tool-call fragments, parallel calls, usage, vendor variants, HTTP errors, bad JSON, stalls, drops and
+cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from parley.providers.base import LLMEvent, LLMProvider, Message, TextDelta, ToolCall, ToolSpec, Usage
+from parley.providers.errors import (
+    ProviderAuthError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderTimeout,
+)
+from parley.providers.openai_llm import ChatStreamAssembler, OpenAICompatLLM, SSEDecoder, wire_message
+
+API_KEY = "sk-test-0123456789abcdef"
+
+
+# ---- a tiny OpenAI-compatible server ----------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, object]
+
+
+@dataclass
+class Connection:
+    request: Request
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def head(self, status: int = 200, content_type: str = "text/event-stream", chunked: bool = True) -> None:
+        lines = [f"HTTP/1.1 {status} X", f"Content-Type: {content_type}", "Connection: close", "x-request-id: req_1"]
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await self.writer.drain()
+
+    async def chunk(self, data: bytes) -> None:
+        self.writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        await self.writer.drain()
+
+    async def event(self, payload: object) -> None:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        await self.chunk(f"data: {text}\n\n".encode())
+
+    async def end(self) -> None:
+        self.writer.write(b"0\r\n\r\n")
+        await self.writer.drain()
+
+    async def json_response(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        self.writer.write(head.encode() + b"Connection: close\r\n\r\n" + data)
+        await self.writer.drain()
+
+
+Script = Callable[[Connection], Awaitable[None]]
+
+
+@dataclass
+class FakeOpenAI:
+    script: Script
+    requests: list[Request] = field(default_factory=list)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _server: asyncio.Server | None = None
+    base_url: str = ""
+
+    async def __aenter__(self) -> FakeOpenAI:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            request_line, *header_lines = head.strip().split("\r\n")
+            method, path, _ = request_line.split(" ")
+            headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
+            body = json.loads(await reader.readexactly(int(headers.get("content-length", "0"))))
+            request = Request(method, path, headers, body)
+            self.requests.append(request)
+            await self.script(Connection(request, reader, writer))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            with contextlib.suppress(ConnectionError):
+                writer.close()
+            self._tasks.discard(task)
+
+    async def wait_for_disconnect(self, connection: Connection) -> None:
+        """Block until the client closes its side (reading gives EOF), then record it."""
+        with contextlib.suppress(ConnectionError):
+            while await connection.reader.read(1024):
+                pass
+        self.disconnected.set()
+
+
+def chunk(delta: dict[str, object], finish_reason: str | None = None) -> dict[str, object]:
+    """A ``chat.completion.chunk`` shaped like OpenAI's, including fields a client must ignore."""
+    return {
+        "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+        "object": "chat.completion.chunk",
+        "created": 1750838567,
+        "model": "gpt-4o-mini-2024-07-18",
+        "system_fingerprint": "fp_44709d6fcb",
+        "service_tier": "default",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        "usage": None,
+        "obfuscation": "x7Q",
+    }
+
+
+FIRST = chunk({"role": "assistant", "content": "", "refusal": None})
+USAGE = {
+    "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+    "object": "chat.completion.chunk",
+    "created": 1750838567,
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [],
+    "usage": {
+        "prompt_tokens": 12,
+        "completion_tokens": 17,
+        "total_tokens": 29,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    },
+}
+
+
+def streaming(*events: object, done: bool = True) -> Script:
+    async def script(conn: Connection) -> None:
+        await conn.head()
+        for event in events:
+            await conn.event(event)
+        if done:
+            await conn.event("[DONE]")
+        await conn.end()
+
+    return script
+
+
+def llm(server: FakeOpenAI, **kwargs: object) -> OpenAICompatLLM:
+    return OpenAICompatLLM(server.base_url, API_KEY, "gpt-4o-mini", **kwargs)  # type: ignore[arg-type]
+
+
+async def collect(stream: AsyncIterator[LLMEvent]) -> list[LLMEvent]:
+    return [event async for event in stream]
+
+
+async def collect_until_error(stream: AsyncIterator[LLMEvent]) -> tuple[list[LLMEvent], ProviderError]:
+    events: list[LLMEvent] = []
+    with pytest.raises(ProviderError) as info:
+        async for event in stream:
+            events.append(event)
+    return events, info.value
+
+
+MESSAGES = [
+    Message("system", "You are a receptionist."),
+    Message("user", "Put me through to the front desk."),
+    Message("assistant", "", tool_calls=(ToolCall("call_1", "lookup", {"q": "desk"}),)),
+    Message("tool", '{"open": true}', tool_call_id="call_1"),
+    Message("user", "Thanks", name="caller"),
+]
+TOOLS = [
+    ToolSpec(
+        "transfer",
+        "Transfer the caller",
+        {"type": "object", "properties": {"destination": {"type": "string"}}, "required": ["destination"]},
+    )
+]
+
+
+# ---- happy paths ------------------------------------------------------------------------------------------
+
+
+async def test_streams_text_and_usage_and_sends_the_documented_request() -> None:
+    script = streaming(FIRST, chunk({"content": "Hel"}), chunk({"content": "lo there."}), chunk({}, "stop"), USAGE)
+    async with FakeOpenAI(script) as server:
+        async with llm(server, temperature=0.2, max_tokens=120) as provider:
+            assert isinstance(provider, LLMProvider)
+            events = await collect(provider.stream(MESSAGES, TOOLS))
+    assert events == [
+        TextDelta("Hel"),
+        TextDelta("lo there."),
+        Usage(provider="openai", model="gpt-4o-mini", kind="llm", input_tokens=12, output_tokens=17),
+    ]
+    [request] = server.requests
+    assert (request.method, request.path) == ("POST", "/v1/chat/completions")
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    assert request.headers["content-type"] == "application/json"
+    assert request.body == {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a receptionist."},
+            {"role": "user", "content": "Put me through to the front desk."},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "desk"}'}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"open": true}'},
+            {"role": "user", "content": "Thanks", "name": "caller"},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "transfer",
+                    "description": "Transfer the caller",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"destination": {"type": "string"}},
+                        "required": ["destination"],
+                    },
+                },
+            }
+        ],
+        "temperature": 0.2,
+        "max_tokens": 120,
+    }
+
+
+async def test_no_key_no_authorization_header_and_optional_fields_omitted() -> None:
+    async with FakeOpenAI(streaming(FIRST, chunk({"content": "ok"}), chunk({}, "stop"))) as server:
+        provider = OpenAICompatLLM(
+            server.base_url + "/",
+            None,
+            "llama3.2",
+            name="ollama",
+            extra_headers={"X-Trace": "t1"},
+            max_tokens=50,
+            max_tokens_field="max_completion_tokens",
+        )
+        events = await collect(provider.stream([Message("user", "hi")]))
+        await provider.aclose()
+    [request] = server.requests
+    assert "authorization" not in request.headers
+    assert request.headers["x-trace"] == "t1"
+    assert request.path == "/v1/chat/completions"
+    assert "tools" not in request.body and "temperature" not in request.body
+    assert request.body["max_completion_tokens"] == 50
+    assert events == [TextDelta("ok"), Usage(provider="ollama", model="llama3.2", kind="llm")]
+
+
+async def test_tool_call_split_across_chunks() -> None:
+    script = streaming(
+        FIRST,
+        chunk({"content": "Transferring you now."}),
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_abc",
+                        "type": "function",
+                        "function": {"name": "transfer", "arguments": ""},
+                    }
+                ]
+            }
+        ),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"desti'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'nation": "front'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '_desk"}'}}]}),
+        chunk({}, "tool_calls"),
+        USAGE,
+    )
+    async with FakeOpenAI(script) as server, llm(server) as provider:
+        events = await collect(provider.stream(MESSAGES, TOOLS))
+    assert events[:2] == [
+        TextDelta("Transferring you now."),
+        ToolCall("call_abc", "transfer", {"destination": "front_desk"}),
+    ]
+    assert isinstance(events[2], Usage) and events[2].output_tokens == 17
+
+
+async def test_two_parallel_tool_calls_interleaved() -> None:
+    script = streaming(
+        FIRST,
+        chunk(
+            {
+                "tool_calls": [
+                    {"index": 0, "id": "call_a", "type": "function", "function": {"name": "lookup", "arguments": ""}},
+                    {"index": 1, "id": "call_b", "type": "function", "function": {"name": "transfer", "arguments": ""}},
+                ]
+            }
+        ),
+        chunk({"tool_calls": [{"index": 1, "function": {"arguments": '{"destination":'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"q": "hours"}'}}]}),
+        chunk({"tool_calls": [{"index": 1, "function": {"arguments": ' "billing"}'}}]}),
+        chunk({}, "tool_calls"),
+        USAGE,
+    )
+    async with FakeOpenAI(script) as server, llm(server) as provider:
+        events = await collect(provider.stream(MESSAGES, TOOLS))
+    assert events[:2] == [
+        ToolCall("call_a", "lookup", {"q": "hours"}),
+        ToolCall("call_b", "transfer", {"destination": "billing"}),
+    ]
+
+
+async def test_compatible_server_variants() -> None:
+    """Ollama: whole tool call in one chunk, no usage key; Gemini: no index, empty id, 'stop' finish;
+    Groq: usage under x_groq; comments, multi-line data and an unknown field."""
+    gemini_call = {"id": "", "type": "function", "function": {"name": "hangup", "arguments": "{}"}}
+    whole = {"index": 0, "id": "call_x", "type": "function", "function": {"name": "lookup", "arguments": '{"a": 1}'}}
+
+    async def script(conn: Connection) -> None:
+        await conn.head()
+        await conn.chunk(b": keep-alive\n\n")
+        await conn.event({"choices": [{"index": 0, "delta": {"content": "Hi", "reasoning": "hmm"}}], "new_field": 1})
+        await conn.chunk(
+            b'data: {"choices": [{"index": 0,\ndata: "delta": {"tool_calls": [' + json.dumps(whole).encode()
+        )
+        await conn.chunk(b"]}}]}\n\n")
+        await conn.event({"choices": [{"index": 0, "delta": {"tool_calls": [gemini_call]}, "finish_reason": "stop"}]})
+        await conn.event({"choices": [], "x_groq": {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}})
+        await conn.chunk(b"data: [DONE]")  # no final blank line
+        await conn.end()
+
+    async with FakeOpenAI(script) as server, llm(server) as provider:
+        events = await collect(provider.stream(MESSAGES))
+    assert events == [
+        TextDelta("Hi"),
+        ToolCall("call_x", "lookup", {"a": 1}),
+        ToolCall("call_1", "hangup", {}),
+        Usage(provider="openai", model="gpt-4o-mini", kind="llm", input_tokens=3, output_tokens=4),
+    ]
+
+
+# ---- failures ---------------------------------------------------------------------------------------------
+
+
+def status(code: int, body: object) -> Script:
+    async def script(conn: Connection) -> None:
+        await conn.json_response(code, body)
+
+    return script
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "error_type", "retryable", "fragment"),
+    [
+        (
+            401,
+            {
+                "error": {
+                    "message": f"Incorrect API key provided: {API_KEY}.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            },
+            ProviderAuthError,
+            False,
+            "Incorrect API key",
+        ),
+        (
+            403,
+            {"error": {"message": "Country not supported", "code": "unsupported_country"}},
+            ProviderAuthError,
+            False,
+            "Country not supported",
+        ),
+        (
+            429,
+            {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+            ProviderError,
+            True,
+            "Rate limit",
+        ),
+        (
+            429,
+            {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}},
+            ProviderError,
+            False,
+            "quota",
+        ),
+        (500, {"error": {"message": "The server had an error", "type": "server_error"}}, ProviderError, True, "server"),
+        (503, "upstream overloaded", ProviderError, True, "upstream overloaded"),
+        (
+            400,
+            {"error": {"message": "Invalid model", "code": "model_not_found"}},
+            ProviderError,
+            False,
+            "Invalid model",
+        ),
+    ],
+)
+async def test_http_errors_are_mapped(
+    code: int, body: object, error_type: type[ProviderError], retryable: bool, fragment: str
+) -> None:
+    async with FakeOpenAI(status(code, body)) as server, llm(server) as provider:
+        events, error = await collect_until_error(provider.stream(MESSAGES))
+    assert type(error) is error_type
+    assert error.retryable is retryable
+    assert error.status == code
+    assert fragment in str(error)
+    assert API_KEY not in str(error)
+    assert events == [Usage(provider="openai", model="gpt-4o-mini", kind="llm", failed=True)]
+
+
+async def test_malformed_json_is_a_protocol_error() -> None:
+    script = streaming(FIRST, chunk({"content": "Hi"}), '{"choices": [ {"index": 0, "delta": ')
+    async with FakeOpenAI(script) as server, llm(server) as provider:
+        events, error = await collect_until_error(provider.stream(MESSAGES))
+    assert type(error) is ProviderProtocolError and not error.retryable
+    assert "not JSON" in str(error)
+    assert events == [TextDelta("Hi"), Usage(provider="openai", model="gpt-4o-mini", kind="llm", failed=True)]
+
+
+@pytest.mark.parametrize(
+    ("events", "fragment"),
+    [
+        ([["not", "an", "object"]], "not a JSON object"),
+        ([{"choices": {"index": 0}}], "'choices' is not a list"),
+        (
+            [
+                chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "t", "arguments": "{oops"}}]}),
+                chunk({}, "tool_calls"),
+            ],
+            "arguments of tool call 't' are not valid JSON",
+        ),
+        (
+            [
+                chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "t", "arguments": "[1]"}}]}),
+                chunk({}, "tool_calls"),
+            ],
+            "not a JSON object",
+        ),
+        (
+            [
+                chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"arguments": "{}"}}]}),
+                chunk({}, "tool_calls"),
+            ],
+            "without a function name",
+        ),
+    ],
+)
+async def test_bad_chunks_are_protocol_errors(events: list[object], fragment: str) -> None:
+    async with FakeOpenAI(streaming(*events)) as server, llm(server) as provider:
+        _, error = await collect_until_error(provider.stream(MESSAGES))
+    assert type(error) is ProviderProtocolError and not error.retryable
+    assert fragment in str(error)
+
+
+async def test_a_200_that_is_not_an_event_stream_is_a_protocol_error() -> None:
+    async with FakeOpenAI(status(200, {"choices": []})) as server, llm(server) as provider:
+        _, error = await collect_until_error(provider.stream(MESSAGES))
+    assert type(error) is ProviderProtocolError
+    assert "expected text/event-stream" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable", "status"),
+    [
+        ({"message": "bad tool parser output", "type": "BadRequestError", "code": 400, "param": None}, False, 400),
+        ({"message": "The server had an error while processing", "type": "server_error", "code": None}, True, None),
+    ],
+)
+async def test_in_band_error_event(error: dict[str, object], retryable: bool, status: int | None) -> None:
+    async with FakeOpenAI(streaming(FIRST, chunk({"content": "Hi"}), {"error": error})) as server:
+        async with llm(server) as provider:
+            events, raised = await collect_until_error(provider.stream(MESSAGES))
+    assert type(raised) is ProviderError
+    assert (raised.retryable, raised.status) == (retryable, status)
+    assert str(error["message"]) in str(raised)
+    assert events[0] == TextDelta("Hi")
+
+
+async def test_stall_times_out() -> None:
+    async def script(conn: Connection) -> None:
+        await conn.head()
+        await conn.event(chunk({"content": "Let me"}))
+        await asyncio.sleep(30)
+
+    async with FakeOpenAI(script) as server, llm(server, timeout_s=0.2) as provider:
+        events, error = await collect_until_error(provider.stream(MESSAGES))
+    assert type(error) is ProviderTimeout and error.retryable
+    assert events == [TextDelta("Let me"), Usage(provider="openai", model="gpt-4o-mini", kind="llm", failed=True)]
+
+
+async def test_drop_mid_stream_is_a_connection_error() -> None:
+    async def script(conn: Connection) -> None:
+        await conn.head()
+        await conn.event(chunk({"content": "Your appointment"}))
+        conn.writer.transport.abort()
+
+    async with FakeOpenAI(script) as server, llm(server) as provider:
+        events, error = await collect_until_error(provider.stream(MESSAGES))
+    assert type(error) is ProviderConnectionError and error.retryable
+    assert events[0] == TextDelta("Your appointment")
+
+
+async def test_body_ending_without_finish_is_a_connection_error() -> None:
+    async with FakeOpenAI(streaming(FIRST, chunk({"content": "Your"}), done=False)) as server:
+        async with llm(server) as provider:
+            _, error = await collect_until_error(provider.stream(MESSAGES))
+    assert type(error) is ProviderConnectionError
+    assert "ended before the reply finished" in str(error)
+
+
+async def test_connection_refused() -> None:
+    async with FakeOpenAI(streaming()) as server:
+        url = server.base_url
+    provider = OpenAICompatLLM(url, API_KEY, "m", timeout_s=2)
+    _, error = await collect_until_error(provider.stream(MESSAGES))
+    await provider.aclose()
+    assert type(error) is ProviderConnectionError and error.retryable
+
+
+# ---- cancellation, secrets, lifecycle -----------------------------------------------------------------
+
+
+async def test_aclose_closes_the_response_and_reports_cancelled_usage() -> None:
+    cancelled: list[Usage] = []
+    server: FakeOpenAI
+
+    async def script(conn: Connection) -> None:
+        await conn.head()
+        await conn.event(chunk({"content": "One"}))
+        await server.wait_for_disconnect(conn)
+
+    async with FakeOpenAI(script) as server, llm(server, on_cancel=cancelled.append) as provider:
+        stream = provider.stream(MESSAGES)
+        assert await anext(stream) == TextDelta("One")
+        await stream.aclose()  # type: ignore[attr-defined]
+        await asyncio.wait_for(server.disconnected.wait(), 2)
+        with pytest.raises(StopAsyncIteration):
+            await anext(stream)
+    assert cancelled == [Usage(provider="openai", model="gpt-4o-mini", kind="llm", cancelled=True)]
+
+
+async def test_cancelling_the_consumer_task_closes_the_response() -> None:
+    cancelled: list[Usage] = []
+    server: FakeOpenAI
+    got_first = asyncio.Event()
+
+    async def script(conn: Connection) -> None:
+        await conn.head()
+        await conn.event(
+            {
+                "choices": [{"index": 0, "delta": {"content": "One"}}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 1},
+            }
+        )
+        await server.wait_for_disconnect(conn)
+
+    async def consume(provider: OpenAICompatLLM) -> None:
+        async for _ in provider.stream(MESSAGES):
+            got_first.set()
+
+    async with FakeOpenAI(script) as server, llm(server, on_cancel=cancelled.append) as provider:
+        task = asyncio.create_task(consume(provider))
+        await asyncio.wait_for(got_first.wait(), 2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(server.disconnected.wait(), 2)
+    assert cancelled == [
+        Usage(provider="openai", model="gpt-4o-mini", kind="llm", input_tokens=9, output_tokens=1, cancelled=True)
+    ]
+
+
+async def test_the_key_is_never_logged_or_shown(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with FakeOpenAI(streaming(FIRST, chunk({}, "stop"))) as server, llm(server) as provider:
+        await collect(provider.stream(MESSAGES))
+        assert API_KEY not in repr(provider)
+    assert caplog.records, "expected a debug record of the request"
+    assert all(API_KEY not in record.getMessage() for record in caplog.records)
+
+
+async def test_injected_client_is_used_and_left_open() -> None:
+    async with FakeOpenAI(streaming(FIRST, chunk({"content": "a"}), chunk({}, "stop"))) as server:
+        async with httpx.AsyncClient() as client:
+            provider = OpenAICompatLLM(server.base_url, API_KEY, "m", http_client=client)
+            await collect(provider.stream(MESSAGES))
+            await provider.aclose()
+            assert not client.is_closed
+
+
+# ---- the sans-I/O parts -----------------------------------------------------------------------------------
+
+
+def test_sse_decoder_lines() -> None:
+    decoder = SSEDecoder()
+    lines = [": comment", "event: ignored", "id: 7", 'data: {"a":', "data:1}", "", "", "retry: 10", "data: [DONE]"]
+    out = [decoder.line(line) for line in lines]
+    assert out == [None, None, None, None, None, '{"a":\n1}', None, None, None]
+    assert decoder.end() == "[DONE]"
+    assert decoder.end() is None
+
+
+def test_assembler_appends_index_less_continuations_to_the_last_call() -> None:
+    assembler = ChatStreamAssembler("gemini")
+    assembler.feed(
+        {"choices": [{"delta": {"tool_calls": [{"id": "c1", "function": {"name": "a", "arguments": "{"}}]}}]}
+    )
+    assembler.feed({"choices": [{"delta": {"tool_calls": [{"function": {"arguments": "}"}}]}}]})
+    assembler.feed({"choices": [{"index": 1, "delta": {"content": "second choice is ignored"}}]})
+    assert assembler.take_tool_calls() == [ToolCall("c1", "a", {})]
+
+
+def test_tool_message_needs_its_call_id() -> None:
+    with pytest.raises(ProviderError, match="tool_call_id"):
+        wire_message(Message("tool", "{}"))
