@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -54,6 +55,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from parley.app import build_engine
+    from parley.testing.caller_voice import caller_voice
+    from parley.testing.sim_report import print_simulation
+    from parley.testing.simulate import load_scenario, run_scenario, shipped_scenarios, write_recording
+
+    settings = _settings(args)
+    _setup_logging("INFO" if args.verbose else "WARNING")
+    if args.scenario in (None, "list"):
+        for path in shipped_scenarios():
+            print(path)
+        return 0
+    path = Path(args.scenario)
+    if not path.exists():
+        matches = [p for p in shipped_scenarios() if p.stem == args.scenario]
+        if not matches:
+            raise ConfigError(f"no scenario file {args.scenario!r} (shipped: {[p.stem for p in shipped_scenarios()]})")
+        path = matches[0]
+    scenario = load_scenario(path)
+    print(f"loading the local stack ({settings.conversation.stt} / {settings.conversation.llm} / "
+          f"{settings.conversation.tts}) ...", file=sys.stderr)
+    engine = build_engine(settings.conversation)
+    voice = caller_voice(args.caller_voice or scenario.caller_voice, engine.tts)
+    with tempfile.TemporaryDirectory(prefix="parley-sim-") as spool:
+        result = asyncio.run(run_scenario(scenario, engine, voice, Path(spool)))
+    print_simulation(result, sys.stdout)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2, default=str))
+        print(f"  json: {args.json}")
+    if args.wav:
+        write_recording(result, Path(args.wav))
+        print(f"  recording (left: caller, right: agent as heard): {args.wav}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="Self-hosted real-time voice agent for FreeSWITCH")
     parser.add_argument("--config", "-c", help="YAML settings file (secrets come from PARLEY_* env vars)")
@@ -66,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo-call.wav", help="stereo WAV of the call ('' for none)")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="a scripted caller phones the agent (local stack, fake FreeSWITCH)")
+    p.add_argument("scenario", nargs="?", help="a scenario YAML, or the name of a shipped one; 'list' lists them")
+    p.add_argument("--json", help="write the result as JSON to this file")
+    p.add_argument("--wav", default="out/simulate.wav", help="stereo recording ('' for none)")
+    p.add_argument("--caller-voice", choices=["hibari-low", "espeak", "piper", "hibari"],
+                   help="override the scenario's caller voice")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_simulate)
 
     fs = sub.add_parser("freeswitch", help="FreeSWITCH tools").add_subparsers(dest="fs_command", required=True)
     p = fs.add_parser("decode-esl", help="decode a raw ESL capture (FreeSWITCH -> client bytes)")

@@ -103,22 +103,6 @@ class AgentSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class TurnSettings:
-    """Turn-taking knobs (the pure machine's policy); defaults are tuned for phone calls."""
-
-    smart_turn: bool = True  # ask the smart-turn v3.2 model after a short silence
-    smart_turn_threshold: float = 0.5
-    score_after_ms: int = 200  # silence before asking the model
-    silence_ms: int = 700  # endpoint without the model (or when it is off)
-    fallback_silence_ms: int = 800  # end the turn even if the model says "not finished"
-    min_speech_ms: int = 100  # shorter sounds are not speech
-    barge_in_min_speech_ms: int = 250  # a cough or "uh-huh" while the agent talks does not cut it off
-    idle_timeout_s: float = 8.0
-    idle_max_prompts: int = 1
-    max_turn_s: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
 class ConversationSettings:
     """Which providers talk and think, and what the agent says outside the brain."""
 
@@ -139,7 +123,9 @@ class ConversationSettings:
     transfer_destination: str = ""  # an extension in the agent's context, or sip:user@host
     dtmf_gap_s: float = 1.0  # digits typed within this gap form one input ('#' ends it at once)
     whisper_threads: int = 2
-    turn: TurnSettings = field(default_factory=TurnSettings)
+    # Overrides of the turn policy (parley.turns.policy.TurnPolicy holds the defaults and validates),
+    # e.g. {silence_ms: 600, barge_in_min_speech_ms: 300, smart_turn: false}.
+    turn: Mapping[str, float | int | bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +164,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
         return value
+    if origin in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
     if origin is tuple:
         if isinstance(value, str):
             value = [value]

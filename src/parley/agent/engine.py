@@ -1,0 +1,46 @@
+"""The shared parts of the conversation engine: providers and models loaded once per process.
+
+Owns: bundling what every call's :class:`~parley.agent.session.CallSession` uses (STT, brain, TTS,
+the VAD factory, the end-of-turn model, the turn policy and the conversation settings). Built by the
+composition root; never by a provider or a session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from parley.audio.pcm import Int16Array
+from parley.config import ConversationSettings
+from parley.providers.base import LLMProvider, STTProvider, TTSProvider
+from parley.turns.policy import TurnPolicy
+
+
+class VadResultLike(Protocol):
+    @property
+    def speech(self) -> bool: ...
+    @property
+    def prob(self) -> float: ...
+
+
+class FrameVadLike(Protocol):
+    def process(self, samples: Int16Array) -> VadResultLike: ...
+
+
+class TurnModelLike(Protocol):
+    def predict(self, audio: Int16Array, sample_rate: int) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    stt: STTProvider
+    llm: LLMProvider
+    tts: TTSProvider
+    policy: TurnPolicy
+    conversation: ConversationSettings
+    vad_factory: Callable[[int], FrameVadLike]
+    smart_turn: TurnModelLike | None = None
+
+    def new_vad(self, sample_rate: int) -> FrameVadLike:
+        return self.vad_factory(sample_rate)

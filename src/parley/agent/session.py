@@ -1,0 +1,424 @@
+"""One call's conversation: turn-taking, streaming STT -> brain -> chunker -> TTS -> playback, barge-in.
+
+Owns: the per-call tasks and the order of operations of a turn, the timing of every stage, and what is
+recorded (turns as heard, barge-ins, usage). Must not know which vendors are behind the providers, how
+audio reaches FreeSWITCH (that is :class:`~parley.freeswitch.call.Call`'s playback), or how turns are
+decided (that is the pure :mod:`parley.turns.machine`; this module only feeds it and carries out what it
+says).
+
+Barge-in is one action: cancel the response task (LLM + TTS stop at once), ``uuid_break <uuid> all``, and
+cut the assistant's last message to what the PLAYBACK events say the caller heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from parley.agent.chunker import SentenceChunker
+from parley.agent.engine import Engine
+from parley.agent.memory import Conversation, SpokenSegment, heard_text
+from parley.agent.tools import TERMINAL_TOOLS, tool_specs
+from parley.audio.pcm import Int16Array, from_bytes
+from parley.errors import CallGone, ParleyError
+from parley.freeswitch.call import Call, Dtmf, Hangup, StreamLost
+from parley.freeswitch.playback import Utterance
+from parley.observe import timings as tm
+from parley.providers.base import AudioChunk, STTStream, TextDelta, ToolCall, Transcript, Usage
+from parley.turns import events as turns
+from parley.turns.machine import TurnMachine
+
+log = logging.getLogger("parley.session")
+
+PREROLL_S = 0.3  # audio before the detected onset that still goes to STT (soft word starts)
+CONTEXT_S = 8.0  # audio kept for the end-of-turn model
+STT_FINAL_TIMEOUT_S = 5.0
+
+
+@dataclass(slots=True)
+class TurnRecord:
+    index: int
+    caller: str = ""
+    agent: str = ""  # what the caller heard of the reply
+    agent_full: str = ""  # what the brain said
+    barge_in: bool = False  # this reply was interrupted by the caller
+    endpoint_reason: str = ""
+    timings: tm.TurnTimings = field(default_factory=tm.TurnTimings)
+    barge: tm.BargeInTimings | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    utterance: Utterance | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "caller": self.caller,
+            "agent": self.agent,
+            "agent_full": self.agent_full,
+            "barge_in": self.barge_in,
+            "endpoint_reason": self.endpoint_reason,
+            "timings_ms": self.timings.ms(),
+            "voice_to_voice_ms": self.timings.voice_to_voice_ms,
+            "overhead_ms": self.timings.overhead_ms(),
+            "barge_in_timings": self.barge.as_dict() if self.barge else None,
+            "tool_calls": [{"name": c.name, "arguments": dict(c.arguments)} for c in self.tool_calls],
+        }
+
+
+@dataclass(slots=True)
+class _Reply:
+    """The reply being produced: what has been turned into audio so far, for truncation."""
+
+    turn: TurnRecord
+    segments: list[SpokenSegment] = field(default_factory=list)
+    current_text: str = ""
+    current_ms: float = 0.0
+    utterance: Utterance | None = None
+    task: asyncio.Task[None] | None = None
+    recorded: bool = False  # its text is in the conversation (replaced by the heard part on barge-in)
+
+
+class CallSession:
+    def __init__(self, call: Call, engine: Engine, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.call = call
+        self.engine = engine
+        self._clock = clock
+        self.conversation = Conversation(engine.conversation.system_prompt)
+        self.turns: list[TurnRecord] = []
+        self.usage: list[Usage] = []
+        self.greeting: _Reply | None = None
+        self._machine = TurnMachine(engine.policy)
+        self._rate = call.stream_rate
+        self._vad = engine.new_vad(self._rate)
+        self._ring: deque[Int16Array] = deque(maxlen=int(CONTEXT_S * 50))
+        self._in_turn = False
+        self._turn: TurnRecord | None = None
+        self._reply: _Reply | None = None
+        self._stt: STTStream | None = None
+        self._finals: list[str] = []
+        self._final_event = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dtmf: list[str] = []
+        self._dtmf_task: asyncio.Task[None] | None = None
+        self._ended = False
+        self._tools = tool_specs(engine.conversation)
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._stt = await self.engine.stt.open(sample_rate=self._rate)
+        self._spawn(self._stt_events())
+        self._spawn(self._call_events())
+        self._spawn(self._ticks())
+        try:
+            text = self.engine.conversation.greeting
+            if text:
+                self.greeting = self._start_reply(TurnRecord(index=0), fixed_text=text)
+            await self._audio_loop()
+        finally:
+            self._ended = True
+            for task in list(self._tasks):
+                task.cancel()
+            if self._reply and self._reply.task:
+                self._reply.task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._stt.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- caller audio -> turn machine ------------------------------------------------------------
+
+    async def _audio_loop(self) -> None:
+        async for frame in self.call.frames():
+            samples = from_bytes(frame.pcm)
+            self._ring.append(samples)
+            if self._in_turn and self._stt is not None:
+                await self._stt.send_audio(samples)
+            result = self._vad.process(samples)
+            dur = samples.size / self._rate
+            await self._handle(turns.VadFrame(t=frame.t, speech=result.speech, prob=result.prob, dur=dur))
+
+    async def _handle(self, event: turns.TurnEvent) -> None:
+        for action in self._machine.feed(event):
+            await self._act(action)
+
+    async def _ticks(self) -> None:
+        """Timers must fire even if caller audio stalls (frames normally arrive every 20 ms)."""
+        while True:
+            await asyncio.sleep(0.1)
+            deadline = self._machine.next_deadline()
+            now = self._clock()
+            if deadline is not None and now >= deadline:
+                await self._handle(turns.Tick(t=now))
+
+    async def _act(self, action: turns.TurnAction) -> None:
+        match action:
+            case turns.UserSpeechStarted(onset_t=onset):
+                await self._begin_turn(onset)
+            case turns.UserPaused():
+                if self._stt is not None:
+                    self._stt.pause_hint()
+            case turns.UserResumed():
+                if self._stt is not None:
+                    self._stt.speech_resumed()
+            case turns.ScoreTurn():
+                if self.engine.smart_turn is not None:
+                    self._spawn(self._score(action))
+            case turns.BargeIn(t=t, onset_t=onset):
+                await self._barge_in(t, onset)
+            case turns.EndOfTurn(t=t, speech_end_t=speech_end, reason=reason):
+                await self._end_turn(t, speech_end, reason)
+            case turns.IdlePrompt():
+                self._start_reply(self._new_turn(), fixed_text=self.engine.conversation.idle_prompt)
+            case turns.IdleHangup():
+                self._start_reply(self._new_turn(), fixed_text=self.engine.conversation.goodbye, then_hangup=True)
+
+    async def _begin_turn(self, onset: float) -> None:
+        if self._in_turn:
+            return
+        self._in_turn = True
+        self._turn = self._new_turn()
+        self._finals.clear()
+        self._final_event.clear()
+        if self._stt is not None:
+            n = max(1, int((self._clock() - onset + PREROLL_S) * 50))
+            for samples in list(self._ring)[-n:]:
+                await self._stt.send_audio(samples)
+
+    def _new_turn(self) -> TurnRecord:
+        turn = TurnRecord(index=len(self.turns) + 1)
+        self.turns.append(turn)
+        return turn
+
+    async def _score(self, action: turns.ScoreTurn) -> None:
+        model = self.engine.smart_turn
+        assert model is not None
+        audio = np.concatenate(list(self._ring)) if self._ring else np.zeros(0, np.int16)
+        p = await asyncio.to_thread(model.predict, audio, self._rate)
+        await self._handle(turns.TurnScore(t=self._clock(), pause_id=action.pause_id, p=p))
+
+    async def _end_turn(self, t: float, speech_end: float, reason: str) -> None:
+        turn = self._turn
+        self._in_turn = False
+        if turn is None or self._stt is None:
+            return
+        turn.endpoint_reason = reason
+        turn.timings.mark(tm.SPEECH_END, speech_end)
+        turn.timings.mark(tm.ENDPOINT, t)
+        await self._stt.finalize()
+        try:
+            async with asyncio.timeout(STT_FINAL_TIMEOUT_S):
+                await self._final_event.wait()
+        except TimeoutError:
+            log.warning("call %s: no final transcript within %.0f s", self.call.uuid, STT_FINAL_TIMEOUT_S)
+        turn.timings.mark(tm.STT_FINAL, self._clock())
+        text = " ".join(s for s in self._finals if s).strip()
+        self._finals.clear()
+        self._final_event.clear()
+        turn.caller = text
+        if not text:
+            self.turns.remove(turn)
+            return
+        self.conversation.add_user(text)
+        self._start_reply(turn)
+
+    async def _stt_events(self) -> None:
+        assert self._stt is not None
+        async for ev in self._stt:
+            match ev:
+                case Transcript(final=True, text=text, speech_final=sf):
+                    self._finals.append(text)
+                    if sf:
+                        self._final_event.set()
+                case Usage():
+                    self.usage.append(ev)
+                case _:
+                    pass
+
+    # ---- call events -----------------------------------------------------------------------------
+
+    async def _call_events(self) -> None:
+        while True:
+            ev = await self.call.events.get()
+            match ev:
+                case Dtmf(digit=d):
+                    if self._reply is not None and self._reply.utterance and not self._reply.utterance.done:
+                        await self._barge_in(self._clock(), self._clock())
+                    self._dtmf.append(d)
+                    if self._dtmf_task is not None:
+                        self._dtmf_task.cancel()
+                    self._dtmf_task = self._spawn(self._dtmf_done(immediate=d == "#"))
+                case Hangup() | StreamLost():
+                    return
+
+    async def _dtmf_done(self, *, immediate: bool) -> None:
+        if not immediate:
+            await asyncio.sleep(self.engine.conversation.dtmf_gap_s)
+        digits, self._dtmf = "".join(self._dtmf), []
+        turn = self._new_turn()
+        turn.caller = f"[DTMF {digits}]"
+        now = self._clock()
+        for stage in (tm.SPEECH_END, tm.ENDPOINT, tm.STT_FINAL):
+            turn.timings.mark(stage, now)
+        self.conversation.add_user(turn.caller)
+        self._start_reply(turn)
+
+    # ---- replies ---------------------------------------------------------------------------------
+
+    def _start_reply(self, turn: TurnRecord, *, fixed_text: str | None = None, then_hangup: bool = False) -> _Reply:
+        if self._reply is not None and self._reply.task is not None and not self._reply.task.done():
+            self._reply.task.cancel()
+        for action in self._machine.feed(turns.AgentTurnTaken(t=self._clock())):
+            log.debug("call %s: ignoring %s while taking the turn", self.call.uuid, action)
+        reply = _Reply(turn)
+        reply.task = self._spawn(self._reply_task(reply, fixed_text, then_hangup))
+        self._reply = reply
+        return reply
+
+    async def _reply_task(self, reply: _Reply, fixed_text: str | None, then_hangup: bool) -> None:
+        turn = reply.turn
+        chunks: asyncio.Queue[str | None] = asyncio.Queue()
+        tool_calls: list[ToolCall] = []
+        full: list[str] = []
+
+        async def brain() -> None:
+            if fixed_text is not None:
+                full.append(fixed_text)
+                await chunks.put(fixed_text)
+                await chunks.put(None)
+                return
+            chunker = SentenceChunker()
+            started = self._clock()
+            async for ev in self.engine.llm.stream(self.conversation.for_llm(), self._tools):
+                match ev:
+                    case TextDelta(text=text):
+                        if tm.LLM_FIRST_TOKEN not in turn.timings.marks:
+                            now = self._clock()
+                            turn.timings.mark(tm.LLM_FIRST_TOKEN, now)
+                            turn.timings.add_provider_time(tm.LLM_FIRST_TOKEN, now - started)
+                        full.append(text)
+                        for piece in chunker.push(text):
+                            turn.timings.mark(tm.FIRST_CHUNK, self._clock())
+                            await chunks.put(piece)
+                    case ToolCall():
+                        turn.timings.mark(tm.LLM_FIRST_TOKEN, self._clock())
+                        tool_calls.append(ev)
+                    case Usage():
+                        self.usage.append(ev)
+            for piece in chunker.flush():
+                turn.timings.mark(tm.FIRST_CHUNK, self._clock())
+                await chunks.put(piece)
+            await chunks.put(None)
+
+        async def voice() -> None:
+            while (text := await chunks.get()) is not None:
+                reply.current_text, reply.current_ms = text, 0.0
+                started = self._clock()
+                async for ev in self.engine.tts.synthesize(text):
+                    match ev:
+                        case AudioChunk(samples=samples, sample_rate=rate):
+                            if tm.TTS_FIRST_AUDIO not in turn.timings.marks:
+                                now = self._clock()
+                                turn.timings.mark(tm.TTS_FIRST_AUDIO, now)
+                                turn.timings.add_provider_time(tm.TTS_FIRST_AUDIO, now - started)
+                            if reply.utterance is None:
+                                reply.utterance = self.call.playback.utterance(rate)
+                                turn.utterance = reply.utterance
+                            await reply.utterance.write(samples)
+                            reply.current_ms += 1000.0 * samples.size / rate
+                            self._note_first_command(reply)
+                        case Usage():
+                            self.usage.append(ev)
+                reply.segments.append(SpokenSegment(text, reply.current_ms))
+                reply.current_text, reply.current_ms = "", 0.0
+            if reply.utterance is not None:
+                await reply.utterance.finish()
+                self._note_first_command(reply)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(brain())
+                tg.create_task(voice())
+            turn.agent_full = "".join(full).strip()
+            turn.tool_calls = tool_calls
+            self.conversation.add_assistant(turn.agent_full, tool_calls)
+            reply.recorded = True
+            utt = reply.utterance
+            if utt is not None:
+                report = await utt.wait_played()
+                if report.first_start_at is not None:
+                    turn.timings.mark(tm.PLAYBACK_START, report.first_start_at)
+                turn.agent = turn.agent_full if report.complete else heard_text(reply.segments, report.heard_ms)[0]
+                await self._handle(turns.AgentDone(t=self._clock()))
+            await self._run_tools(turn, tool_calls, then_hangup)
+        except* (CallGone, ParleyError) as group:
+            if not self._ended:
+                log.warning("call %s: reply failed: %s", self.call.uuid, group.exceptions[0])
+
+    def _note_first_command(self, reply: _Reply) -> None:
+        utt = reply.utterance
+        if utt is None or not utt.chunks or utt.chunks[0].queued_at is None:
+            return
+        if tm.PLAYBACK_COMMAND not in reply.turn.timings.marks:
+            reply.turn.timings.mark(tm.PLAYBACK_COMMAND, utt.chunks[0].queued_at)
+            for action in self._machine.feed(turns.AgentSpeaking(t=self._clock())):
+                log.debug("call %s: ignoring %s when the agent starts speaking", self.call.uuid, action)
+
+    async def _run_tools(self, turn: TurnRecord, calls: Sequence[ToolCall], then_hangup: bool) -> None:
+        for call in calls:
+            if call.name not in TERMINAL_TOOLS:
+                self.conversation.add_tool_result(call, "unknown tool")
+                continue
+            if call.name == "hangup":
+                self.conversation.add_tool_result(call, "ok")
+                await self.call.hangup("NORMAL_CLEARING")
+                return
+            if call.name == "transfer":
+                dest = str(call.arguments.get("destination") or self.engine.conversation.transfer_destination)
+                self.conversation.add_tool_result(call, f"transferring to {dest}")
+                await self.call.transfer(dest)
+                return
+        if then_hangup:
+            await self.call.hangup("NORMAL_CLEARING")
+
+    # ---- barge-in --------------------------------------------------------------------------------
+
+    async def _barge_in(self, detected: float, onset: float) -> None:
+        reply = self._reply
+        if reply is None:
+            return
+        if reply.task is not None and not reply.task.done():
+            reply.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reply.task
+        barge = await self.call.playback.barge_in()
+        await self._handle(turns.AgentDone(t=self._clock()))
+        if barge is None:
+            return
+        utt = reply.utterance
+        heard = next((u.heard_ms for u in barge.utterances if utt is not None and u.utterance_id == utt.id), 0.0)
+        segments = list(reply.segments)
+        if reply.current_text:
+            segments.append(SpokenSegment(reply.current_text, reply.current_ms))
+        turn = reply.turn
+        turn.barge_in = True
+        turn.agent = heard_text(segments, heard)[0]
+        if utt is not None and utt.chunks and utt.chunks[0].started_at is not None:
+            turn.timings.mark(tm.PLAYBACK_START, utt.chunks[0].started_at)
+        if reply.recorded and self.conversation.messages and self.conversation.messages[-1].role == "assistant":
+            self.conversation.messages.pop()  # the whole reply was recorded: keep only what was heard
+        self.conversation.add_interrupted(segments, heard)
+        turn.barge = tm.BargeInTimings(onset, detected, barge.break_written_at, barge.stopped_at, heard)
+        self._reply = None

@@ -1,0 +1,156 @@
+"""Local text-to-speech: hibari-tts with its bundled voice "heart" (24 kHz, Apache-2.0, about 80x realtime).
+
+Owns: loading hibari once per process (:class:`HibariModel`, created by the composition root and shared by
+every call), and :class:`HibariTTS`, which synthesizes sentence by sentence on the model's worker thread
+and streams each sentence's audio as soon as it exists. Must not know playback, resampling for the phone
+line (the caller of ``synthesize`` does that) or other providers. Only the bundled voice is offered: hibari
+downloads the other voices on first use, which must never happen here.
+
+Threads. One worker thread per model runs hibari's sync ``stream()`` generator one ``next()`` at a time,
+so sentences of concurrent calls interleave in FIFO order and never oversubscribe the CPU. When the
+consumer stops early (task cancelled, ``aclose()``, or ``break``), the generator is closed on that same
+thread after the sentence in progress, and nothing more is synthesized.
+
+Usage. A complete iteration ends with ``Usage(kind="tts", characters=len(text))``. An async generator
+cannot yield to a consumer that cancelled it, so the Usage of a request stopped early
+(``cancelled=True``) goes to the ``on_cancel`` callback instead; every request's Usage reaches exactly one
+of the two. On failure a ``Usage(failed=True)`` is yielded, then the
+:class:`~parley.providers.errors.ProviderError` (not retryable). A missing package is a
+:class:`~parley.errors.ConfigError` with the install hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from parley.audio.pcm import Float32Array, from_float
+from parley.errors import ConfigError, ParleyError
+from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.errors import ProviderError
+
+PROVIDER = "hibari-local"
+VOICE = "heart"
+SAMPLE_RATE = 24_000
+INSTALL_HINT = "pip install 'parley[local]'"
+
+_Piece = tuple[str | None, Float32Array]  # (sentence text on its first chunk, float audio)
+_Pieces = Generator[_Piece, None, None]
+
+
+class HibariModel:
+    """hibari's ONNX session and G2P, loaded once; one worker thread does all synthesis for the process."""
+
+    def __init__(self, engine: Any, *, threads: int) -> None:  # engine: hibari.Hibari (untyped)
+        self._engine = engine
+        self.threads = threads
+        self.voice = VOICE
+        self.sample_rate = SAMPLE_RATE
+        self.chunks_synthesized = 0  # written by the worker thread only
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-hibari")
+
+    @classmethod
+    def load(cls, *, threads: int = 1) -> HibariModel:
+        """Load the bundled "heart" voice and warm it up (G2P lexicons load on first use). Blocking, ~0.5 s."""
+        try:
+            from hibari import Hibari  # type: ignore[import-untyped]
+        except ImportError as exc:
+            raise ConfigError(f"hibari-tts is not installed: {INSTALL_HINT}") from exc
+        try:
+            engine = Hibari(voice=VOICE, threads=threads)
+            engine("Ready.", seed=0)
+        except Exception as exc:  # onnxruntime / G2P failures: the library edge
+            raise ProviderError(f"could not load hibari voice {VOICE!r}: {exc}", provider=PROVIDER) from exc
+        return cls(engine, threads=threads)
+
+    def pieces(self, text: str, *, speed: float, seed: int | None) -> _Pieces:
+        """Sync generator: one float32 array per sentence (long sentences come in clause-sized parts).
+
+        Runs hibari's own ``stream()`` per sentence so every chunk knows the sentence it speaks.
+        """
+        for sentence in self._engine.split_sentences(text):
+            label: str | None = str(sentence)
+            for audio in self._engine.stream(sentence, speed=speed, seed=seed):
+                self.chunks_synthesized += 1
+                yield label, np.asarray(audio, dtype=np.float32)
+                label = None
+
+    async def next_piece(self, gen: _Pieces) -> _Piece | None:
+        """Advance ``gen`` on the worker thread; None when it is exhausted."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, _advance, gen)
+        except RuntimeError as exc:  # executor shut down
+            raise ProviderError(f"the hibari model is closed ({exc})", provider=PROVIDER) from exc
+
+    def close_later(self, gen: _Pieces) -> None:
+        """Close ``gen`` on the worker thread, after any ``next()`` still running there."""
+        with contextlib.suppress(RuntimeError):  # executor already shut down: nothing runs any more
+            self._executor.submit(gen.close)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> HibariModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HibariTTS:
+    """TTSProvider over a shared :class:`HibariModel`. ``seed`` fixes hibari's noise (bit-identical output)."""
+
+    name: str = PROVIDER
+    sample_rate: int = SAMPLE_RATE
+
+    def __init__(
+        self,
+        model: HibariModel,
+        *,
+        speed: float = 1.0,
+        seed: int | None = None,
+        on_cancel: Callable[[Usage], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.speed = speed
+        self.seed = seed
+        self.on_cancel = on_cancel
+
+    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        gen = self.model.pieces(text, speed=self.speed, seed=self.seed)
+        finished = False
+        failure: ParleyError | None = None
+        try:
+            while (piece := await self.model.next_piece(gen)) is not None:
+                label, audio = piece
+                yield AudioChunk(from_float(audio), SAMPLE_RATE, text=label)
+            finished = True
+        except ParleyError as exc:
+            failure = exc
+        finally:
+            if not finished:
+                self.model.close_later(gen)
+            if not finished and failure is None and self.on_cancel is not None:
+                self.on_cancel(self._usage(text, cancelled=True))  # stopped early: cannot be yielded
+        if failure is not None:
+            yield self._usage(text, failed=True)
+            raise failure
+        yield self._usage(text)
+
+    def _usage(self, text: str, *, cancelled: bool = False, failed: bool = False) -> Usage:
+        return Usage(
+            provider=PROVIDER, model=VOICE, kind="tts", characters=len(text), cancelled=cancelled, failed=failed
+        )
+
+
+def _advance(gen: _Pieces) -> _Piece | None:
+    """Worker-thread side of ``next_piece``: hibari errors become ParleyError here, at the edge."""
+    try:
+        return next(gen, None)
+    except Exception as exc:
+        raise ProviderError(f"hibari synthesis failed: {exc}", provider=PROVIDER, retryable=False) from exc
