@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,9 @@ class CallSession:
         self._dtmf_task: asyncio.Task[None] | None = None
         self._ended = False
         self._tools = tool_specs(engine.conversation)
+        # frame lag: processing time minus the frame's due time on the 20 ms grid (benchmarks read it)
+        self.frame_lag_ms: array[float] = array("f")
+        self._first_frame: tuple[int, float] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------------
 
@@ -143,11 +147,15 @@ class CallSession:
     async def _audio_loop(self) -> None:
         async for frame in self.call.frames():
             samples = from_bytes(frame.pcm)
+            dur = samples.size / self._rate
+            if self._first_frame is None:
+                self._first_frame = (frame.seq, frame.t)
+            seq0, t0 = self._first_frame
+            self.frame_lag_ms.append(1000.0 * (self._clock() - (t0 + (frame.seq - seq0) * dur)))
             self._ring.append(samples)
             if self._in_turn and self._stt is not None:
                 await self._stt.send_audio(samples)
             result = self._vad.process(samples)
-            dur = samples.size / self._rate
             await self._handle(turns.VadFrame(t=frame.t, speech=result.speech, prob=result.prob, dur=dur))
 
     async def _handle(self, event: turns.TurnEvent) -> None:
@@ -301,22 +309,24 @@ class CallSession:
                 return
             chunker = SentenceChunker()
             started = self._clock()
-            async for ev in self.engine.llm.stream(self.conversation.for_llm(), self._tools):
-                match ev:
-                    case TextDelta(text=text):
-                        if tm.LLM_FIRST_TOKEN not in turn.timings.marks:
-                            now = self._clock()
-                            turn.timings.mark(tm.LLM_FIRST_TOKEN, now)
-                            turn.timings.add_provider_time(tm.LLM_FIRST_TOKEN, now - started)
-                        full.append(text)
-                        for piece in chunker.push(text):
-                            turn.timings.mark(tm.FIRST_CHUNK, self._clock())
-                            await chunks.put(piece)
-                    case ToolCall():
-                        turn.timings.mark(tm.LLM_FIRST_TOKEN, self._clock())
-                        tool_calls.append(ev)
-                    case Usage():
-                        self.usage.append(ev)
+            stream = self.engine.llm.stream(self.conversation.for_llm(), self._tools)
+            async with contextlib.aclosing(stream):  # a barge-in closes the vendor stream at once
+                async for ev in stream:
+                    match ev:
+                        case TextDelta(text=text):
+                            if tm.LLM_FIRST_TOKEN not in turn.timings.marks:
+                                now = self._clock()
+                                turn.timings.mark(tm.LLM_FIRST_TOKEN, now)
+                                turn.timings.add_provider_time(tm.LLM_FIRST_TOKEN, now - started)
+                            full.append(text)
+                            for piece in chunker.push(text):
+                                turn.timings.mark(tm.FIRST_CHUNK, self._clock())
+                                await chunks.put(piece)
+                        case ToolCall():
+                            turn.timings.mark(tm.LLM_FIRST_TOKEN, self._clock())
+                            tool_calls.append(ev)
+                        case Usage():
+                            self.usage.append(ev)
             for piece in chunker.flush():
                 turn.timings.mark(tm.FIRST_CHUNK, self._clock())
                 await chunks.put(piece)
@@ -326,21 +336,23 @@ class CallSession:
             while (text := await chunks.get()) is not None:
                 reply.current_text, reply.current_ms = text, 0.0
                 started = self._clock()
-                async for ev in self.engine.tts.synthesize(text):
-                    match ev:
-                        case AudioChunk(samples=samples, sample_rate=rate):
-                            if tm.TTS_FIRST_AUDIO not in turn.timings.marks:
-                                now = self._clock()
-                                turn.timings.mark(tm.TTS_FIRST_AUDIO, now)
-                                turn.timings.add_provider_time(tm.TTS_FIRST_AUDIO, now - started)
-                            if reply.utterance is None:
-                                reply.utterance = self.call.playback.utterance(rate)
-                                turn.utterance = reply.utterance
-                            await reply.utterance.write(samples)
-                            reply.current_ms += 1000.0 * samples.size / rate
-                            self._note_first_command(reply)
-                        case Usage():
-                            self.usage.append(ev)
+                synth = self.engine.tts.synthesize(text)
+                async with contextlib.aclosing(synth):
+                    async for ev in synth:
+                        match ev:
+                            case AudioChunk(samples=samples, sample_rate=rate):
+                                if tm.TTS_FIRST_AUDIO not in turn.timings.marks:
+                                    now = self._clock()
+                                    turn.timings.mark(tm.TTS_FIRST_AUDIO, now)
+                                    turn.timings.add_provider_time(tm.TTS_FIRST_AUDIO, now - started)
+                                if reply.utterance is None:
+                                    reply.utterance = self.call.playback.utterance(rate)
+                                    turn.utterance = reply.utterance
+                                await reply.utterance.write(samples)
+                                reply.current_ms += 1000.0 * samples.size / rate
+                                self._note_first_command(reply)
+                            case Usage():
+                                self.usage.append(ev)
                 reply.segments.append(SpokenSegment(text, reply.current_ms))
                 reply.current_text, reply.current_ms = "", 0.0
             if reply.utterance is not None:

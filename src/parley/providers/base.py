@@ -15,7 +15,7 @@ TTS. A provider emits :class:`Usage` at least once per request, also for cancell
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
@@ -134,7 +134,7 @@ LLMEvent: TypeAlias = TextDelta | ToolCall | Usage
 class LLMProvider(Protocol):
     name: str
 
-    def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncIterator[LLMEvent]:
+    def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
         """Text deltas and tool calls as they are produced; Usage at the end (or on cancel/failure)."""
         ...
 
@@ -159,6 +159,6 @@ class TTSProvider(Protocol):
     name: str
     sample_rate: int
 
-    def synthesize(self, text: str) -> AsyncIterator[TTSEvent]:
+    def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
         """Audio for one piece of text (a sentence or clause), streamed as it is produced."""
         ...

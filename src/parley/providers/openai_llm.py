@@ -326,7 +326,9 @@ class OpenAICompatLLM:
             await self._client.aclose()
             self._client = None
 
-    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncIterator[LLMEvent]:
+    async def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncGenerator[LLMEvent, None]:
         assembler = ChatStreamAssembler(self.name)
         ended = False
         try:

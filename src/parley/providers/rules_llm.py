@@ -66,7 +66,7 @@ from __future__ import annotations
 import asyncio
 import re
 import string
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import TypeVar, cast
@@ -357,7 +357,9 @@ class RulesDialogue:
         offered = frozenset(tool.name for tool in tools)
         return replay(self.config, (m.content for m in messages if m.role == "user"), offered)[1]
 
-    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncIterator[LLMEvent]:
+    async def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncGenerator[LLMEvent, None]:
         reply = self.respond(messages, tools)
         words = reply.text.split()
         for start in range(0, len(words), _WORDS_PER_DELTA):

@@ -9,7 +9,7 @@ other natural-sounding choice when installed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from parley.providers.base import AudioChunk, TTSEvent, TTSProvider
 
@@ -26,7 +26,7 @@ class PitchShifted:
         self.name = f"{inner.name}-x{factor:.2f}"
         self.sample_rate = round(inner.sample_rate * factor)
 
-    async def synthesize(self, text: str) -> AsyncIterator[TTSEvent]:
+    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
         async for ev in self.inner.synthesize(text):
             if isinstance(ev, AudioChunk):
                 yield AudioChunk(ev.samples, round(ev.sample_rate * self.factor), ev.text)
