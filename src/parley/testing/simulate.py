@@ -122,6 +122,7 @@ class SimulationResult:
     caller_track: Int16Array  # on the call timeline, 8 kHz
     heard_track: Int16Array
     spool_left: int
+    commands: list[bytes] = field(default_factory=list)  # every ESL command parley sent
 
     def as_dict(self) -> dict[str, object]:
         turns = [t.as_dict() for t in self.session.turns]
@@ -250,6 +251,7 @@ async def run_scenario(scenario: Scenario, engine: Engine, caller_voice: TTSProv
         caller_track=caller.timeline(origin, heard.size),
         heard_track=heard,
         spool_left=await asyncio.to_thread(_count_files, spool),
+        commands=list(fs.commands),
     )
 
 

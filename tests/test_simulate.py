@@ -1,0 +1,117 @@
+"""Whole simulated calls on the local default stack (whisper tiny.en, rules brain, hibari) through the fake
+FreeSWITCH over real sockets: the shipped scenarios, asserted on transcript, memory, timings and cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from parley.agent.engine import Engine  # noqa: E402
+from parley.config import ConversationSettings  # noqa: E402
+from parley.observe import timings as tm  # noqa: E402
+from parley.testing.caller_voice import caller_voice  # noqa: E402
+from parley.testing.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios  # noqa: E402
+
+pytest.importorskip("faster_whisper")
+pytest.importorskip("hibari")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    from parley.app import build_engine
+
+    yield build_engine(ConversationSettings())
+
+
+def simulate(engine: Engine, name: str, tmp: Path) -> SimulationResult:
+    path = next(p for p in shipped_scenarios() if p.stem == name)
+    scenario = load_scenario(path)
+    voice = caller_voice(scenario.caller_voice, engine.tts)
+    return asyncio.run(run_scenario(scenario, engine, voice, tmp))
+
+
+@pytest.fixture(scope="module")
+def booking(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> SimulationResult:
+    return simulate(engine, "booking", tmp_path_factory.mktemp("spool"))
+
+
+@pytest.fixture(scope="module")
+def barge(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> SimulationResult:
+    return simulate(engine, "barge-in", tmp_path_factory.mktemp("spool"))
+
+
+def test_booking_conversation_books_and_hangs_up(booking: SimulationResult) -> None:
+    s = booking.session
+    assert s.greeting is not None and "Riverside Dental" in s.greeting.turn.agent_full
+    said = " | ".join(t.agent_full for t in s.turns)
+    heard_by_agent = " | ".join(t.caller.lower() for t in s.turns)
+    assert "book" in heard_by_agent and "tuesday" in heard_by_agent
+    assert "booked for Tuesday at 3 PM" in said
+    assert any(c.name == "hangup" for t in s.turns for c in t.tool_calls)
+    assert booking.fake_call.hungup
+    assert booking.spool_left == 0
+
+
+def test_every_answered_turn_has_every_stage_timed(booking: SimulationResult) -> None:
+    answered = [t for t in booking.session.turns if t.agent_full and not t.barge_in]
+    assert len(answered) >= 4
+    for turn in answered:
+        ms = turn.timings.ms()
+        for stage in tm.TURN_STAGES:
+            assert stage in ms, (turn.index, stage, ms)
+        stages = [ms[s] for s in tm.TURN_STAGES]
+        assert stages == sorted(stages)  # the stages happened in order
+        assert turn.timings.voice_to_voice_ms is not None and turn.timings.voice_to_voice_ms > 0
+        assert turn.timings.overhead_ms() is not None
+
+
+def test_usage_is_reported_for_every_provider(booking: SimulationResult) -> None:
+    kinds = {u.kind for u in booking.session.usage}
+    assert kinds == {"stt", "llm", "tts"}
+    stt_seconds = sum(u.audio_seconds for u in booking.session.usage if u.kind == "stt")
+    assert stt_seconds > 3.0
+    assert sum(u.characters for u in booking.session.usage if u.kind == "tts") > 100
+
+
+def test_result_json_shape(booking: SimulationResult) -> None:
+    d = booking.as_dict()
+    assert set(d["voice_to_voice_ms"]) == {"p50", "p95"}  # type: ignore[arg-type]
+    for turn in d["turns"]:  # type: ignore[attr-defined]
+        assert {"caller", "agent", "barge_in", "timings_ms", "voice_to_voice_ms"} <= set(turn)
+
+
+def test_barge_in_cuts_the_reply_to_what_was_heard(barge: SimulationResult) -> None:
+    s = barge.session
+    interrupted = [t for t in s.turns if t.barge_in]
+    assert interrupted, [t.as_dict() for t in s.turns]
+    turn = interrupted[0]
+    assert turn.agent_full.startswith("We're open")
+    assert len(turn.agent) < len(turn.agent_full)
+    assert turn.agent_full.startswith(turn.agent)
+    # memory holds what the caller heard, not what the brain said
+    assistant = [m.content for m in s.conversation.messages if m.role == "assistant"]
+    assert turn.agent in assistant and turn.agent_full not in assistant
+    assert turn.barge is not None
+    b = turn.barge.as_dict()
+    policy = s.engine.policy
+    # speech onset -> uuid_break written: the minimum barge-in speech plus a frame or two of processing
+    assert b["onset_to_break_ms"] is not None
+    assert policy.barge_in_min_speech_ms <= b["onset_to_break_ms"] < policy.barge_in_min_speech_ms + 200
+    assert f"api uuid_break {barge.fake_call.uuid} all\n\n".encode() in barge.commands
+    # the caller's interruption was answered: the address
+    assert any("Riverside" in t.agent_full or "Street" in t.agent_full or "located" in t.agent_full
+               for t in s.turns[s.turns.index(turn) + 1 :])
+
+
+def test_silent_caller_gets_an_idle_prompt_then_goodbye(engine: Engine, tmp_path: Path) -> None:
+    result = simulate(engine, "silent-caller", tmp_path)
+    said = [t.agent_full for t in result.session.turns]
+    assert said[:2] == [engine.conversation.idle_prompt, engine.conversation.goodbye]
+    assert result.fake_call.hungup
+    assert result.spool_left == 0
