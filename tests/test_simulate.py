@@ -12,11 +12,11 @@ import pytest
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from parley.agent.engine import Engine  # noqa: E402
-from parley.config import ConversationSettings  # noqa: E402
-from parley.observe import timings as tm  # noqa: E402
-from parley.testing.caller_voice import caller_voice  # noqa: E402
-from parley.testing.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios  # noqa: E402
+from parley.agent.engine import Engine
+from parley.config import ConversationSettings
+from parley.observe import timings as tm
+from parley.testing.caller_voice import caller_voice
+from parley.testing.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios
 
 pytest.importorskip("faster_whisper")
 pytest.importorskip("hibari")
