@@ -115,3 +115,17 @@ def test_silent_caller_gets_an_idle_prompt_then_goodbye(engine: Engine, tmp_path
     assert said[:2] == [engine.conversation.idle_prompt, engine.conversation.goodbye]
     assert result.fake_call.hungup
     assert result.spool_left == 0
+
+
+def test_dtmf_reaches_the_conversation_as_input(engine: Engine, tmp_path: Path) -> None:
+    scenario_file = tmp_path / "dtmf.yaml"
+    scenario_file.write_text(
+        "name: dtmf\ndescription: the caller presses 3 then # for opening hours\ntimeout_s: 40\n"
+        "steps:\n  - wait_agent: true\n  - dtmf: '3#'\n  - wait_agent: true\n  - hangup: true\n"
+    )
+    scenario = load_scenario(scenario_file)
+    result = asyncio.run(run_scenario(scenario, engine, caller_voice("hibari-low", engine.tts), tmp_path / "spool"))
+    turns = result.session.turns
+    assert turns and turns[0].caller == "[DTMF 3#]"  # '#' ends the input at once
+    assert turns[0].agent_full.startswith("We're open")
+    assert turns[0].timings.voice_to_voice_ms is not None
