@@ -1,0 +1,324 @@
+"""Fallback chains, one per capability: when a provider fails, the next one takes over mid-call.
+
+Owns: the order in which providers are tried, remembering for a while that a provider failed (so the next
+request does not pay its timeout again), logging and counting every switch, and what may be retried.
+Must not know any vendor: it sees only the Protocols of :mod:`parley.providers.base` and ParleyErrors
+(providers translate their library's exceptions at their own edge).
+
+What is safe to retry:
+- LLM and TTS requests are retried on the next provider only while nothing has been produced yet. Once
+  text was spoken or audio queued, re-asking another provider would repeat or contradict it, so the error
+  goes up (the session then apologises with a local voice).
+- An STT stream is replaced mid-call: the audio of the turn in progress is buffered and replayed into the
+  next provider's stream, so the caller does not have to repeat themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from parley.audio.pcm import Int16Array
+from parley.errors import ParleyError
+from parley.providers.base import (
+    LLMEvent,
+    LLMProvider,
+    Message,
+    STTEvent,
+    STTProvider,
+    STTStream,
+    ToolSpec,
+    TTSEvent,
+    TTSProvider,
+    Usage,
+)
+from parley.providers.errors import ProviderError
+
+log = logging.getLogger("parley.fallback")
+
+SwitchHook = Callable[[str, str, str, BaseException], None]  # capability, from, to, error
+
+
+class AllProvidersFailed(ProviderError):
+    """Every provider of a capability failed for this request."""
+
+    def __init__(self, capability: str, errors: Sequence[BaseException]) -> None:
+        detail = "; ".join(f"{type(e).__name__}: {e}" for e in errors)
+        super().__init__(f"all {capability} providers failed: {detail}", provider=capability, retryable=False)
+        self.errors = list(errors)
+
+
+@dataclass(slots=True)
+class FallbackStats:
+    switches: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+class Health:
+    """Providers that failed recently are tried last until their cooldown ends (shared by all calls)."""
+
+    def __init__(self, names: Sequence[str], cooldown_s: float, clock: Callable[[], float]) -> None:
+        self.names = list(names)
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._failed_at: dict[int, float] = {}
+
+    def order(self) -> list[int]:
+        now = self._clock()
+        healthy = [i for i in range(len(self.names)) if now - self._failed_at.get(i, -1e18) >= self.cooldown_s]
+        cooling = sorted((i for i in range(len(self.names)) if i not in healthy), key=lambda i: self._failed_at[i])
+        return healthy + cooling
+
+    def failed(self, i: int) -> None:
+        self._failed_at[i] = self._clock()
+
+    def ok(self, i: int) -> None:
+        self._failed_at.pop(i, None)
+
+
+class _Chain:
+    capability = ""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        *,
+        cooldown_s: float,
+        clock: Callable[[], float],
+        on_switch: SwitchHook | None,
+    ) -> None:
+        if not names:
+            raise ValueError(f"a {self.capability} fallback chain needs at least one provider")
+        self.health = Health(names, cooldown_s, clock)
+        self.stats = FallbackStats()
+        self._on_switch = on_switch
+        self.name = "fallback(" + ",".join(names) + ")"
+
+    def _failed(self, i: int, nxt: int | None, exc: BaseException) -> None:
+        names = self.health.names
+        self.health.failed(i)
+        self.stats.failures[names[i]] = self.stats.failures.get(names[i], 0) + 1
+        if nxt is None:
+            return
+        self.stats.switches += 1
+        log.warning("%s provider %s failed (%s); switching to %s", self.capability, names[i], exc, names[nxt])
+        if self._on_switch is not None:
+            self._on_switch(self.capability, names[i], names[nxt], exc)
+
+
+class FallbackLLM(_Chain):
+    capability = "llm"
+
+    def __init__(
+        self,
+        providers: Sequence[LLMProvider],
+        *,
+        cooldown_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_switch: SwitchHook | None = None,
+    ) -> None:
+        super().__init__([p.name for p in providers], cooldown_s=cooldown_s, clock=clock, on_switch=on_switch)
+        self.providers = list(providers)
+
+    async def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncGenerator[LLMEvent, None]:
+        errors: list[BaseException] = []
+        order = self.health.order()
+        for pos, i in enumerate(order):
+            produced = False
+            gen = self.providers[i].stream(messages, tools)
+            try:
+                async with contextlib.aclosing(gen):
+                    async for ev in gen:
+                        produced = produced or not isinstance(ev, Usage)
+                        yield ev
+            except ParleyError as exc:
+                self._failed(i, order[pos + 1] if pos + 1 < len(order) and not produced else None, exc)
+                if produced:
+                    raise
+                errors.append(exc)
+                continue
+            self.health.ok(i)
+            return
+        raise AllProvidersFailed(self.capability, errors)
+
+
+class FallbackTTS(_Chain):
+    capability = "tts"
+
+    def __init__(
+        self,
+        providers: Sequence[TTSProvider],
+        *,
+        cooldown_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_switch: SwitchHook | None = None,
+    ) -> None:
+        super().__init__([p.name for p in providers], cooldown_s=cooldown_s, clock=clock, on_switch=on_switch)
+        self.providers = list(providers)
+        self.sample_rate = providers[0].sample_rate
+
+    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        errors: list[BaseException] = []
+        order = self.health.order()
+        for pos, i in enumerate(order):
+            produced = False
+            gen = self.providers[i].synthesize(text)
+            try:
+                async with contextlib.aclosing(gen):
+                    async for ev in gen:
+                        produced = produced or not isinstance(ev, Usage)
+                        yield ev
+            except ParleyError as exc:
+                self._failed(i, order[pos + 1] if pos + 1 < len(order) and not produced else None, exc)
+                if produced:
+                    raise
+                errors.append(exc)
+                continue
+            self.health.ok(i)
+            return
+        raise AllProvidersFailed(self.capability, errors)
+
+
+class FallbackSTT(_Chain):
+    capability = "stt"
+
+    def __init__(
+        self,
+        providers: Sequence[STTProvider],
+        *,
+        cooldown_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_switch: SwitchHook | None = None,
+    ) -> None:
+        super().__init__([p.name for p in providers], cooldown_s=cooldown_s, clock=clock, on_switch=on_switch)
+        self.providers = list(providers)
+
+    async def open(self, *, sample_rate: int, language: str | None = None) -> STTStream:
+        stream = FallbackSTTStream(self, sample_rate, language)
+        await stream.start()
+        return stream
+
+
+class FallbackSTTStream:
+    """Forwards to the current provider's stream; on failure opens the next and replays the turn's audio."""
+
+    def __init__(self, chain: FallbackSTT, sample_rate: int, language: str | None) -> None:
+        self._chain = chain
+        self._rate = sample_rate
+        self._language = language
+        self._inner: STTStream | None = None
+        self._index = -1
+        self._turn_audio: list[Int16Array] = []
+        self._events: asyncio.Queue[STTEvent | BaseException | None] = asyncio.Queue()
+        self._pump: asyncio.Task[None] | None = None
+        self._closed = False
+        self._finalize_pending = False
+
+    async def start(self, exclude: set[int] | None = None) -> None:
+        errors: list[BaseException] = []
+        tried = exclude or set()
+        for i in self._chain.health.order():
+            if i in tried:
+                continue
+            try:
+                inner = await self._chain.providers[i].open(sample_rate=self._rate, language=self._language)
+            except ParleyError as exc:
+                self._chain._failed(i, None, exc)
+                errors.append(exc)
+                tried.add(i)
+                continue
+            self._inner, self._index = inner, i
+            self._pump = asyncio.create_task(self._pump_events(inner), name=f"stt-{self._chain.health.names[i]}")
+            return
+        raise AllProvidersFailed("stt", errors)
+
+    async def _pump_events(self, inner: STTStream) -> None:
+        try:
+            async for ev in inner:
+                await self._events.put(ev)
+        except ParleyError as exc:
+            await self._events.put(exc)
+            return
+        if not self._closed:  # the provider ended the stream on its own: treat it as a failure
+            name = self._chain.health.names[self._index]
+            await self._events.put(ProviderError(f"{name} stream ended unexpectedly", provider=name, retryable=True))
+
+    async def _switch(self, exc: BaseException) -> None:
+        failed = self._index
+        self._chain._failed(failed, None, exc)
+        if self._pump is not None:
+            self._pump.cancel()
+        if self._inner is not None:
+            with contextlib.suppress(Exception):
+                await self._inner.close()
+        old = self._index
+        try:
+            await self.start(exclude={failed})
+        except AllProvidersFailed as total:
+            raise AllProvidersFailed("stt", [exc, *total.errors]) from exc
+        names = self._chain.health.names
+        self._chain.stats.switches += 1
+        log.warning("stt provider %s failed (%s); switched to %s mid-call", names[old], exc, names[self._index])
+        if self._chain._on_switch is not None:
+            self._chain._on_switch("stt", names[old], names[self._index], exc)
+        assert self._inner is not None
+        for samples in self._turn_audio:  # the caller need not repeat the turn in progress
+            await self._inner.send_audio(samples)
+        if self._finalize_pending:
+            await self._inner.finalize()
+
+    async def send_audio(self, samples: Int16Array) -> None:
+        self._turn_audio.append(samples.copy() if isinstance(samples, np.ndarray) else samples)
+        assert self._inner is not None
+        try:
+            await self._inner.send_audio(samples)
+        except ParleyError as exc:
+            await self._switch(exc)
+
+    def pause_hint(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_hint()
+
+    def speech_resumed(self) -> None:
+        if self._inner is not None:
+            self._inner.speech_resumed()
+
+    async def finalize(self) -> None:
+        self._finalize_pending = True
+        assert self._inner is not None
+        try:
+            await self._inner.finalize()
+        except ParleyError as exc:
+            await self._switch(exc)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._pump is not None:
+            self._pump.cancel()
+        if self._inner is not None:
+            await self._inner.close()
+        await self._events.put(None)
+
+    def __aiter__(self) -> AsyncIterator[STTEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[STTEvent]:
+        while True:
+            item = await self._events.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                await self._switch(item)
+                continue
+            if getattr(item, "speech_final", False):
+                self._turn_audio.clear()  # the turn is transcribed: nothing to replay any more
+                self._finalize_pending = False
+            yield item

@@ -1,0 +1,175 @@
+"""Fallback chains: switching before output, never after it, cooldown, mid-call STT switch with replay.
+
+The providers here are small scripted implementations of the provider Protocols (the chain only sees
+those Protocols and ParleyErrors); vendor fakes on real sockets test the vendor modules themselves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+
+import numpy as np
+import pytest
+
+from parley.providers.base import (
+    AudioChunk,
+    LLMEvent,
+    Message,
+    STTEvent,
+    TextDelta,
+    ToolSpec,
+    Transcript,
+    TTSEvent,
+    Usage,
+)
+from parley.providers.errors import ProviderError, ProviderTimeout
+from parley.providers.fallback import AllProvidersFailed, FallbackLLM, FallbackSTT, FallbackTTS
+
+
+class ScriptedLLM:
+    def __init__(self, name: str, words: list[str], fail_after: int | None = None) -> None:
+        self.name, self.words, self.fail_after, self.calls = name, words, fail_after, 0
+
+    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+        self.calls += 1
+        for i, w in enumerate(self.words):
+            if self.fail_after is not None and i >= self.fail_after:
+                raise ProviderTimeout(f"{self.name} timed out", provider=self.name)
+            yield TextDelta(w)
+        if self.fail_after is not None and self.fail_after >= len(self.words):
+            raise ProviderError(f"{self.name} 500", provider=self.name, status=500, retryable=True)
+        yield Usage(self.name, "m", "llm", output_tokens=len(self.words))
+
+
+class ScriptedTTS:
+    sample_rate = 8000
+
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name, self.fail, self.calls = name, fail, 0
+
+    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        self.calls += 1
+        if self.fail:
+            raise ProviderError(f"{self.name} 401", provider=self.name, status=401, retryable=False)
+        yield AudioChunk(np.ones(160, np.int16), 8000, text)
+        yield Usage(self.name, "v", "tts", characters=len(text))
+
+
+async def collect(gen: AsyncIterator[LLMEvent] | AsyncIterator[TTSEvent]) -> list[object]:
+    return [ev async for ev in gen]
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_llm_switches_before_any_output_and_remembers_the_failure() -> None:
+    bad, good = ScriptedLLM("cloud", ["a"], fail_after=0), ScriptedLLM("local", ["hello", " there"])
+    switches: list[tuple[str, str, str]] = []
+    clock = Clock()
+    chain = FallbackLLM([bad, good], cooldown_s=30, clock=clock, on_switch=lambda c, a, b, e: switches.append((c, a, b)))
+    events = await collect(chain.stream([Message("user", "hi")]))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["hello", " there"]
+    assert switches == [("llm", "cloud", "local")] and chain.stats.switches == 1
+    assert chain.stats.failures == {"cloud": 1}
+    await collect(chain.stream([Message("user", "again")]))  # in cooldown: straight to the local one
+    assert bad.calls == 1 and good.calls == 2
+    clock.t = 31.0
+    await collect(chain.stream([Message("user", "later")]))  # cooldown over: the first is tried again
+    assert bad.calls == 2
+
+
+async def test_llm_does_not_retry_once_text_was_produced() -> None:
+    half, other = ScriptedLLM("cloud", ["one", "two"], fail_after=1), ScriptedLLM("local", ["x"])
+    chain = FallbackLLM([half, other])
+    got: list[object] = []
+    with pytest.raises(ProviderTimeout):
+        async for ev in chain.stream([]):
+            got.append(ev)
+    assert got == [TextDelta("one")] and other.calls == 0 and chain.stats.switches == 0
+
+
+async def test_all_llms_failing_is_one_clear_error() -> None:
+    chain = FallbackLLM([ScriptedLLM("a", ["x"], fail_after=0), ScriptedLLM("b", ["y"], fail_after=0)])
+    with pytest.raises(AllProvidersFailed, match="all llm providers failed: ProviderTimeout: a timed out; "
+                                                 "ProviderTimeout: b timed out"):
+        await collect(chain.stream([]))
+
+
+async def test_tts_falls_back_to_the_local_voice() -> None:
+    chain = FallbackTTS([ScriptedTTS("elevenlabs", fail=True), ScriptedTTS("hibari")])
+    events = await collect(chain.synthesize("Hello."))
+    assert any(isinstance(e, AudioChunk) for e in events)
+    assert chain.stats.failures == {"elevenlabs": 1}
+
+
+class ScriptedSTTStream:
+    def __init__(self, name: str, fail_on_send: int | None) -> None:
+        self.name, self.fail_on_send = name, fail_on_send
+        self.samples = 0
+        self.sends = 0
+        self.queue: asyncio.Queue[STTEvent | None] = asyncio.Queue()
+        self.closed = False
+
+    async def send_audio(self, samples: np.ndarray) -> None:  # type: ignore[type-arg]
+        self.sends += 1
+        if self.fail_on_send is not None and self.sends > self.fail_on_send:
+            raise ProviderError(f"{self.name} connection dropped", provider=self.name, retryable=True)
+        self.samples += samples.size
+
+    def pause_hint(self) -> None: ...
+
+    def speech_resumed(self) -> None: ...
+
+    async def finalize(self) -> None:
+        await self.queue.put(Transcript(f"{self.name} heard {self.samples}", final=True, t=0.0, speech_final=True))
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.queue.put(None)
+
+    def __aiter__(self) -> AsyncIterator[STTEvent]:
+        return self._it()
+
+    async def _it(self) -> AsyncIterator[STTEvent]:
+        while (ev := await self.queue.get()) is not None:
+            yield ev
+
+
+class ScriptedSTT:
+    def __init__(self, name: str, fail_on_send: int | None = None) -> None:
+        self.name, self.fail_on_send = name, fail_on_send
+        self.streams: list[ScriptedSTTStream] = []
+
+    async def open(self, *, sample_rate: int, language: str | None = None) -> ScriptedSTTStream:
+        s = ScriptedSTTStream(self.name, self.fail_on_send)
+        self.streams.append(s)
+        return s
+
+
+async def test_stt_switches_mid_turn_and_replays_the_turn_audio() -> None:
+    cloud, local = ScriptedSTT("deepgram", fail_on_send=3), ScriptedSTT("whisper")
+    chain = FallbackSTT([cloud, local])
+    stream = await chain.open(sample_rate=16000)
+    for _ in range(5):  # the 4th send fails: the whisper stream gets all 5 frames of the turn
+        await stream.send_audio(np.zeros(320, np.int16))
+    await stream.finalize()
+    it = aiter(stream)
+    ev = await anext(it)
+    assert isinstance(ev, Transcript) and ev.text == "whisper heard 1600"
+    assert cloud.streams[0].closed and chain.stats.switches == 1
+    await stream.close()
+
+
+async def test_stt_with_every_provider_down() -> None:
+    class Down:
+        name = "down"
+
+        async def open(self, *, sample_rate: int, language: str | None = None) -> ScriptedSTTStream:
+            raise ProviderError("refused", provider="down", retryable=True)
+
+    with pytest.raises(AllProvidersFailed, match="all stt providers failed"):
+        await FallbackSTT([Down()]).open(sample_rate=8000)  # type: ignore[list-item]
