@@ -129,3 +129,31 @@ def test_dtmf_reaches_the_conversation_as_input(engine: Engine, tmp_path: Path) 
     assert turns and turns[0].caller == "[DTMF 3#]"  # '#' ends the input at once
     assert turns[0].agent_full.startswith("We're open")
     assert turns[0].timings.voice_to_voice_ms is not None
+
+
+class BrokenBrain:
+    """An LLM provider whose every request fails (as a cloud LLM behind a dead network would)."""
+
+    name = "broken"
+
+    async def stream(self, messages, tools=()):  # type: ignore[no-untyped-def]
+        from parley.providers.errors import ProviderConnectionError
+
+        raise ProviderConnectionError("connection refused", provider="broken")
+        yield  # pragma: no cover
+
+
+def test_when_the_brain_fails_the_caller_hears_an_apology_not_silence(engine: Engine, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    scenario_file = tmp_path / "s.yaml"
+    scenario_file.write_text("name: broken\ntimeout_s: 40\nsteps:\n  - wait_agent: true\n"
+                             "  - say: 'What are your opening hours?'\n  - wait_agent: true\n  - silence_s: 5\n")
+    broken = replace(engine, llm=BrokenBrain())
+    result = asyncio.run(run_scenario(load_scenario(scenario_file), broken, caller_voice("hibari-low", engine.tts),
+                                      tmp_path / "spool"))
+    assert result.session.failed
+    assert result.session.call.hangup_cause == "TEMPORARY_FAILURE"
+    assert result.session.turns[-1].agent == engine.conversation.apology
+    assert result.fake_call.playbacks[-1].status == "done"  # the apology played to the end before the hangup
+    assert result.spool_left == 0

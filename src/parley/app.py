@@ -58,6 +58,7 @@ def build_engine(conv: ConversationSettings) -> Engine:
 
         llm = OpenAICompatLLM(conv.openai_base_url, os.environ.get(conv.openai_api_key_env), conv.openai_model)
     tts = build_tts(conv.tts)
+    local_voices = ("hibari", "piper", "espeak")
     return Engine(
         stt=stt,
         llm=llm,
@@ -66,6 +67,7 @@ def build_engine(conv: ConversationSettings) -> Engine:
         conversation=conv,
         vad_factory=lambda rate: FrameVad.create(silero, rate),
         smart_turn=smart_turn,
+        emergency_tts=tts if conv.tts in local_voices else build_tts("hibari"),
     )
 
 

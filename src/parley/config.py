@@ -121,6 +121,10 @@ class ConversationSettings:
     idle_prompt: str = "Are you still there?"
     goodbye: str = "It seems we got disconnected. Goodbye!"
     transfer_destination: str = ""  # an extension in the agent's context, or sip:user@host
+    # When every provider of a capability has failed: a local voice says this, then the call ends
+    # (or is transferred to transfer_destination when on_failure is "transfer"). Never dead air.
+    apology: str = "I'm sorry, I'm having technical difficulties. Please call again in a little while."
+    on_failure: Literal["hangup", "transfer"] = "hangup"
     dtmf_gap_s: float = 1.0  # digits typed within this gap form one input ('#' ends it at once)
     whisper_threads: int = 2
     # Overrides of the turn policy (parley.turns.policy.TurnPolicy holds the defaults and validates),

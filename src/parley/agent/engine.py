@@ -41,6 +41,8 @@ class Engine:
     conversation: ConversationSettings
     vad_factory: Callable[[int], FrameVadLike]
     smart_turn: TurnModelLike | None = None
+    # the local voice that apologises when the configured providers have all failed
+    emergency_tts: TTSProvider | None = None
 
     def new_vad(self, sample_rate: int) -> FrameVadLike:
         return self.vad_factory(sample_rate)

@@ -109,6 +109,7 @@ class CallSession:
         self._dtmf: list[str] = []
         self._dtmf_task: asyncio.Task[None] | None = None
         self._ended = False
+        self.failed = False  # the providers failed and the caller got the apology
         self._tools = tool_specs(engine.conversation)
         # frame lag: processing time minus the frame's due time on the 20 ms grid (benchmarks read it)
         self.frame_lag_ms: array[float] = array("f")
@@ -244,7 +245,15 @@ class CallSession:
 
     async def _stt_events(self) -> None:
         assert self._stt is not None
-        async for ev in self._stt:
+        try:
+            await self._consume_stt(self._stt)
+        except ParleyError as exc:
+            log.error("call %s: speech recognition failed: %s", self.call.uuid, exc)
+            self._final_event.set()
+            await self._apologise(self._new_turn())
+
+    async def _consume_stt(self, stt: STTStream) -> None:
+        async for ev in stt:
             match ev:
                 case Transcript(final=True, text=text, speech_final=sf):
                     self._finals.append(text)
@@ -375,9 +384,12 @@ class CallSession:
                 turn.agent = turn.agent_full if report.complete else heard_text(reply.segments, report.heard_ms)[0]
                 await self._handle(turns.AgentDone(t=self._clock()))
             await self._run_tools(turn, tool_calls, then_hangup)
-        except* (CallGone, ParleyError) as group:
+        except* CallGone:
+            pass
+        except* ParleyError as group:
             if not self._ended:
-                log.warning("call %s: reply failed: %s", self.call.uuid, group.exceptions[0])
+                log.error("call %s: reply failed: %s", self.call.uuid, group.exceptions[0])
+                self._spawn(self._apologise(reply.turn))
 
     def _note_first_command(self, reply: _Reply) -> None:
         utt = reply.utterance
@@ -404,6 +416,31 @@ class CallSession:
                 return
         if then_hangup:
             await self.call.hangup("NORMAL_CLEARING")
+
+    async def _apologise(self, turn: TurnRecord) -> None:
+        """The providers failed: a local voice says so, then the call ends or goes to a person."""
+        conv = self.engine.conversation
+        tts = self.engine.emergency_tts or self.engine.tts
+        turn.agent_full = turn.agent = conv.apology
+        self.failed = True
+        try:
+            utt = None
+            gen = tts.synthesize(conv.apology)
+            async with contextlib.aclosing(gen):
+                async for ev in gen:
+                    if isinstance(ev, AudioChunk):
+                        utt = utt or self.call.playback.utterance(ev.sample_rate)
+                        await utt.write(ev.samples)
+            if utt is not None:
+                await utt.finish()
+                await utt.wait_played(timeout=15)
+        except (ParleyError, TimeoutError) as exc:
+            log.error("call %s: even the apology failed: %s", self.call.uuid, exc)
+        with contextlib.suppress(ParleyError):
+            if conv.on_failure == "transfer" and conv.transfer_destination:
+                await self.call.transfer(conv.transfer_destination)
+            else:
+                await self.call.hangup("TEMPORARY_FAILURE")
 
     # ---- barge-in --------------------------------------------------------------------------------
 
