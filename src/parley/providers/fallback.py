@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from parley.providers.errors import ProviderError
 
 log = logging.getLogger("parley.fallback")
 
+E = TypeVar("E")
 SwitchHook = Callable[[str, str, str, BaseException], None]  # capability, from, to, error
 
 
@@ -100,6 +102,28 @@ class _Chain:
         self._on_switch = on_switch
         self.name = "fallback(" + ",".join(names) + ")"
 
+    async def _first_working(self, start: Callable[[int], AsyncGenerator[E, None]]) -> AsyncGenerator[E, None]:
+        """Run ``start(i)`` for the healthiest provider; on failure before any output, the next one."""
+        errors: list[BaseException] = []
+        order = self.health.order()
+        for pos, i in enumerate(order):
+            produced = False
+            gen = start(i)
+            try:
+                async with contextlib.aclosing(gen):
+                    async for ev in gen:
+                        produced = produced or not isinstance(ev, Usage)
+                        yield ev
+            except ParleyError as exc:
+                self._failed(i, order[pos + 1] if pos + 1 < len(order) and not produced else None, exc)
+                if produced:
+                    raise
+                errors.append(exc)
+                continue
+            self.health.ok(i)
+            return
+        raise AllProvidersFailed(self.capability, errors)
+
     def _failed(self, i: int, nxt: int | None, exc: BaseException) -> None:
         names = self.health.names
         self.health.failed(i)
@@ -129,25 +153,10 @@ class FallbackLLM(_Chain):
     async def stream(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
     ) -> AsyncGenerator[LLMEvent, None]:
-        errors: list[BaseException] = []
-        order = self.health.order()
-        for pos, i in enumerate(order):
-            produced = False
-            gen = self.providers[i].stream(messages, tools)
-            try:
-                async with contextlib.aclosing(gen):
-                    async for ev in gen:
-                        produced = produced or not isinstance(ev, Usage)
-                        yield ev
-            except ParleyError as exc:
-                self._failed(i, order[pos + 1] if pos + 1 < len(order) and not produced else None, exc)
-                if produced:
-                    raise
-                errors.append(exc)
-                continue
-            self.health.ok(i)
-            return
-        raise AllProvidersFailed(self.capability, errors)
+        gen = self._first_working(lambda i: self.providers[i].stream(messages, tools))
+        async with contextlib.aclosing(gen):
+            async for ev in gen:
+                yield ev
 
 
 class FallbackTTS(_Chain):
@@ -166,25 +175,10 @@ class FallbackTTS(_Chain):
         self.sample_rate = providers[0].sample_rate
 
     async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
-        errors: list[BaseException] = []
-        order = self.health.order()
-        for pos, i in enumerate(order):
-            produced = False
-            gen = self.providers[i].synthesize(text)
-            try:
-                async with contextlib.aclosing(gen):
-                    async for ev in gen:
-                        produced = produced or not isinstance(ev, Usage)
-                        yield ev
-            except ParleyError as exc:
-                self._failed(i, order[pos + 1] if pos + 1 < len(order) and not produced else None, exc)
-                if produced:
-                    raise
-                errors.append(exc)
-                continue
-            self.health.ok(i)
-            return
-        raise AllProvidersFailed(self.capability, errors)
+        gen = self._first_working(lambda i: self.providers[i].synthesize(text))
+        async with contextlib.aclosing(gen):
+            async for ev in gen:
+                yield ev
 
 
 class FallbackSTT(_Chain):

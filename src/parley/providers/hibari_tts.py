@@ -21,26 +21,23 @@ of the two. On failure a ``Usage(failed=True)`` is yielded, then the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Generator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import numpy as np
 
-from parley.audio.pcm import Float32Array, from_float
-from parley.errors import ConfigError, ParleyError
-from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.errors import ConfigError
+from parley.providers.base import TTSEvent, Usage
 from parley.providers.errors import ProviderError
+from parley.providers.local_voice import Pieces, VoiceWorker, stream_pieces
 
 PROVIDER = "hibari-local"
 VOICE = "heart"
 SAMPLE_RATE = 24_000
 INSTALL_HINT = "pip install 'parley[local]'"
 
-_Piece = tuple[str | None, Float32Array]  # (sentence text on its first chunk, float audio)
-_Pieces = Generator[_Piece, None, None]
+
 
 
 class HibariModel:
@@ -52,7 +49,7 @@ class HibariModel:
         self.voice = VOICE
         self.sample_rate = SAMPLE_RATE
         self.chunks_synthesized = 0  # written by the worker thread only
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-hibari")
+        self.worker = VoiceWorker(PROVIDER)
 
     @classmethod
     def load(cls, *, threads: int = 1) -> HibariModel:
@@ -68,7 +65,7 @@ class HibariModel:
             raise ProviderError(f"could not load hibari voice {VOICE!r}: {exc}", provider=PROVIDER) from exc
         return cls(engine, threads=threads)
 
-    def pieces(self, text: str, *, speed: float, seed: int | None) -> _Pieces:
+    def pieces(self, text: str, *, speed: float, seed: int | None) -> Pieces:
         """Sync generator: one float32 array per sentence (long sentences come in clause-sized parts).
 
         Runs hibari's own ``stream()`` per sentence so every chunk knows the sentence it speaks.
@@ -80,20 +77,8 @@ class HibariModel:
                 yield label, np.asarray(audio, dtype=np.float32)
                 label = None
 
-    async def next_piece(self, gen: _Pieces) -> _Piece | None:
-        """Advance ``gen`` on the worker thread; None when it is exhausted."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, _advance, gen)
-        except RuntimeError as exc:  # executor shut down
-            raise ProviderError(f"the hibari model is closed ({exc})", provider=PROVIDER) from exc
-
-    def close_later(self, gen: _Pieces) -> None:
-        """Close ``gen`` on the worker thread, after any ``next()`` still running there."""
-        with contextlib.suppress(RuntimeError):  # executor already shut down: nothing runs any more
-            self._executor.submit(gen.close)
-
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.worker.close()
 
     def __enter__(self) -> HibariModel:
         return self
@@ -122,35 +107,19 @@ class HibariTTS:
         self.on_cancel = on_cancel
 
     async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
-        gen = self.model.pieces(text, speed=self.speed, seed=self.seed)
-        finished = False
-        failure: ParleyError | None = None
-        try:
-            while (piece := await self.model.next_piece(gen)) is not None:
-                label, audio = piece
-                yield AudioChunk(from_float(audio), SAMPLE_RATE, text=label)
-            finished = True
-        except ParleyError as exc:
-            failure = exc
-        finally:
-            if not finished:
-                self.model.close_later(gen)
-            if not finished and failure is None and self.on_cancel is not None:
-                self.on_cancel(self._usage(text, cancelled=True))  # stopped early: cannot be yielded
-        if failure is not None:
-            yield self._usage(text, failed=True)
-            raise failure
-        yield self._usage(text)
+        stream = stream_pieces(
+            self.model.worker,
+            self.model.pieces(text, speed=self.speed, seed=self.seed),
+            text=text,
+            sample_rate=SAMPLE_RATE,
+            usage=lambda cancelled, failed: self._usage(text, cancelled=cancelled, failed=failed),
+            on_cancel=self.on_cancel,
+        )
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                yield event
 
     def _usage(self, text: str, *, cancelled: bool = False, failed: bool = False) -> Usage:
         return Usage(
             provider=PROVIDER, model=VOICE, kind="tts", characters=len(text), cancelled=cancelled, failed=failed
         )
-
-
-def _advance(gen: _Pieces) -> _Piece | None:
-    """Worker-thread side of ``next_piece``: hibari errors become ParleyError here, at the edge."""
-    try:
-        return next(gen, None)
-    except Exception as exc:
-        raise ProviderError(f"hibari synthesis failed: {exc}", provider=PROVIDER, retryable=False) from exc

