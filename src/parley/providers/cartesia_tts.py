@@ -1,0 +1,458 @@
+"""Cartesia Sonic streaming TTS over its WebSocket (``wss://api.cartesia.ai/tts/websocket``).
+
+Owns: the Cartesia WebSocket wire format (spoken with ``websockets``, no SDK), a small pool of open
+sockets, and translating handshake, in-band and close failures into :mod:`parley.providers.errors` at this
+edge. Must not know calls, turns, playback or other providers.
+
+Design. One synthesize() = one new ``context_id`` (Cartesia: a context per turn, never reuse an id) on a
+socket the request holds alone; finished requests return the socket to the pool, so the sentences of one
+reply share it (Cartesia: "do many generations over a single WebSocket ... set it up before the first
+generation": call :meth:`CartesiaTTS.prewarm`). Each sentence is one generation request with
+``continue: false``: parley's chunker already hands over whole sentences, so streaming pieces with
+``continue: true`` would only add a round of buffering (``max_buffer_delay_ms``) before the first audio.
+Prosody across the sentences of a reply is therefore not carried over; a reply-level streaming API would be
+needed for that. Request::
+
+    {"context_id": C, "model_id": "sonic-3.5", "transcript": "Hello there.", "voice": {"mode": "id", "id": V},
+     "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 16000},
+     "language": "en", "continue": false}
+
+Audio comes as ``{"type": "chunk", "context_id": C, "data": <base64>}`` and ends with ``{"type": "done"}``;
+``timestamps`` (with ``add_timestamps=True``) are kept in :attr:`CartesiaTTS.last_word_timestamps`;
+``flush_done``, ``phoneme_timestamps`` and unknown types are ignored.
+
+Barge-in (the consumer closes the generator or cancels its task): nothing more is yielded, and
+``{"context_id": C, "cancel": true}`` is sent. Cancel only stops inputs that have not started generating, so
+late chunks (and any ``done``) of that context still arrive; they are dropped by context id when the socket
+is next used. ``on_cancel`` receives ``Usage(cancelled=True)``.
+
+Auth: ``Authorization: Bearer <key>`` and ``Cartesia-Version`` headers (current docs; the older
+``X-API-Key`` / ``?api_key=`` forms are not used, so the key never appears in a URL). Idle sockets are
+closed by Cartesia after 5 minutes and it has no keepalive message: a pooled socket found closed is
+replaced, and one that dies before the request's first audio is replaced once, transparently.
+
+Failures: handshake 401/403 -> :class:`ProviderAuthError`; 429 (too many sockets or contexts) and 5xx ->
+retryable :class:`ProviderError`; other 4xx (bad voice, ``model_sunsetted``) -> not retryable; in-band
+``error`` messages map by their ``status_code`` the same way; connect / next-message deadlines ->
+:class:`ProviderTimeout`; drops -> :class:`ProviderConnectionError`; non-JSON, binary or undecodable
+audio -> :class:`ProviderProtocolError`. A failed request yields ``Usage(failed=True)`` and raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeAlias
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
+
+from parley.audio.pcm import from_bytes
+from parley.errors import ConfigError
+from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.errors import (
+    ProviderAuthError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderTimeout,
+    error_for_status,
+    redact,
+)
+
+__all__ = ["CartesiaTTS", "ServerChunk", "ServerDone", "ServerError", "ServerTimestamps", "parse_message"]
+
+log = logging.getLogger("parley.providers.cartesia_tts")
+
+PROVIDER = "cartesia"
+API_VERSION = "2026-03-01"  # what GET https://api.cartesia.ai/ reports as the current version
+PCM_RATES = frozenset({8000, 16000, 22050, 24000, 44100, 48000})
+RETIRED_MODELS = frozenset({"sonic", "sonic-english", "sonic-multilingual", "sonic-2-2025-03-07"})
+MAX_IDLE = 4  # pooled sockets kept open
+
+
+# ---- sans-I/O: server messages and error mapping ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerChunk:
+    context_id: str | None
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ServerDone:
+    context_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTimestamps:
+    context_id: str | None
+    words: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    context_id: str | None
+    status: int | None
+    code: str | None
+    message: str
+
+
+ServerMessage: TypeAlias = ServerChunk | ServerDone | ServerTimestamps | ServerError | None
+
+
+def parse_message(raw: str | bytes) -> ServerMessage:
+    """One server frame -> event (None: a type we do not use). Unknown types and fields are ignored."""
+    if isinstance(raw, bytes):
+        raise ProviderProtocolError(f"{PROVIDER}: unexpected binary frame", provider=PROVIDER)
+    try:
+        data: object = json.loads(raw)
+    except ValueError as exc:
+        raise ProviderProtocolError(f"{PROVIDER}: message is not JSON ({exc})", provider=PROVIDER) from exc
+    if not isinstance(data, dict):
+        raise ProviderProtocolError(f"{PROVIDER}: message is not a JSON object", provider=PROVIDER)
+    cid = data.get("context_id")
+    context_id = cid if isinstance(cid, str) else None
+    kind = data.get("type")
+    if kind == "error" or (kind is None and data.get("error")):
+        status = data.get("status_code")
+        code = data.get("error_code")
+        parts = [str(p) for p in (data.get("title"), data.get("message") or data.get("error")) if p]
+        return ServerError(
+            context_id,
+            status if isinstance(status, int) and not isinstance(status, bool) else None,
+            str(code) if code else None,
+            ": ".join(parts) or "error",
+        )
+    if kind == "chunk":
+        audio = data.get("data")
+        if not isinstance(audio, str):
+            raise ProviderProtocolError(f"{PROVIDER}: chunk without base64 'data'", provider=PROVIDER)
+        try:
+            return ServerChunk(context_id, base64.b64decode(audio, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise ProviderProtocolError(f"{PROVIDER}: audio is not base64 ({exc})", provider=PROVIDER) from exc
+    if kind == "timestamps":
+        words = data.get("word_timestamps")
+        return ServerTimestamps(context_id, words) if isinstance(words, dict) else None
+    if kind == "done":
+        return ServerDone(context_id)
+    return None
+
+
+def error_for_message(status: int | None, code: str | None, message: str) -> ProviderError:
+    """The error for an in-band ``{"type": "error", "status_code", "error_code", "title", "message"}``."""
+    if status is not None and status >= 400:
+        return error_for_status(status, message, provider=PROVIDER, code=code)
+    text = f"{PROVIDER}: error: {message}"
+    return ProviderError(text, provider=PROVIDER, status=status, code=code, retryable=False)
+
+
+def error_for_close(code: int | None, reason: str) -> ProviderError:
+    """The error for a socket that closed while a request still expected audio."""
+    text = f"{PROVIDER}: connection closed ({code if code is not None else 1006}{' ' + reason if reason else ''})"
+    if code in (4001, 4003) or any(w in reason.lower() for w in ("api key", "unauthori", "authenticat")):
+        return ProviderAuthError(text, provider=PROVIDER)
+    if code == 1008:
+        return ProviderError(text, provider=PROVIDER, code="policy_violation", retryable=False)
+    if code == 1009:
+        return ProviderProtocolError(text, provider=PROVIDER, code="message_too_big")
+    return ProviderConnectionError(text, provider=PROVIDER)
+
+
+def error_for_handshake(status: int, body: bytes) -> ProviderError:
+    """The error for a refused upgrade (JSON ``error_code``/``title``/``message`` or legacy plain text)."""
+    text = body.decode("utf-8", "replace").strip()
+    code: str | None = None
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        code = str(data["error_code"]) if data.get("error_code") else None
+        parts = [str(p) for p in (data.get("title"), data.get("message") or data.get("error")) if p]
+        text = ": ".join(parts) or text
+    return error_for_status(status, text[:300], provider=PROVIDER, code=code)
+
+
+# ---- the provider --------------------------------------------------------------------------------------
+
+
+class _WsLog(logging.LoggerAdapter[logging.Logger]):
+    """websockets' own log, capped at INFO: its DEBUG output prints the handshake headers (the API key)."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level >= logging.INFO and self.logger.isEnabledFor(level)
+
+
+class _Socket:
+    """One open Cartesia connection, held by at most one request at a time."""
+
+    __slots__ = ("pooled", "ws")
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.pooled = False  # came from the pool: may have gone stale while idle
+
+    @property
+    def open(self) -> bool:
+        return self.ws.state is State.OPEN
+
+
+class CartesiaTTS:
+    """A :class:`~parley.providers.base.TTSProvider` speaking raw ``pcm_s16le`` from Cartesia Sonic."""
+
+    name: str = PROVIDER
+
+    def __init__(
+        self,
+        api_key: str,
+        voice_id: str,
+        *,
+        model: str = "sonic-3.5",
+        sample_rate: int = 16000,
+        url: str = "wss://api.cartesia.ai/tts/websocket",
+        version: str = API_VERSION,
+        language: str | None = "en",
+        add_timestamps: bool = False,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 10.0,
+        on_cancel: Callable[[Usage], None] | None = None,
+    ) -> None:
+        if sample_rate not in PCM_RATES:
+            raise ConfigError(f"cartesia: no raw PCM output at {sample_rate} Hz (choose from {sorted(PCM_RATES)})")
+        if model in RETIRED_MODELS:
+            raise ConfigError(f"cartesia: model {model!r} was discontinued on 2026-06-01; use sonic-3.5")
+        self.voice_id = voice_id
+        self.model = model
+        self.sample_rate = sample_rate
+        self.url = url
+        self.version = version
+        self.language = language
+        self.add_timestamps = add_timestamps
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.on_cancel = on_cancel
+        self.connections_opened = 0
+        self.last_word_timestamps: Mapping[str, object] | None = None
+        self._api_key = api_key
+        self._idle: list[_Socket] = []
+        self._ws_log = _WsLog(log.getChild("websockets"), {})
+
+    def __repr__(self) -> str:
+        return f"CartesiaTTS(voice_id={self.voice_id!r}, model={self.model!r}, sample_rate={self.sample_rate})"
+
+    async def prewarm(self) -> None:
+        """Open a socket now so the next synthesize() pays no handshake."""
+        await self._release(await self._connect())
+
+    async def aclose(self) -> None:
+        """Close the pooled sockets (sockets in use close or return to the pool when their request ends)."""
+        idle, self._idle = self._idle, []
+        for sock in idle:
+            await self._discard(sock)
+
+    async def __aenter__(self) -> CartesiaTTS:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        if not text.strip():
+            yield self._usage(0)
+            return
+        ctx = f"parley-{uuid.uuid4().hex}"
+        sock: _Socket | None = None
+        sent = produced = finished = False
+        failure: ProviderError | None = None
+        carry = b""  # an odd trailing byte of a chunk (samples may straddle messages)
+        try:
+            for attempt in range(2):
+                sock = await self._checkout()
+                try:
+                    sent = False
+                    await self._send(sock, self._request(ctx, text))
+                    sent = True
+                    while (pcm := await self._next_audio(sock, ctx)) is not None:
+                        data, carry = carry + pcm, b""
+                        if len(data) % 2:
+                            data, carry = data[:-1], data[-1:]
+                        if data:
+                            yield AudioChunk(from_bytes(data), self.sample_rate, text=None if produced else text)
+                            produced = True
+                    break
+                except ProviderError as exc:
+                    if attempt or produced or not sock.pooled or not isinstance(exc, ProviderConnectionError):
+                        raise
+                    log.info("%s: pooled socket went stale (%s); reconnecting", PROVIDER, exc)
+                    await self._discard(sock)
+                    sock = None
+            finished = True
+        except ProviderError as exc:
+            failure = exc
+        finally:
+            if not finished and failure is None:  # barge-in: the consumer stopped early
+                await self._abandon(sock, ctx, sent)
+                if self.on_cancel is not None:
+                    self.on_cancel(self._usage(len(text) if sent else 0, cancelled=True))
+        if failure is not None:
+            if sock is not None:
+                await self._discard(sock)
+            yield self._usage(len(text) if sent else 0, failed=True)
+            raise failure
+        if sock is not None:
+            await self._release(sock)
+        yield self._usage(len(text))
+
+    # ---- one request's wire traffic ----------------------------------------------------------------
+
+    def _request(self, ctx: str, text: str) -> dict[str, object]:
+        request: dict[str, object] = {
+            "context_id": ctx,
+            "model_id": self.model,
+            "transcript": text.strip(),
+            "voice": {"mode": "id", "id": self.voice_id},
+            "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": self.sample_rate},
+            "continue": False,
+        }
+        if self.language:
+            request["language"] = self.language
+        if self.add_timestamps:
+            request["add_timestamps"] = True
+        return request
+
+    async def _send(self, sock: _Socket, message: Mapping[str, object]) -> None:
+        try:
+            await sock.ws.send(json.dumps(message))
+        except ConnectionClosed as exc:
+            raise self._closed(exc) from exc
+
+    async def _next_audio(self, sock: _Socket, ctx: str) -> bytes | None:
+        """The next audio of ``ctx`` (None once it is done); other contexts' frames are dropped."""
+        while True:
+            match parse_message(await self._recv(sock)):
+                case ServerChunk(context_id=str(cid)) | ServerDone(context_id=str(cid)) if cid != ctx:
+                    continue  # late frames of a context cancelled by barge-in
+                case ServerTimestamps(context_id=str(cid)) | ServerError(context_id=str(cid)) if cid != ctx:
+                    continue
+                case ServerError(status=status, code=code, message=message):
+                    raise self._redacted(error_for_message(status, code, self._redact(message)))
+                case ServerChunk(pcm=pcm):
+                    return pcm
+                case ServerDone():
+                    return None
+                case ServerTimestamps(words=words):
+                    self.last_word_timestamps = words
+                case None:
+                    continue
+
+    async def _recv(self, sock: _Socket) -> str | bytes:
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                return await sock.ws.recv()
+        except TimeoutError as exc:
+            raise ProviderTimeout(
+                f"{PROVIDER}: no audio for {self.read_timeout_s:g} s", provider=PROVIDER, code="read_timeout"
+            ) from exc
+        except ConnectionClosed as exc:
+            raise self._closed(exc) from exc
+
+    # ---- the socket pool ---------------------------------------------------------------------------
+
+    async def _checkout(self) -> _Socket:
+        while self._idle:
+            sock = self._idle.pop()
+            if sock.open:
+                return sock
+            await self._discard(sock)  # closed by the server while idle
+        return await self._connect()
+
+    async def _release(self, sock: _Socket) -> None:
+        if sock.open and len(self._idle) < MAX_IDLE:
+            sock.pooled = True
+            self._idle.append(sock)
+        else:
+            await self._discard(sock)
+
+    async def _abandon(self, sock: _Socket | None, ctx: str, sent: bool) -> None:
+        """A request stopped early: cancel its context, then pool the socket."""
+        if sock is None:
+            return
+        if sent and sock.open:
+            try:
+                async with asyncio.timeout(1.0):
+                    await sock.ws.send(json.dumps({"context_id": ctx, "cancel": True}))
+            except (TimeoutError, ConnectionClosed):
+                await self._discard(sock)
+                return
+        await self._release(sock)
+
+    async def _discard(self, sock: _Socket) -> None:
+        with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
+            await sock.ws.close()
+
+    async def _connect(self) -> _Socket:
+        headers = {"Authorization": f"Bearer {self._api_key}", "Cartesia-Version": self.version}
+        try:
+            ws = await connect(
+                self.url,
+                additional_headers=headers,
+                open_timeout=self.connect_timeout_s,
+                close_timeout=1.0,
+                compression=None,
+                max_size=8 * 2**20,
+                user_agent_header="parley",
+                logger=self._ws_log,
+            )
+        except InvalidStatus as exc:
+            response = exc.response
+            error = error_for_handshake(response.status_code, bytes(response.body or b""))
+            raise self._redacted(error) from exc
+        except TimeoutError as exc:
+            raise ProviderTimeout(f"{PROVIDER}: connect timed out", provider=PROVIDER) from exc
+        except InvalidURI as exc:
+            raise ProviderError(f"{PROVIDER}: bad URL {self.url!r}", provider=PROVIDER) from exc
+        except (OSError, InvalidHandshake) as exc:
+            raise ProviderConnectionError(
+                f"{PROVIDER}: could not connect: {self._redact(str(exc)) or type(exc).__name__}", provider=PROVIDER
+            ) from exc
+        self.connections_opened += 1
+        return _Socket(ws)
+
+    # ---- helpers -------------------------------------------------------------------------------------
+
+    def _closed(self, exc: ConnectionClosed) -> ProviderError:
+        frame = exc.rcvd
+        return self._redacted(error_for_close(frame.code if frame else None, frame.reason if frame else ""))
+
+    def _redacted(self, error: ProviderError) -> ProviderError:
+        clean = self._redact(str(error))
+        if clean != str(error):
+            error.args = (clean, *error.args[1:])
+        return error
+
+    def _redact(self, text: str) -> str:
+        return redact(text, [self._api_key])
+
+    def _usage(self, characters: int, *, cancelled: bool = False, failed: bool = False) -> Usage:
+        return Usage(
+            provider=PROVIDER,
+            model=self.model,
+            kind="tts",
+            characters=characters,
+            cancelled=cancelled,
+            failed=failed,
+        )

@@ -1,0 +1,474 @@
+"""ElevenLabs streaming TTS over the multi-context WebSocket (``/v1/text-to-speech/{voice}/multi-stream-input``).
+
+Owns: the ElevenLabs WebSocket wire format (spoken with ``websockets``, no SDK), a small pool of open
+sockets, and translating every handshake, in-band and close-frame failure into
+:mod:`parley.providers.errors` at this edge. Must not know calls, turns, playback or other providers.
+
+Design. One synthesize() = one *context* on a socket the request holds alone (a socket is never shared by
+two requests at once; concurrent calls get their own sockets; finished requests put theirs back in the
+pool, so the sentences of one reply reuse one socket). Per request, three text frames go out at once::
+
+    {"text": " ", "context_id": C, "voice_settings": {...}}     open the context (text must be one space)
+    {"text": "Hello there. ", "context_id": C, "flush": true}    the sentence, ending with a space, flushed
+    {"context_id": C, "close_context": true}                     close it: a flushing context finishes first
+
+Audio arrives as ``{"audio": <base64 s16le>, "contextId": C, ...alignment}`` and the context ends with
+``{"isFinal": true, "contextId": C}``. The protocol has no documented "flush finished" marker (livekit
+ignores an undocumented ``flush_done``), and on the single-stream endpoint ``isFinal`` only follows
+``{"text": ""}``, which ends the whole socket. Closing the *context* right after the flush gives a
+documented end marker per sentence without giving up the socket, so the next sentence pays no handshake.
+Flushing every sentence forgoes the server's cross-sentence buffering (slightly flatter prosody between
+sentences) for the lowest first-audio latency.
+
+Barge-in (the consumer closes the generator or cancels its task): nothing more is yielded at once. The
+context is already closed (or gets ``close_context`` now, if the request stopped before sending it); the
+server still finishes a flush in progress, so its late frames are dropped by context id when the socket is
+next used (the vendor's documented multi-context barge-in). A socket keeps a set of contexts that have not
+sent ``isFinal`` yet and is closed instead of pooled when three are pending, well under the documented
+limit of five per socket (pipecat#4041). ``on_cancel`` receives ``Usage(cancelled=True)``.
+
+Idle sockets: the server ends a socket after ``inactivity_timeout`` (default 20 s) without text, with an
+``input_timeout_exceeded`` error and close 1008. A pooled socket found closed is replaced; one that dies
+before the request's first audio (the close raced our send) is replaced once, transparently.
+
+Failures: handshake 401/403 and in-band auth errors -> :class:`ProviderAuthError`; 429 and concurrency
+errors -> retryable :class:`ProviderError`; ``quota_exceeded`` / unusual activity -> not retryable; connect
+or next-message deadline -> :class:`ProviderTimeout`; drops and unexpected closes ->
+:class:`ProviderConnectionError`; non-JSON, binary or undecodable audio -> :class:`ProviderProtocolError`.
+A failed request yields ``Usage(failed=True)`` and raises. The key travels only in the ``xi-api-key``
+header; websockets' DEBUG log (which prints headers) is muted and error texts are redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeAlias
+from urllib.parse import quote, urlencode
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
+
+from parley.audio.pcm import from_bytes
+from parley.errors import ConfigError
+from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.errors import (
+    ProviderAuthError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderTimeout,
+    error_for_status,
+    redact,
+)
+
+__all__ = ["ElevenLabsTTS", "ServerAudio", "ServerError", "ServerFinal", "error_for_close", "parse_message"]
+
+log = logging.getLogger("parley.providers.elevenlabs_tts")
+
+PROVIDER = "elevenlabs"
+PCM_RATES = frozenset({8000, 16000, 22050, 24000, 32000, 44100, 48000})
+MAX_CONTEXTS = 5  # documented limit of simultaneous contexts per socket
+RETIRE_AT = 3  # contexts still waiting for isFinal when a socket is closed instead of pooled
+MAX_IDLE = 4  # pooled sockets kept open
+
+_AUTH = frozenset({"invalid_api_key", "missing_api_key", "unauthorized", "invalid_authorization", "auth_error"})
+_FINAL = frozenset({"quota_exceeded", "insufficient_credits", "payment_required", "detected_unusual_activity"})
+_BUSY = frozenset({"too_many_concurrent_requests", "rate_limit_exceeded", "system_busy", "max_active_conversations"})
+_STALE = frozenset({"input_timeout_exceeded", "max_active_conversations"})  # a fresh socket cures these
+
+
+# ---- sans-I/O: server messages and error mapping ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAudio:
+    context_id: str | None
+    pcm: bytes
+    alignment: Mapping[str, object] | None = None
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFinal:
+    context_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    context_id: str | None
+    error: str
+    message: str
+
+
+ServerMessage: TypeAlias = ServerAudio | ServerFinal | ServerError | None
+
+
+def parse_message(raw: str | bytes) -> ServerMessage:
+    """One server frame -> event (None: nothing for us, e.g. an empty audio field). Unknown fields ignored."""
+    if isinstance(raw, bytes):
+        raise ProviderProtocolError(f"{PROVIDER}: unexpected binary frame", provider=PROVIDER)
+    try:
+        data: object = json.loads(raw)
+    except ValueError as exc:
+        raise ProviderProtocolError(f"{PROVIDER}: message is not JSON ({exc})", provider=PROVIDER) from exc
+    if not isinstance(data, dict):
+        raise ProviderProtocolError(f"{PROVIDER}: message is not a JSON object", provider=PROVIDER)
+    cid = data.get("contextId", data.get("context_id"))  # both spellings are seen
+    context_id = cid if isinstance(cid, str) else None
+    if data.get("error") is not None:
+        error = str(data["error"])
+        return ServerError(context_id, error, str(data.get("message") or error))
+    final = data.get("isFinal") is True
+    audio = data.get("audio")
+    if isinstance(audio, str) and audio:
+        try:
+            pcm = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProviderProtocolError(f"{PROVIDER}: audio is not base64 ({exc})", provider=PROVIDER) from exc
+        alignment = data.get("alignment") or data.get("normalizedAlignment")
+        return ServerAudio(context_id, pcm, alignment if isinstance(alignment, dict) else None, final)
+    if audio is not None and not isinstance(audio, str):
+        raise ProviderProtocolError(f"{PROVIDER}: 'audio' is not a string", provider=PROVIDER)
+    return ServerFinal(context_id) if final else None
+
+
+def error_for_message(error: str, message: str) -> ProviderError:
+    """The error for an in-band ``{"error": ..., "message": ...}`` message."""
+    text = f"{PROVIDER}: {error}: {message}"
+    if error in _AUTH:
+        return ProviderAuthError(text, provider=PROVIDER, status=401, code=error)
+    if error in _FINAL:
+        return ProviderError(text, provider=PROVIDER, code=error, retryable=False)
+    if error in _BUSY:
+        return ProviderError(text, provider=PROVIDER, status=429, code=error, retryable=True)
+    if error == "input_timeout_exceeded":
+        return ProviderTimeout(text, provider=PROVIDER, code=error)
+    retryable = "internal" in error or "server" in error
+    return ProviderError(text, provider=PROVIDER, code=error, retryable=retryable)
+
+
+def error_for_close(code: int | None, reason: str) -> ProviderError:
+    """The error for a socket that closed while a request still expected audio."""
+    text = f"{PROVIDER}: connection closed ({code if code is not None else 1006}{' ' + reason if reason else ''})"
+    low = reason.lower()
+    if code in (4001, 4003) or any(word in low for word in ("api key", "api_key", "unauthori", "authenticat")):
+        return ProviderAuthError(text, provider=PROVIDER, code="invalid_api_key")
+    if "timeout" in low:
+        return ProviderConnectionError(text, provider=PROVIDER, code="input_timeout_exceeded")
+    if code == 1008:
+        return ProviderError(text, provider=PROVIDER, code="policy_violation", retryable=False)
+    if code == 1009:
+        return ProviderProtocolError(text, provider=PROVIDER, code="message_too_big")
+    return ProviderConnectionError(text, provider=PROVIDER)
+
+
+def error_for_handshake(status: int, body: bytes) -> ProviderError:
+    """The error for a refused upgrade; the body is ElevenLabs' ``{"detail": {"status", "message"}}``."""
+    text = body.decode("utf-8", "replace").strip()
+    code: str | None = None
+    try:
+        detail = json.loads(text).get("detail") if text else None
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, dict):
+        code = str(detail["status"]) if detail.get("status") else None
+        text = str(detail.get("message") or text)
+    elif isinstance(detail, str):
+        text = detail
+    if code in _FINAL:
+        return ProviderError(f"{PROVIDER}: HTTP {status}: {text[:300]}", provider=PROVIDER, status=status, code=code)
+    return error_for_status(status, text[:300], provider=PROVIDER, code=code)
+
+
+# ---- the provider --------------------------------------------------------------------------------------
+
+
+class _WsLog(logging.LoggerAdapter[logging.Logger]):
+    """websockets' own log, capped at INFO: its DEBUG output prints the handshake headers (the API key)."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level >= logging.INFO and self.logger.isEnabledFor(level)
+
+
+class _Socket:
+    """One open multi-stream-input connection, held by at most one request at a time."""
+
+    __slots__ = ("pending", "pooled", "ws")
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.pending: set[str] = set()  # contexts opened here whose isFinal has not been read yet
+        self.pooled = False  # came from the pool: may have gone stale while idle
+
+    @property
+    def open(self) -> bool:
+        return self.ws.state is State.OPEN
+
+
+class ElevenLabsTTS:
+    """A :class:`~parley.providers.base.TTSProvider` speaking raw PCM (``pcm_<rate>``) from ElevenLabs."""
+
+    name: str = PROVIDER
+
+    def __init__(
+        self,
+        api_key: str,
+        voice_id: str,
+        *,
+        model: str = "eleven_flash_v2_5",
+        sample_rate: int = 16000,
+        url_base: str = "wss://api.elevenlabs.io",
+        voice_settings: Mapping[str, float | bool] | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 10.0,
+        inactivity_timeout_s: int | None = None,
+        on_cancel: Callable[[Usage], None] | None = None,
+    ) -> None:
+        if sample_rate not in PCM_RATES:
+            raise ConfigError(f"elevenlabs: no raw PCM output at {sample_rate} Hz (choose from {sorted(PCM_RATES)})")
+        if model == "eleven_v3":
+            raise ConfigError("elevenlabs: eleven_v3 is not available on the WebSocket API")
+        self.voice_id = voice_id
+        self.model = model
+        self.sample_rate = sample_rate
+        self.url_base = url_base.rstrip("/")
+        self.voice_settings = dict(voice_settings) if voice_settings else None
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.inactivity_timeout_s = inactivity_timeout_s
+        self.on_cancel = on_cancel
+        self.connections_opened = 0
+        self.last_alignment: Mapping[str, object] | None = None  # of the last chunk that had one
+        self._api_key = api_key
+        self._idle: list[_Socket] = []
+        self._ws_log = _WsLog(log.getChild("websockets"), {})
+
+    def __repr__(self) -> str:
+        return f"ElevenLabsTTS(voice_id={self.voice_id!r}, model={self.model!r}, sample_rate={self.sample_rate})"
+
+    @property
+    def url(self) -> str:
+        query: dict[str, str | int] = {"model_id": self.model, "output_format": f"pcm_{self.sample_rate}"}
+        if self.inactivity_timeout_s is not None:
+            query["inactivity_timeout"] = self.inactivity_timeout_s
+        path = f"/v1/text-to-speech/{quote(self.voice_id, safe='')}/multi-stream-input"
+        return f"{self.url_base}{path}?{urlencode(query)}"
+
+    async def prewarm(self) -> None:
+        """Open a socket now so the next synthesize() pays no handshake (e.g. when the caller starts talking)."""
+        await self._release(await self._connect())
+
+    async def aclose(self) -> None:
+        """Close the pooled sockets (sockets in use close or return to the pool when their request ends)."""
+        idle, self._idle = self._idle, []
+        for sock in idle:
+            await self._discard(sock)
+
+    async def __aenter__(self) -> ElevenLabsTTS:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        if not text.strip():
+            yield self._usage(0)
+            return
+        ctx = f"parley-{uuid.uuid4().hex}"
+        sock: _Socket | None = None
+        sent = 0  # of the three context messages
+        produced = finished = False
+        failure: ProviderError | None = None
+        carry = b""  # an odd trailing byte of a chunk (samples may straddle messages)
+        try:
+            for attempt in range(2):
+                sock = await self._checkout()
+                try:
+                    sent = 0
+                    for message in self._messages(ctx, text):
+                        await self._send(sock, message)
+                        sock.pending.add(ctx)
+                        sent += 1
+                    while True:
+                        pcm, final = await self._next_audio(sock, ctx)
+                        data, carry = carry + pcm, b""
+                        if len(data) % 2:
+                            data, carry = data[:-1], data[-1:]
+                        if data:
+                            yield AudioChunk(from_bytes(data), self.sample_rate, text=None if produced else text)
+                            produced = True
+                        if final:
+                            break
+                    break
+                except ProviderError as exc:
+                    stale = isinstance(exc, ProviderConnectionError) or exc.code in _STALE
+                    if attempt or produced or not sock.pooled or not stale:
+                        raise
+                    log.info("%s: pooled socket went stale (%s); reconnecting", PROVIDER, exc)
+                    await self._discard(sock)
+                    sock = None
+            finished = True
+        except ProviderError as exc:
+            failure = exc
+        finally:
+            if not finished and failure is None:  # barge-in: the consumer stopped early
+                await self._abandon(sock, ctx, sent)
+                if self.on_cancel is not None:
+                    self.on_cancel(self._usage(len(text) if sent >= 2 else 0, cancelled=True))
+        if failure is not None:
+            if sock is not None:
+                await self._discard(sock)
+            yield self._usage(len(text) if sent >= 2 else 0, failed=True)
+            raise failure
+        if sock is not None:
+            await self._release(sock)
+        yield self._usage(len(text))
+
+    # ---- one request's wire traffic ----------------------------------------------------------------
+
+    def _messages(self, ctx: str, text: str) -> list[dict[str, object]]:
+        opening: dict[str, object] = {"text": " ", "context_id": ctx}
+        if self.voice_settings:
+            opening["voice_settings"] = self.voice_settings
+        return [
+            opening,
+            {"text": text.strip() + " ", "context_id": ctx, "flush": True},
+            {"context_id": ctx, "close_context": True},
+        ]
+
+    async def _send(self, sock: _Socket, message: Mapping[str, object]) -> None:
+        try:
+            await sock.ws.send(json.dumps(message))
+        except ConnectionClosed as exc:
+            raise self._closed(exc) from exc
+
+    async def _next_audio(self, sock: _Socket, ctx: str) -> tuple[bytes, bool]:
+        """The next audio of ``ctx`` and whether it was the last; other contexts' frames are dropped."""
+        while True:
+            match parse_message(await self._recv(sock)):
+                case ServerAudio(context_id=str(cid)) | ServerError(context_id=str(cid)) if cid != ctx:
+                    continue  # late frames of a context closed by barge-in
+                case ServerFinal(context_id=str(cid)) if cid != ctx:
+                    sock.pending.discard(cid)
+                case ServerError(error=error, message=message):
+                    raise self._redacted(error_for_message(error, message))
+                case ServerFinal():
+                    sock.pending.discard(ctx)
+                    return b"", True
+                case ServerAudio(pcm=pcm, alignment=alignment, final=final):
+                    if alignment is not None:
+                        self.last_alignment = alignment
+                    if final:
+                        sock.pending.discard(ctx)
+                    return pcm, final
+                case None:
+                    continue
+
+    async def _recv(self, sock: _Socket) -> str | bytes:
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                return await sock.ws.recv()
+        except TimeoutError as exc:
+            raise ProviderTimeout(
+                f"{PROVIDER}: no audio for {self.read_timeout_s:g} s", provider=PROVIDER, code="read_timeout"
+            ) from exc
+        except ConnectionClosed as exc:
+            raise self._closed(exc) from exc
+
+    # ---- the socket pool ---------------------------------------------------------------------------
+
+    async def _checkout(self) -> _Socket:
+        while self._idle:
+            sock = self._idle.pop()
+            if sock.open and len(sock.pending) < MAX_CONTEXTS - 1:
+                return sock
+            await self._discard(sock)  # closed by the server while idle (inactivity timeout)
+        return await self._connect()
+
+    async def _release(self, sock: _Socket) -> None:
+        if sock.open and len(sock.pending) < RETIRE_AT and len(self._idle) < MAX_IDLE:
+            sock.pooled = True
+            self._idle.append(sock)
+        else:
+            await self._discard(sock)
+
+    async def _abandon(self, sock: _Socket | None, ctx: str, sent: int) -> None:
+        """A request stopped early: make sure its context is closed, then pool the socket."""
+        if sock is None:
+            return
+        if 0 < sent < 3 and sock.open:
+            try:
+                async with asyncio.timeout(1.0):
+                    await sock.ws.send(json.dumps({"context_id": ctx, "close_context": True}))
+            except (TimeoutError, ConnectionClosed):
+                await self._discard(sock)
+                return
+        await self._release(sock)
+
+    async def _discard(self, sock: _Socket) -> None:
+        with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
+            await sock.ws.close()
+
+    async def _connect(self) -> _Socket:
+        try:
+            ws = await connect(
+                self.url,
+                additional_headers={"xi-api-key": self._api_key},
+                open_timeout=self.connect_timeout_s,
+                close_timeout=1.0,
+                compression=None,
+                max_size=8 * 2**20,
+                user_agent_header="parley",
+                logger=self._ws_log,
+            )
+        except InvalidStatus as exc:
+            response = exc.response
+            error = error_for_handshake(response.status_code, bytes(response.body or b""))
+            raise self._redacted(error) from exc
+        except TimeoutError as exc:
+            raise ProviderTimeout(f"{PROVIDER}: connect timed out", provider=PROVIDER) from exc
+        except InvalidURI as exc:
+            raise ProviderError(f"{PROVIDER}: bad URL {self.url_base!r}", provider=PROVIDER) from exc
+        except (OSError, InvalidHandshake) as exc:
+            raise ProviderConnectionError(
+                f"{PROVIDER}: could not connect: {self._redact(str(exc)) or type(exc).__name__}", provider=PROVIDER
+            ) from exc
+        self.connections_opened += 1
+        return _Socket(ws)
+
+    # ---- helpers -------------------------------------------------------------------------------------
+
+    def _closed(self, exc: ConnectionClosed) -> ProviderError:
+        frame = exc.rcvd
+        return self._redacted(error_for_close(frame.code if frame else None, frame.reason if frame else ""))
+
+    def _redacted(self, error: ProviderError) -> ProviderError:
+        clean = self._redact(str(error))
+        if clean != str(error):
+            error.args = (clean, *error.args[1:])
+        return error
+
+    def _redact(self, text: str) -> str:
+        return redact(text, [self._api_key])
+
+    def _usage(self, characters: int, *, cancelled: bool = False, failed: bool = False) -> Usage:
+        return Usage(
+            provider=PROVIDER,
+            model=self.model,
+            kind="tts",
+            characters=characters,
+            cancelled=cancelled,
+            failed=failed,
+        )
