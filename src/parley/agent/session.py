@@ -122,6 +122,7 @@ class CallSession:
         self._spawn(self._stt_events())
         self._spawn(self._call_events())
         self._spawn(self._ticks())
+        self._spawn(self._prewarm())
         try:
             text = self.engine.conversation.greeting
             if text:
@@ -136,6 +137,15 @@ class CallSession:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._stt.close()
+
+    async def _prewarm(self) -> None:
+        """Cloud TTS: open the vendor socket now, so the first reply does not pay a TLS handshake."""
+        warm = getattr(self.engine.tts, "prewarm", None)
+        if warm is not None:
+            try:
+                await warm()
+            except ParleyError as exc:
+                log.warning("call %s: could not prewarm %s: %s", self.call.uuid, self.engine.tts.name, exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

@@ -174,6 +174,14 @@ class FallbackTTS(_Chain):
         self.providers = list(providers)
         self.sample_rate = providers[0].sample_rate
 
+    async def prewarm(self) -> None:
+        """Open the preferred provider's connection ahead of the first turn (best effort)."""
+        for i in self.health.order()[:1]:
+            warm = getattr(self.providers[i], "prewarm", None)
+            if warm is not None:
+                with contextlib.suppress(ParleyError):
+                    await warm()
+
     async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
         gen = self._first_working(lambda i: self.providers[i].synthesize(text))
         async with contextlib.aclosing(gen):
