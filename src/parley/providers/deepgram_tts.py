@@ -1,0 +1,318 @@
+"""Deepgram Aura-2 text-to-speech over the ``/v1/speak`` WebSocket, spoken with ``websockets`` (no SDK).
+
+Owns: a small pool of open speak sockets reused across :meth:`DeepgramTTS.synthesize` calls (sequential
+use needs exactly one; concurrent requests each get their own socket), the Speak / Flush / Clear exchange
+of one request, and translating failures into :mod:`parley.providers.errors` (handshake and close-frame
+mapping shared with :mod:`parley.providers.deepgram_stt`). Must not know about calls, playback or turns.
+
+Wire (docs/provider-protocols.md §2): ``Authorization: Token <key>``; query ``model``,
+``encoding=linear16``, ``sample_rate``. One request = ``{"type":"Speak","text":...}`` (split at spaces when
+longer than Deepgram's 2000 characters per Speak) + ``{"type":"Flush"}``; the answer is binary frames of
+raw little-endian int16 (no header) then ``{"type":"Flushed"}``. ``Metadata``, ``Warning``, stale
+``Cleared`` and unknown messages are ignored (warnings logged).
+
+Sockets: :meth:`prewarm` opens one ahead of the first turn. A socket goes back to the pool only in a known
+state (after ``Flushed``, or ``Cleared`` following a barge-in); one the server closed while idle (idle
+timeout) is replaced lazily, and a request whose reused socket turns out closed before any audio is
+retried once on a fresh one. Deepgram processes at most 20 Flushes per 60 s per socket, so a socket that
+reached that many is not reused (a new one is opened instead of waiting for a dropped Flush).
+
+Barge-in: closing the generator (``aclose()``) or cancelling its task sends ``{"type":"Clear"}`` at once
+and reports ``Usage(cancelled=True)`` through ``on_cancel``; a background task owned by the provider then
+drops the in-flight audio until ``Cleared`` (bounded by ``clear_timeout_s``, else the socket is closed) so
+the next request on that socket hears none of it. The next request waits for that drain (bounded).
+
+Failures yield ``Usage(failed=True)`` and raise: 401/403 -> :class:`ProviderAuthError`, 429/5xx -> retryable
+:class:`ProviderError`, no frame within ``read_timeout_s`` -> :class:`ProviderTimeout`, a drop ->
+:class:`ProviderConnectionError`, bad JSON -> :class:`ProviderProtocolError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from types import TracebackType
+from urllib.parse import urlencode
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.protocol import State
+
+from parley.errors import ConfigError
+from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.deepgram_stt import PROVIDER, close_error, in_band_error, open_socket, parse_message
+from parley.providers.errors import ProviderConnectionError, ProviderError, ProviderTimeout, redact
+
+__all__ = ["DeepgramTTS"]
+
+log = logging.getLogger("parley.providers.deepgram")
+
+SPEAK_URL = "wss://api.deepgram.com/v1/speak"
+SAMPLE_RATES = (8000, 16000, 24000, 32000, 48000)
+MAX_SPEAK_CHARS = 2000
+FLUSH_LIMIT, FLUSH_WINDOW_S = 20, 60.0
+MAX_IDLE_SOCKETS = 4
+FLUSH = json.dumps({"type": "Flush"})
+CLEAR = json.dumps({"type": "Clear"})
+CLOSE = json.dumps({"type": "Close"})
+
+
+@dataclass(slots=True)
+class _Socket:
+    ws: ClientConnection
+    flushes: deque[float] = field(default_factory=deque)  # loop times of recent Flushes
+
+    def usable(self, now: float) -> bool:
+        while self.flushes and now - self.flushes[0] >= FLUSH_WINDOW_S:
+            self.flushes.popleft()
+        return self.ws.state is State.OPEN and len(self.flushes) < FLUSH_LIMIT
+
+
+@dataclass(slots=True)
+class _Request:
+    text: str
+    sent: bool = False  # a Speak reached a live socket (Deepgram bills it)
+    produced: bool = False  # audio was yielded
+    done: bool = False  # Flushed arrived
+
+
+class _StaleSocket(Exception):
+    """A pooled socket was closed before it produced anything: retry on a fresh one."""
+
+
+class DeepgramTTS:
+    """A :class:`~parley.providers.base.TTSProvider` for Deepgram's ``/v1/speak`` WebSocket."""
+
+    name: str = PROVIDER
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        model: str = "aura-2-thalia-en",
+        sample_rate: int = 16000,
+        url: str = SPEAK_URL,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 5.0,
+        clear_timeout_s: float = 1.0,
+        on_cancel: Callable[[Usage], None] | None = None,
+    ) -> None:
+        if not api_key:
+            raise ConfigError("deepgram: an API key is required")
+        if sample_rate not in SAMPLE_RATES:
+            raise ConfigError(f"deepgram: linear16 sample_rate must be one of {SAMPLE_RATES}, not {sample_rate}")
+        self.model = model
+        self.sample_rate = sample_rate
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.clear_timeout_s = clear_timeout_s
+        self.connections = 0  # handshakes made (reuse shows as a low count)
+        self._api_key = api_key
+        self._on_cancel = on_cancel
+        self._idle: list[_Socket] = []
+        self._draining: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"DeepgramTTS(url={self.url!r}, model={self.model!r}, sample_rate={self.sample_rate})"
+
+    def speak_url(self) -> str:
+        query = urlencode({"model": self.model, "encoding": "linear16", "sample_rate": str(self.sample_rate)})
+        return self.url + ("&" if "?" in self.url else "?") + query
+
+    async def prewarm(self) -> None:
+        """Open a socket now, so the first sentence does not pay the handshake."""
+        now = asyncio.get_running_loop().time()
+        if not any(s.usable(now) for s in self._idle):
+            self._idle.append(await self._connect())
+
+    async def aclose(self) -> None:
+        """Close every pooled socket (``Close`` message, then the WebSocket close)."""
+        if self._draining:
+            await asyncio.wait(set(self._draining))
+        idle, self._idle = self._idle, []
+        for sock in idle:
+            self._discard(sock, polite=True)
+        if self._closing:
+            await asyncio.wait(set(self._closing))
+
+    async def __aenter__(self) -> DeepgramTTS:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        request = _Request(text)
+        failure: ProviderError | None = None
+        try:
+            if text.strip():
+                async with aclosing(self._audio(request)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+            request.done = True
+        except ProviderError as exc:
+            failure = exc
+        finally:
+            if not request.done and failure is None and self._on_cancel is not None:
+                self._on_cancel(self._usage(request, cancelled=True))  # stopped early: cannot be yielded
+        if failure is not None:
+            yield self._usage(request, failed=True)
+            raise failure
+        yield self._usage(request)
+
+    def _usage(self, request: _Request, *, cancelled: bool = False, failed: bool = False) -> Usage:
+        characters = len(request.text) if request.sent else 0
+        return Usage(PROVIDER, self.model, "tts", characters=characters, cancelled=cancelled, failed=failed)
+
+    # ---- one request ---------------------------------------------------------------------------------
+
+    async def _audio(self, request: _Request) -> AsyncGenerator[AudioChunk, None]:
+        if self._draining:  # a barge-in's Clear is still being answered: its socket is about to be free
+            await asyncio.wait(set(self._draining), timeout=self.clear_timeout_s)
+        for attempt in range(2):
+            sock, reused = await self._take()
+            try:
+                async with aclosing(self._speak(sock, reused, request)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+                return
+            except _StaleSocket as exc:
+                if attempt:
+                    raise ProviderConnectionError("deepgram: speak socket closed at once", provider=PROVIDER) from exc
+                log.debug("deepgram speak socket was closed while idle; reconnecting")
+
+    async def _speak(self, sock: _Socket, reused: bool, request: _Request) -> AsyncGenerator[AudioChunk, None]:
+        ws = sock.ws
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                for piece in _pieces(request.text, MAX_SPEAK_CHARS):
+                    await ws.send(json.dumps({"type": "Speak", "text": piece}))
+                sock.flushes.append(loop.time())
+                await ws.send(FLUSH)
+                request.sent = True
+                carry = b""
+                while True:
+                    async with asyncio.timeout(self.read_timeout_s):
+                        message = await ws.recv()
+                    if isinstance(message, bytes):
+                        data = carry + message
+                        cut = len(data) & ~1
+                        carry = data[cut:]
+                        if cut:
+                            samples = np.frombuffer(data[:cut], dtype="<i2").astype(np.int16)
+                            first = not request.produced
+                            request.produced = True
+                            yield AudioChunk(samples, self.sample_rate, request.text if first else None)
+                        continue
+                    if self._control(parse_message(message, self._api_key)) == "Flushed":
+                        break
+            except ConnectionClosed as exc:
+                if reused and not request.produced and (exc.rcvd is None or exc.rcvd.code not in (1008, 1009)):
+                    request.sent = False
+                    raise _StaleSocket from exc
+                error = close_error(exc, expected=False, api_key=self._api_key)
+                assert error is not None
+                raise error from exc
+            except TimeoutError as exc:
+                msg = f"deepgram: no audio or Flushed within {self.read_timeout_s:g} s"
+                raise ProviderTimeout(msg, provider=PROVIDER) from exc
+            except WebSocketException as exc:
+                detail = redact(str(exc), [self._api_key]) or type(exc).__name__
+                raise ProviderConnectionError(f"deepgram: speak socket failed: {detail}", provider=PROVIDER) from exc
+        except (GeneratorExit, asyncio.CancelledError):
+            await self._interrupt(sock)
+            raise
+        except BaseException:
+            self._discard(sock)
+            raise
+        request.done = True
+        self._release(sock)
+
+    def _control(self, message: dict[str, object]) -> str:
+        kind = str(message.get("type") or "")
+        if kind == "Error" or "err_code" in message:
+            raise in_band_error(message)
+        if kind == "Warning":
+            log.warning("deepgram speak warning %s: %s", message.get("code"), message.get("description"))
+        return kind
+
+    # ---- the socket pool ------------------------------------------------------------------------------
+
+    async def _connect(self) -> _Socket:
+        ws = await open_socket(self.speak_url(), self._api_key, timeout_s=self.connect_timeout_s, what="/v1/speak")
+        self.connections += 1
+        return _Socket(ws)
+
+    async def _take(self) -> tuple[_Socket, bool]:
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            sock = self._idle.pop()
+            if sock.usable(now):
+                return sock, True
+            self._discard(sock, polite=True)  # closed while idle (idle timeout), or at its Flush limit
+        return await self._connect(), False
+
+    def _release(self, sock: _Socket) -> None:
+        if sock.ws.state is State.OPEN and len(self._idle) < MAX_IDLE_SOCKETS:
+            self._idle.append(sock)
+        else:
+            self._discard(sock, polite=True)
+
+    async def _interrupt(self, sock: _Socket) -> None:
+        """Barge-in: Clear now; drain to ``Cleared`` in the background, then the socket is reusable."""
+        try:
+            await sock.ws.send(CLEAR)
+        except (ConnectionClosed, WebSocketException):
+            self._discard(sock)
+            return
+        self._spawn(self._draining, self._drain(sock), "deepgram-speak-clear")
+
+    async def _drain(self, sock: _Socket) -> None:
+        try:
+            async with asyncio.timeout(self.clear_timeout_s):
+                while True:
+                    message = await sock.ws.recv()
+                    if isinstance(message, str) and parse_message(message, self._api_key).get("type") == "Cleared":
+                        break
+        except (TimeoutError, ConnectionClosed, WebSocketException, ProviderError) as exc:
+            log.debug("deepgram speak socket dropped after Clear: %s", type(exc).__name__)
+            self._discard(sock)
+            return
+        self._release(sock)
+
+    def _discard(self, sock: _Socket, *, polite: bool = False) -> None:
+        if sock.ws.state is not State.CLOSED:
+            self._spawn(self._closing, self._close_socket(sock.ws, polite), "deepgram-speak-close")
+
+    async def _close_socket(self, ws: ClientConnection, polite: bool) -> None:
+        with contextlib.suppress(ConnectionClosed, WebSocketException, OSError):
+            if polite and ws.state is State.OPEN:
+                await ws.send(CLOSE)
+            await ws.close()
+
+    def _spawn(self, tasks: set[asyncio.Task[None]], coro: Coroutine[object, object, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+def _pieces(text: str, limit: int) -> list[str]:
+    """``text`` in pieces of at most ``limit`` characters, cut after a space where possible (joined as-is)."""
+    pieces: list[str] = []
+    while len(text) > limit:
+        cut = text.rfind(" ", 0, limit) + 1 or limit
+        pieces.append(text[:cut])
+        text = text[cut:]
+    return [*pieces, text] if text else pieces
