@@ -5,11 +5,9 @@ cancellation."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -23,148 +21,9 @@ from parley.providers.errors import (
     ProviderTimeout,
 )
 from parley.providers.openai_llm import ChatStreamAssembler, OpenAICompatLLM, SSEDecoder, wire_message
+from parley.testing.fakes.openai_chat import FIRST, USAGE, Connection, FakeOpenAI, Script, chunk, streaming
 
 API_KEY = "sk-test-0123456789abcdef"
-
-
-# ---- a tiny OpenAI-compatible server ----------------------------------------------------------------------
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: dict[str, object]
-
-
-@dataclass
-class Connection:
-    request: Request
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-
-    async def head(self, status: int = 200, content_type: str = "text/event-stream", chunked: bool = True) -> None:
-        lines = [f"HTTP/1.1 {status} X", f"Content-Type: {content_type}", "Connection: close", "x-request-id: req_1"]
-        if chunked:
-            lines.append("Transfer-Encoding: chunked")
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        await self.writer.drain()
-
-    async def chunk(self, data: bytes) -> None:
-        self.writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        await self.writer.drain()
-
-    async def event(self, payload: object) -> None:
-        text = payload if isinstance(payload, str) else json.dumps(payload)
-        await self.chunk(f"data: {text}\n\n".encode())
-
-    async def end(self) -> None:
-        self.writer.write(b"0\r\n\r\n")
-        await self.writer.drain()
-
-    async def json_response(self, status: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-        self.writer.write(head.encode() + b"Connection: close\r\n\r\n" + data)
-        await self.writer.drain()
-
-
-Script = Callable[[Connection], Awaitable[None]]
-
-
-@dataclass
-class FakeOpenAI:
-    script: Script
-    requests: list[Request] = field(default_factory=list)
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _server: asyncio.Server | None = None
-    base_url: str = ""
-
-    async def __aenter__(self) -> FakeOpenAI:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode()
-            request_line, *header_lines = head.strip().split("\r\n")
-            method, path, _ = request_line.split(" ")
-            headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
-            body = json.loads(await reader.readexactly(int(headers.get("content-length", "0"))))
-            request = Request(method, path, headers, body)
-            self.requests.append(request)
-            await self.script(Connection(request, reader, writer))
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            with contextlib.suppress(ConnectionError):
-                writer.close()
-            self._tasks.discard(task)
-
-    async def wait_for_disconnect(self, connection: Connection) -> None:
-        """Block until the client closes its side (reading gives EOF), then record it."""
-        with contextlib.suppress(ConnectionError):
-            while await connection.reader.read(1024):
-                pass
-        self.disconnected.set()
-
-
-def chunk(delta: dict[str, object], finish_reason: str | None = None) -> dict[str, object]:
-    """A ``chat.completion.chunk`` shaped like OpenAI's, including fields a client must ignore."""
-    return {
-        "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
-        "object": "chat.completion.chunk",
-        "created": 1750838567,
-        "model": "gpt-4o-mini-2024-07-18",
-        "system_fingerprint": "fp_44709d6fcb",
-        "service_tier": "default",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-        "usage": None,
-        "obfuscation": "x7Q",
-    }
-
-
-FIRST = chunk({"role": "assistant", "content": "", "refusal": None})
-USAGE = {
-    "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
-    "object": "chat.completion.chunk",
-    "created": 1750838567,
-    "model": "gpt-4o-mini-2024-07-18",
-    "choices": [],
-    "usage": {
-        "prompt_tokens": 12,
-        "completion_tokens": 17,
-        "total_tokens": 29,
-        "prompt_tokens_details": {"cached_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0},
-    },
-}
-
-
-def streaming(*events: object, done: bool = True) -> Script:
-    async def script(conn: Connection) -> None:
-        await conn.head()
-        for event in events:
-            await conn.event(event)
-        if done:
-            await conn.event("[DONE]")
-        await conn.end()
-
-    return script
 
 
 def llm(server: FakeOpenAI, **kwargs: object) -> OpenAICompatLLM:

@@ -1,0 +1,211 @@
+"""Streaming text-to-speech from OpenAI's speech endpoint (``POST /v1/audio/speech``), spoken with ``httpx``.
+
+Owns: the request (``response_format: "pcm"``, the default ``stream_format: audio``: raw 24 kHz mono s16le
+sent progressively with chunked encoding), reading the body as it arrives and turning it into
+:class:`AudioChunk` events (a byte left over at an odd chunk boundary waits for the next chunk), one
+:class:`Usage` per request (characters, the unit tts-1 bills; gpt-4o-mini-tts bills tokens, which only
+the SSE form reports), and translating failures into :mod:`parley.providers.errors` at this edge. Must
+not know about calls, sentences or playback; resampling to the phone's rate is the caller's business.
+
+One ``httpx.AsyncClient`` per provider (created on first use, or injected) so consecutive sentences reuse
+a kept-alive connection; ``aclose()`` / ``async with`` releases it.
+
+Failures: 401/403 -> :class:`ProviderAuthError`; 429 and 5xx -> retryable :class:`ProviderError`
+(``insufficient_quota`` is not); timeouts -> :class:`ProviderTimeout`; refused or dropped connections ->
+:class:`ProviderConnectionError`; a 200 that is not audio (JSON, HTML) -> :class:`ProviderProtocolError`.
+A body ending with half a sample is logged and the stray byte dropped. A failed request yields
+``Usage(failed=True)`` (characters counted only if the server accepted the request) and then raises.
+
+Cancellation (barge-in): closing the iterator or cancelling its task closes the response at once (there is
+no cancel endpoint); ``on_cancel`` receives ``Usage(cancelled=True)`` with the characters sent, which are
+billed anyway. The key is sent only in the ``Authorization`` header, never logged or shown in ``repr``,
+and redacted from error messages (OpenAI echoes a wrong key in its 401 message).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from types import TracebackType
+
+import httpx
+
+from parley.audio.pcm import from_bytes
+from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.errors import (
+    ProviderConnectionError,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderTimeout,
+    error_for_status,
+    redact,
+)
+
+__all__ = ["OpenAITTS", "PcmAssembler"]
+
+PROVIDER = "openai"
+SAMPLE_RATE = 24000
+log = logging.getLogger("parley.providers.openai_tts")
+
+
+class PcmAssembler:
+    """s16le bytes in arbitrary chunks in, whole samples out (an odd byte waits for the next chunk)."""
+
+    __slots__ = ("_carry",)
+
+    def __init__(self) -> None:
+        self._carry = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._carry + data
+        cut = len(data) - len(data) % 2
+        self._carry = data[cut:]
+        return data[:cut]
+
+    @property
+    def leftover(self) -> int:
+        return len(self._carry)
+
+
+class _Request:
+    """What one synthesize() call learned, for its Usage."""
+
+    __slots__ = ("accepted",)
+
+    def __init__(self) -> None:
+        self.accepted = False  # the server answered 200 (the characters are billed from here on)
+
+
+def _error_details(body: bytes) -> tuple[str, str | None]:
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        parsed: object = json.loads(text)
+    except json.JSONDecodeError:
+        return text[:300], None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(error, dict):
+        return (error if isinstance(error, str) else text)[:300], None
+    code = error.get("code")
+    return str(error.get("message") or text)[:300], str(code) if code else None
+
+
+class OpenAITTS:
+    """A :class:`~parley.providers.base.TTSProvider` for OpenAI's ``/audio/speech`` (raw PCM, 24 kHz)."""
+
+    name = PROVIDER
+    sample_rate = SAMPLE_RATE
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        model: str = "gpt-4o-mini-tts",
+        voice: str = "alloy",
+        base_url: str = "https://api.openai.com/v1",
+        instructions: str | None = None,
+        speed: float | None = None,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+        http_client: httpx.AsyncClient | None = None,
+        on_cancel: Callable[[Usage], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.voice = voice
+        self.url = base_url.rstrip("/") + "/audio/speech"
+        self.instructions = instructions
+        self.speed = speed
+        self._api_key = api_key
+        self._timeout = httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s))
+        self._client = http_client
+        self._owns_client = http_client is None
+        self._on_cancel = on_cancel
+
+    def __repr__(self) -> str:
+        return f"OpenAITTS(url={self.url!r}, model={self.model!r}, voice={self.voice!r})"
+
+    async def __aenter__(self) -> OpenAITTS:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client this provider created (an injected client belongs to its owner)."""
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def request_body(self, text: str) -> dict[str, object]:
+        body: dict[str, object] = {"model": self.model, "input": text, "voice": self.voice, "response_format": "pcm"}
+        if self.instructions:
+            body["instructions"] = self.instructions
+        if self.speed is not None:
+            body["speed"] = self.speed
+        return body
+
+    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        state = _Request()
+        ended = False
+        try:
+            async with aclosing(self._audio(text, state)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            ended = True
+        except ProviderError:
+            ended = True
+            yield self._usage(text if state.accepted else "", failed=True)
+            raise
+        finally:
+            if not ended and self._on_cancel is not None:
+                self._on_cancel(self._usage(text, cancelled=True))
+        yield self._usage(text)
+
+    def _usage(self, text: str, *, failed: bool = False, cancelled: bool = False) -> Usage:
+        return Usage(PROVIDER, self.model, "tts", characters=len(text), failed=failed, cancelled=cancelled)
+
+    async def _audio(self, text: str, state: _Request) -> AsyncGenerator[AudioChunk, None]:
+        if self._client is None:
+            self._client = httpx.AsyncClient()
+        headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
+        log.debug("%s: POST %s model=%s voice=%s chars=%d", PROVIDER, self.url, self.model, self.voice, len(text))
+        try:
+            async with self._client.stream(
+                "POST",
+                self.url,
+                content=json.dumps(self.request_body(text)).encode(),
+                headers=headers,
+                timeout=self._timeout,
+            ) as response:
+                if response.status_code != 200:
+                    message, code = _error_details(await response.aread())
+                    raise error_for_status(response.status_code, self._redact(message), provider=PROVIDER, code=code)
+                state.accepted = True
+                content_type = response.headers.get("content-type", "")
+                if content_type.startswith(("application/json", "text/")):
+                    raise ProviderProtocolError(
+                        f"{PROVIDER}: expected raw audio, got {content_type!r}", provider=PROVIDER
+                    )
+                pcm = PcmAssembler()
+                first = True
+                async for data in response.aiter_bytes():
+                    whole = pcm.feed(data)
+                    if whole:
+                        yield AudioChunk(from_bytes(whole), SAMPLE_RATE, text=text if first else None)
+                        first = False
+                if pcm.leftover:
+                    log.warning("%s: the audio ended with half a sample; dropped it", PROVIDER)
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeout(f"{PROVIDER}: timed out ({type(exc).__name__})", provider=PROVIDER) from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise ProviderConnectionError(
+                f"{PROVIDER}: connection failed: {self._redact(str(exc)) or type(exc).__name__}", provider=PROVIDER
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"{PROVIDER}: {self._redact(str(exc))}", provider=PROVIDER) from exc
+
+    def _redact(self, text: str) -> str:
+        return redact(text, [self._api_key])
