@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from parley.agent.engine import Engine
-from parley.config import ConversationSettings
+from parley.config import Settings
 from parley.observe import timings as tm
 from parley.testing.caller_voice import caller_voice
 from parley.testing.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios
@@ -26,7 +26,7 @@ pytest.importorskip("hibari")
 def engine() -> Iterator[Engine]:
     from parley.app import build_engine
 
-    yield build_engine(ConversationSettings())
+    yield build_engine(Settings())
 
 
 def simulate(engine: Engine, name: str, tmp: Path) -> SimulationResult:

@@ -15,74 +15,51 @@ from dataclasses import dataclass, replace
 from parley.agent.echo import EchoAgent
 from parley.agent.engine import Engine
 from parley.agent.session import CallSession
-from parley.config import ConversationSettings, Settings
+from parley.compose import Providers
+from parley.config import Settings
 from parley.errors import ConfigError, EslConnectError
 from parley.freeswitch.audio_stream import AudioStreamServer
 from parley.freeswitch.bridge import Agent, Bridge
 from parley.freeswitch.call import Call
 from parley.freeswitch.esl_client import EslClient
-from parley.providers.base import LLMProvider, TTSProvider
+from parley.providers.base import TTSProvider
 
 log = logging.getLogger("parley.app")
 
 
-def build_engine(conv: ConversationSettings) -> Engine:
-    """Load the configured providers and models (once per process). Imports providers lazily, so a
-    missing optional extra fails here, at start-up, with an install hint."""
+def build_engine(settings: Settings, *, providers: Providers | None = None) -> Engine:
+    """Load the configured providers and models (once per process)."""
     from parley.turns.policy import TurnPolicy
     from parley.turns.smart_turn import SmartTurnModel
     from parley.turns.vad import FrameVad, SileroModel
 
+    conv = settings.conversation
     try:
         policy = TurnPolicy(**dict(conv.turn))  # type: ignore[arg-type]
     except TypeError as exc:
         raise ConfigError(f"conversation.turn: {exc}") from None
     silero = SileroModel.load()
     smart_turn = SmartTurnModel.load() if policy.smart_turn else None
-
-    from parley.providers.whisper_stt import WhisperModelPool, WhisperSTT
-
-    stt = WhisperSTT(WhisperModelPool.load(cpu_threads=conv.whisper_threads))
-    llm: LLMProvider
-    if conv.llm == "rules":
-        from parley.providers.rules_llm import RulesDialogue
-
-        rules = RulesDialogue.from_path(conv.rules_file) if conv.rules_file else RulesDialogue.builtin("receptionist")
-        if not conv.greeting:  # the dialogue file's greeting is where its state machine starts
-            conv = replace(conv, greeting=rules.config.render(rules.config.greeting))
-        llm = rules
-    else:
-        import os
-
-        from parley.providers.openai_llm import OpenAICompatLLM
-
-        llm = OpenAICompatLLM(conv.openai_base_url, os.environ.get(conv.openai_api_key_env), conv.openai_model)
-    tts = build_tts(conv.tts)
-    local_voices = ("hibari", "piper", "espeak")
+    made = providers or Providers(settings)
+    llm = made.llm()
+    if not conv.greeting and conv.llm[0] == "rules":
+        rules = made.one_llm("rules")  # the dialogue file's greeting is where its state machine starts
+        conv = replace(conv, greeting=rules.config.render(rules.config.greeting))  # type: ignore[attr-defined]
     return Engine(
-        stt=stt,
+        stt=made.stt(),
         llm=llm,
-        tts=tts,
+        tts=made.tts(),
         policy=policy,
         conversation=conv,
         vad_factory=lambda rate: FrameVad.create(silero, rate),
         smart_turn=smart_turn,
-        emergency_tts=tts if conv.tts in local_voices else build_tts("hibari"),
+        emergency_tts=made.local_voice(),
     )
 
 
 def build_tts(kind: str) -> TTSProvider:
-    if kind == "hibari":
-        from parley.providers.hibari_tts import HibariModel, HibariTTS
-
-        return HibariTTS(HibariModel.load())
-    if kind == "piper":
-        from parley.providers.piper_tts import PiperModel, PiperTTS
-
-        return PiperTTS(PiperModel.load())
-    from parley.providers.espeak_tts import EspeakTTS
-
-    return EspeakTTS()
+    """One local voice by name (the simulated caller's, or a last-resort voice)."""
+    return Providers(Settings()).one_tts(kind)
 
 
 class ConversationAgent:

@@ -77,9 +77,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise ConfigError(f"no scenario file {args.scenario!r} (shipped: {[p.stem for p in shipped_scenarios()]})")
         path = matches[0]
     scenario = load_scenario(path)
-    print(f"loading the local stack ({settings.conversation.stt} / {settings.conversation.llm} / "
-          f"{settings.conversation.tts}) ...", file=sys.stderr)
-    engine = build_engine(settings.conversation)
+    conv = settings.conversation
+    print(f"loading stt {'>'.join(conv.stt)}, llm {'>'.join(conv.llm)}, tts {'>'.join(conv.tts)} ...", file=sys.stderr)
+    engine = build_engine(settings)
     voice = caller_voice(args.caller_voice or scenario.caller_voice, engine.tts)
     with tempfile.TemporaryDirectory(prefix="parley-sim-") as spool:
         result = asyncio.run(run_scenario(scenario, engine, voice, Path(spool)))
@@ -92,6 +92,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         write_recording(result, Path(args.wav))
         print(f"  recording (left: caller, right: agent as heard): {args.wav}")
     return 0
+
+
+def cmd_providers_check(args: argparse.Namespace) -> int:
+    from parley.compose import Providers, check_providers
+
+    settings = _settings(args)
+    _setup_logging("WARNING")
+    results = asyncio.run(check_providers(Providers(settings)))
+    if args.json:
+        print(json.dumps([r.__dict__ if hasattr(r, "__dict__") else _slots(r) for r in results], indent=2))
+    else:
+        print(f"{'capability':<10} {'provider':<12} {'status':<22} {'ms':>8}  detail")
+        for r in results:
+            print(f"{r.capability:<10} {r.provider:<12} {r.status:<22} {r.ms:>8.1f}  {r.detail[:100]}")
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+def _slots(obj: object) -> dict[str, object]:
+    return {name: getattr(obj, name) for name in getattr(obj, "__slots__", ())}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the scenario's caller voice")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_simulate)
+
+    prov = sub.add_parser("providers", help="provider tools").add_subparsers(dest="prov_command", required=True)
+    p = prov.add_parser("check", help="are the configured providers reachable and authenticated?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_providers_check)
 
     fs = sub.add_parser("freeswitch", help="FreeSWITCH tools").add_subparsers(dest="fs_command", required=True)
     p = fs.add_parser("decode-esl", help="decode a raw ESL capture (FreeSWITCH -> client bytes)")

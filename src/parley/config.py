@@ -106,13 +106,15 @@ class AgentSettings:
 class ConversationSettings:
     """Which providers talk and think, and what the agent says outside the brain."""
 
-    stt: Literal["whisper"] = "whisper"
-    llm: Literal["rules", "openai"] = "rules"  # rules: the offline deterministic dialogue policy
-    tts: Literal["hibari", "piper", "espeak"] = "hibari"
+    # Each capability is a fallback chain, preferred provider first (a single name is fine):
+    #   stt: whisper | deepgram | assemblyai       llm: rules | openai | anthropic
+    #   tts: hibari | piper | espeak | deepgram | elevenlabs | cartesia | openai
+    # Vendor options (models, voices, base URLs, api_key_env) live under `providers:`; keys come only
+    # from environment variables.
+    stt: tuple[str, ...] = ("whisper",)
+    llm: tuple[str, ...] = ("rules",)  # rules: the offline deterministic dialogue policy
+    tts: tuple[str, ...] = ("hibari",)
     rules_file: str = ""  # empty: the packaged Riverside Dental receptionist
-    openai_base_url: str = "https://api.openai.com/v1"
-    openai_model: str = "gpt-4o-mini"
-    openai_api_key_env: str = "OPENAI_API_KEY"
     system_prompt: str = (
         "You are a friendly, efficient receptionist answering the phone. Speak in short, natural "
         "sentences: one or two per reply. Never use lists or markdown."
@@ -126,7 +128,6 @@ class ConversationSettings:
     apology: str = "I'm sorry, I'm having technical difficulties. Please call again in a little while."
     on_failure: Literal["hangup", "transfer"] = "hangup"
     dtmf_gap_s: float = 1.0  # digits typed within this gap form one input ('#' ends it at once)
-    whisper_threads: int = 2
     # Overrides of the turn policy (parley.turns.policy.TurnPolicy holds the defaults and validates),
     # e.g. {silence_ms: 600, barge_in_min_speech_ms: 300, smart_turn: false}.
     turn: Mapping[str, float | int | bool] = field(default_factory=dict)
@@ -137,6 +138,9 @@ class Settings:
     freeswitch: FreeSwitchSettings = field(default_factory=FreeSwitchSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
+    # per-vendor options, e.g. {"openai": {"base_url": "http://127.0.0.1:11434/v1", "model": "llama3.1"},
+    # "deepgram": {"stt_model": "nova-3"}, "whisper": {"threads": 1}}
+    providers: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     log_level: str = "INFO"
 
 

@@ -119,7 +119,7 @@ class CallSession:
 
     async def run(self) -> None:
         self._stt = await self.engine.stt.open(sample_rate=self._rate)
-        self._spawn(self._stt_events())
+        stt_task = self._spawn(self._stt_events())
         self._spawn(self._call_events())
         self._spawn(self._ticks())
         self._spawn(self._prewarm())
@@ -131,12 +131,19 @@ class CallSession:
         finally:
             self._ended = True
             for task in list(self._tasks):
-                task.cancel()
+                if task is not stt_task:
+                    task.cancel()
             if self._reply and self._reply.task:
                 self._reply.task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            # close STT first and let its consumer take the last events: vendors report usage on close
             with contextlib.suppress(Exception):
-                await self._stt.close()
+                async with asyncio.timeout(2.0):
+                    await self._stt.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(stt_task)
+            stt_task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _prewarm(self) -> None:
         """Cloud TTS: open the vendor socket now, so the first reply does not pay a TLS handshake."""

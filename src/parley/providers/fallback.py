@@ -302,11 +302,16 @@ class FallbackSTTStream:
             await self._switch(exc)
 
     async def close(self) -> None:
+        """Close the current provider's stream and pass on what it says last (vendors report usage then)."""
         self._closed = True
-        if self._pump is not None:
-            self._pump.cancel()
         if self._inner is not None:
-            await self._inner.close()
+            with contextlib.suppress(ParleyError):
+                await self._inner.close()
+        if self._pump is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(self._pump)
+            self._pump.cancel()
         await self._events.put(None)
 
     def __aiter__(self) -> AsyncIterator[STTEvent]:
