@@ -102,3 +102,37 @@ def test_providers_fail_mid_call_and_the_local_stack_takes_over(tmp_path: Path) 
     assert not result.session.failed
     failed = [u for u in result.session.usage if u.failed]
     assert failed  # failed requests still leave their usage (cost) behind
+
+
+def test_providers_check_reports_reachability_and_authentication() -> None:
+    from parley.compose import check_providers
+    from parley.testing.echo_call import free_port
+
+    async def main() -> dict[str, str]:
+        dg = FakeDeepgram(ENV["DEEPGRAM_API_KEY"])
+        el = FakeElevenLabs(api_key="not-the-key-we-send")  # our key is refused
+        async with dg, el, FakeOpenAI(script=dialogue(["hi"])) as oa:
+            settings = settings_from_mapping(
+                {
+                    "conversation": {"stt": ["deepgram"], "llm": ["openai", "anthropic"], "tts": ["elevenlabs", "cartesia"]},
+                    "providers": {
+                        "deepgram": {"url": f"ws://127.0.0.1:{dg.port}/v1/listen"},
+                        "openai": {"base_url": oa.base_url},
+                        "elevenlabs": {"voice_id": "v", "url_base": el.url_base},
+                        "cartesia": {"voice_id": "v", "url": f"ws://127.0.0.1:{free_port()}/tts/websocket"},
+                    },
+                },
+                env={},
+            )
+            env = {**ENV, "CARTESIA_API_KEY": "ck-test"}  # no ANTHROPIC_API_KEY
+            results = await check_providers(Providers(settings, env=env))
+        return {r.provider: r.status for r in results}
+
+    status = asyncio.run(main())
+    assert status == {
+        "deepgram": "ok",
+        "openai": "ok",
+        "anthropic": "not configured",
+        "elevenlabs": "authentication failed",
+        "cartesia": "unreachable",
+    }
