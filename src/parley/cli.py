@@ -113,6 +113,21 @@ def _slots(obj: object) -> dict[str, object]:
     return {name: getattr(obj, name) for name in getattr(obj, "__slots__", ())}
 
 
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from parley.bench.latency import run_latency_command
+
+    settings = _settings(args)
+    _setup_logging("WARNING")
+    return run_latency_command(settings, runs=args.runs, scenarios=args.scenario, json_path=args.json)
+
+
+def cmd_bench_density(args: argparse.Namespace) -> int:
+    from parley.bench.density import parse_sizes, run_density_command
+
+    _setup_logging("WARNING")
+    return run_density_command(parse_sizes(args.calls), args.seconds, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="Self-hosted real-time voice agent for FreeSWITCH")
     parser.add_argument("--config", "-c", help="YAML settings file (secrets come from PARLEY_* env vars)")
@@ -134,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the scenario's caller voice")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_simulate)
+
+    bench = sub.add_parser("bench", help="benchmarks: per-stage latency, calls per process")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    p = bench_sub.add_parser("latency", help="the scripted scenarios on the local stack, N times: p50/p95 per stage")
+    p.add_argument("--runs", type=int, default=3, help="times each scenario runs (default 3)")
+    p.add_argument("--scenario", nargs="+", help="scenario names or YAML files (default: every shipped one)")
+    p.add_argument("--json", help="write the figures as JSON to this file")
+    p.set_defaults(func=cmd_bench_latency)
+    p = bench_sub.add_parser("density", help="concurrent calls through instant fake providers: CPU, RSS, lag, drops")
+    p.add_argument("--calls", default="10,50,100,200", help="comma-separated call counts (default 10,50,100,200)")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured window per size (default 20)")
+    p.add_argument("--json", help="write the figures as JSON to this file")
+    p.set_defaults(func=cmd_bench_density)
 
     prov = sub.add_parser("providers", help="provider tools").add_subparsers(dest="prov_command", required=True)
     p = prov.add_parser("check", help="are the configured providers reachable and authenticated?")

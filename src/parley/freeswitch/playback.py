@@ -233,6 +233,7 @@ class Utterance:
             return
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._emit(self._pending_n), name=f"low-water-{self.id}")
+            self._flush_task.add_done_callback(_retrieve)
 
     def _check_done(self) -> None:
         if self._done.is_set():
@@ -245,6 +246,15 @@ class Utterance:
                 self._timer.cancel()
             self.ended_at = self._owner._clock()
             self._done.set()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """A low-water flush that lost its call (hangup) is expected; anything else is logged."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, CallGone):
+        log.warning("low-water flush failed: %s", exc)
 
 
 class CallPlayback:
