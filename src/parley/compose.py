@@ -18,6 +18,7 @@ from typing import Any
 
 from parley.config import Settings
 from parley.errors import ConfigError, ParleyError
+from parley.observe import usage
 from parley.providers.base import LLMProvider, STTProvider, TTSProvider
 from parley.providers.errors import ProviderAuthError, ProviderConnectionError, ProviderTimeout
 from parley.providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS, SwitchHook
@@ -131,11 +132,11 @@ class Providers:
             key = self.env.get(key_env) or None  # local OpenAI-compatible servers (Ollama, vLLM) need no key
             if key is None and "api.openai.com" in base:
                 raise ConfigError(f"openai is configured but {key_env} is not set")
-            return OpenAICompatLLM(base, key, str(o.get("model", "gpt-4o-mini")),
+            return OpenAICompatLLM(base, key, str(o.get("model", "gpt-4o-mini")), on_cancel=usage.report,
                                    **_pick(o, temperature="temperature", max_tokens="max_tokens"))
         from parley.providers.anthropic_llm import AnthropicLLM
 
-        return AnthropicLLM(self.key(name), str(o.get("model", "claude-haiku-4-5")),
+        return AnthropicLLM(self.key(name), str(o.get("model", "claude-haiku-4-5")), on_cancel=usage.report,
                             **_pick(o, base_url="base_url", max_tokens="max_tokens"))
 
     def one_tts(self, name: str) -> TTSProvider:
@@ -143,33 +144,37 @@ class Providers:
         if name == "hibari":
             from parley.providers.hibari_tts import HibariModel, HibariTTS
 
-            return HibariTTS(self._model("hibari", lambda: HibariModel.load(threads=int(o.get("threads", 1)))))
+            model = self._model("hibari", lambda: HibariModel.load(threads=int(o.get("threads", 1))))
+            return HibariTTS(model, on_cancel=usage.report)
         if name == "piper":
             from parley.providers.piper_tts import PiperModel, PiperTTS
 
-            return PiperTTS(self._model("piper", lambda: PiperModel.load(threads=int(o.get("threads", 1)))))
+            model = self._model("piper", lambda: PiperModel.load(threads=int(o.get("threads", 1))))
+            return PiperTTS(model, on_cancel=usage.report)
         if name == "espeak":
             from parley.providers.espeak_tts import EspeakTTS
 
-            return EspeakTTS(**_pick(o, voice="voice", rate_wpm="rate_wpm"))
+            return EspeakTTS(on_cancel=usage.report, **_pick(o, voice="voice", rate_wpm="rate_wpm"))
         if name == "deepgram":
             from parley.providers.deepgram_tts import DeepgramTTS
 
             opts = _pick(o, tts_model="model", speak_url="url", sample_rate="sample_rate")
-            return DeepgramTTS(self.key(name), **opts)
+            return DeepgramTTS(self.key(name), on_cancel=usage.report, **opts)
         if name == "elevenlabs":
             from parley.providers.elevenlabs_tts import ElevenLabsTTS
 
             return ElevenLabsTTS(self.key(name), str(o.get("voice_id", "")) or _need(name, "voice_id"),
+                                 on_cancel=usage.report,
                                  **_pick(o, model="model", url_base="url_base", sample_rate="sample_rate"))
         if name == "cartesia":
             from parley.providers.cartesia_tts import CartesiaTTS
 
             return CartesiaTTS(self.key(name), str(o.get("voice_id", "")) or _need(name, "voice_id"),
-                               **_pick(o, model="model", url="url", sample_rate="sample_rate"))
+                               on_cancel=usage.report, **_pick(o, model="model", url="url", sample_rate="sample_rate"))
         from parley.providers.openai_tts import OpenAITTS
 
-        return OpenAITTS(self.key("openai"), **_pick(o, tts_model="model", voice="voice", base_url="base_url"))
+        return OpenAITTS(self.key("openai"), on_cancel=usage.report,
+                         **_pick(o, tts_model="model", voice="voice", base_url="base_url"))
 
 
 def _pick(options: Mapping[str, Any], **names: str) -> dict[str, Any]:

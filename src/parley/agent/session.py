@@ -33,6 +33,7 @@ from parley.errors import CallGone, ParleyError
 from parley.freeswitch.call import Call, Dtmf, Hangup, StreamLost
 from parley.freeswitch.playback import Utterance
 from parley.observe import timings as tm
+from parley.observe import usage as usage_sink
 from parley.providers.base import AudioChunk, STTStream, TextDelta, ToolCall, Transcript, Usage
 from parley.turns import events as turns
 from parley.turns.machine import TurnMachine
@@ -118,6 +119,7 @@ class CallSession:
     # ---- lifecycle -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        usage_sink.CURRENT.set(self.usage.append)  # cancelled requests' usage (see parley.observe.usage)
         self._stt = await self.engine.stt.open(sample_rate=self._rate)
         stt_task = self._spawn(self._stt_events())
         self._spawn(self._call_events())
