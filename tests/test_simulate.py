@@ -29,16 +29,21 @@ def engine() -> Iterator[Engine]:
     yield build_engine(Settings())
 
 
-def simulate(engine: Engine, name: str, tmp: Path) -> SimulationResult:
+def simulate(engine: Engine, name: str, tmp: Path, records_url: str | None = None) -> SimulationResult:
     path = next(p for p in shipped_scenarios() if p.stem == name)
     scenario = load_scenario(path)
     voice = caller_voice(scenario.caller_voice, engine.tts)
-    return asyncio.run(run_scenario(scenario, engine, voice, tmp))
+    return asyncio.run(run_scenario(scenario, engine, voice, tmp, records_url=records_url))
 
 
 @pytest.fixture(scope="module")
-def booking(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> SimulationResult:
-    return simulate(engine, "booking", tmp_path_factory.mktemp("spool"))
+def records_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('records') / 'calls.db'}"
+
+
+@pytest.fixture(scope="module")
+def booking(engine: Engine, tmp_path_factory: pytest.TempPathFactory, records_url: str) -> SimulationResult:
+    return simulate(engine, "booking", tmp_path_factory.mktemp("spool"), records_url)
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +162,22 @@ def test_when_the_brain_fails_the_caller_hears_an_apology_not_silence(engine: En
     assert result.session.turns[-1].agent == engine.conversation.apology
     assert result.fake_call.playbacks[-1].status == "done"  # the apology played to the end before the hangup
     assert result.spool_left == 0
+
+
+def test_the_call_is_in_the_records_with_turns_usage_and_cost(booking: SimulationResult, records_url: str) -> None:
+    from parley.observe.records import RecordStore
+
+    async def read() -> tuple[object, object]:
+        async with RecordStore.open(records_url) as store:
+            calls = await store.list_calls(limit=5)
+            detail = await store.get_call(calls[0].id)
+            return calls, detail
+
+    calls, detail = asyncio.run(read())
+    summary = calls[0]  # type: ignore[index]
+    assert summary.turns == len(booking.session.turns)
+    assert summary.status == "completed" and summary.cost_usd is not None and summary.cost_usd > 0
+    assert summary.median_voice_to_voice_ms is not None
+    assert detail is not None
+    assert [t.caller_text for t in detail.turns] == [t.caller for t in booking.session.turns]  # type: ignore[attr-defined]
+    assert {u.usage.kind for u in detail.usage} == {"stt", "llm", "tts"}  # type: ignore[attr-defined]

@@ -10,11 +10,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from dataclasses import dataclass, replace
 
-from parley.agent.echo import EchoAgent
 from parley.agent.engine import Engine
-from parley.agent.session import CallSession
+from parley.agent.session import CallSession, TurnRecord
 from parley.compose import Providers
 from parley.config import Settings
 from parley.errors import ConfigError, EslConnectError
@@ -22,6 +22,7 @@ from parley.freeswitch.audio_stream import AudioStreamServer
 from parley.freeswitch.bridge import Agent, Bridge
 from parley.freeswitch.call import Call
 from parley.freeswitch.esl_client import EslClient
+from parley.observe.records import CallEnd, CallStart, RecordStore, TurnRow
 from parley.providers.base import TTSProvider
 
 log = logging.getLogger("parley.app")
@@ -63,16 +64,65 @@ def build_tts(kind: str) -> TTSProvider:
 
 
 class ConversationAgent:
-    """The agent ``parley serve`` runs: one :class:`CallSession` per call, sessions kept for records."""
+    """The agent ``parley serve`` runs: one :class:`CallSession` per call, written to the call records as
+    it goes (each turn when it completes; the outcome on every path, also when the caller hangs up)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, store: RecordStore | None = None, *, keep_sessions: int = 200) -> None:
         self.engine = engine
+        self.store = store
         self.sessions: dict[str, CallSession] = {}
+        self._keep = keep_sessions
 
     async def __call__(self, call: Call) -> None:
-        session = CallSession(call, self.engine)
+        rec = None
+        if self.store is not None:
+            chains = {"stt": [self.engine.stt.name], "llm": [self.engine.llm.name], "tts": [self.engine.tts.name]}
+            rec = await self.store.start_call(CallStart.from_call(call, providers=chains, mono_now=time.monotonic()))
+        written = 0
+
+        async def on_turn(turn: TurnRecord) -> None:
+            nonlocal written
+            if rec is not None:
+                await rec.add_turn(TurnRow.from_record(turn))
+                await rec.add_usage(session.usage[written:])
+                written = len(session.usage)
+
+        session = CallSession(call, self.engine, on_turn=on_turn)
         self.sessions[call.uuid] = session
-        await session.run()
+        while len(self.sessions) > self._keep:
+            self.sessions.pop(next(iter(self.sessions)))
+        try:
+            await session.run()
+        finally:
+            if rec is not None:
+                await rec.add_usage(session.usage[written:])
+                for _t, kind, detail in session.events:
+                    if kind == "fallback":
+                        await rec.add_fallback(detail["capability"], detail["from"], detail["to"], detail["error"])
+                    else:
+                        await rec.add_event(kind, detail)
+                await rec.finish(CallEnd(
+                    hangup_cause=call.hangup_cause,
+                    hangup_by="agent" if session.hung_up_by_agent else "caller",
+                    status="failed" if session.failed else "completed",
+                    failed=session.failed,
+                    dtmf="".join(call.dtmf_digits),
+                ))
+
+
+async def open_records(settings: Settings, stack: contextlib.AsyncExitStack) -> RecordStore | None:
+    """The call records store (migrated, interrupted calls recovered), priced with the shipped table."""
+    if not settings.records.enabled:
+        return None
+    from parley.observe.cost import PriceTable, pricer
+
+    store = await stack.enter_async_context(RecordStore.open(
+        settings.records.resolved_url, pricer=pricer(PriceTable.load()), host=settings.records.host or None
+    ))
+    interrupted = await store.recover()
+    if interrupted:
+        log.warning("%d call record(s) left in progress by a previous run marked interrupted", len(interrupted))
+    return store
 
 
 @dataclass(slots=True)
@@ -82,11 +132,15 @@ class Running:
     esl: EslClient
     server: AudioStreamServer
     bridge: Bridge
+    store: RecordStore | None = None
+    resources: contextlib.AsyncExitStack | None = None
 
     async def close(self) -> None:
         await self.bridge.close()
         await self.server.close()
         await self.esl.close()
+        if self.resources is not None:
+            await self.resources.aclose()  # the records writer flushes what is queued
 
 
 async def start(settings: Settings, agent: Agent | None = None) -> Running:
@@ -96,7 +150,13 @@ async def start(settings: Settings, agent: Agent | None = None) -> Running:
     """
     fs = settings.freeswitch
     esl = EslClient(fs.esl)
-    bridge = Bridge(fs, esl, agent or EchoAgent(settings.agent))
+    store: RecordStore | None = None
+    resources = contextlib.AsyncExitStack()
+    if agent is None:
+        engine = await asyncio.to_thread(build_engine, settings)
+        store = await open_records(settings, resources)
+        agent = ConversationAgent(engine, store)
+    bridge = Bridge(fs, esl, agent)
     server = AudioStreamServer(fs.audio_stream, bridge.on_stream)
     await server.start()
     try:
@@ -106,12 +166,13 @@ async def start(settings: Settings, agent: Agent | None = None) -> Running:
         await esl.start(wait=False)
     except BaseException:
         await server.close()
+        await resources.aclose()
         raise
     log.info(
         "parley ready: mod_audio_stream on ws://%s:%d%s/<uuid>, ESL %s:%d",
         fs.audio_stream.listen_host, server.port, fs.audio_stream.path, fs.esl.host, fs.esl.port,
     )
-    return Running(esl, server, bridge)
+    return Running(esl, server, bridge, store, resources)
 
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> int:

@@ -82,7 +82,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     engine = build_engine(settings)
     voice = caller_voice(args.caller_voice or scenario.caller_voice, engine.tts)
     with tempfile.TemporaryDirectory(prefix="parley-sim-") as spool:
-        result = asyncio.run(run_scenario(scenario, engine, voice, Path(spool)))
+        records = settings.records.resolved_url if settings.records.enabled and not args.no_record else None
+        result = asyncio.run(run_scenario(scenario, engine, voice, Path(spool), records_url=records))
     print_simulation(result, sys.stdout)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="?", help="a scenario YAML, or the name of a shipped one; 'list' lists them")
     p.add_argument("--json", help="write the result as JSON to this file")
     p.add_argument("--wav", default="out/simulate.wav", help="stereo recording ('' for none)")
+    p.add_argument("--no-record", action="store_true", help="do not write the call to the call records")
     p.add_argument("--caller-voice", choices=["hibari-low", "espeak", "piper", "hibari"],
                    help="override the scenario's caller voice")
     p.add_argument("--verbose", "-v", action="store_true")

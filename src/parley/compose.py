@@ -51,7 +51,7 @@ class Providers:
     ) -> None:
         self.settings = settings
         self.env = os.environ if env is None else env
-        self.on_switch = on_switch
+        self.on_switch = on_switch or _record_switch
         self._models: dict[str, Any] = {}
         conv = settings.conversation
         chains = (("stt", conv.stt, STT_NAMES), ("llm", conv.llm, LLM_NAMES), ("tts", conv.tts, TTS_NAMES))
@@ -175,6 +175,11 @@ class Providers:
 
         return OpenAITTS(self.key("openai"), on_cancel=usage.report,
                          **_pick(o, tts_model="model", voice="voice", base_url="base_url"))
+
+
+def _record_switch(capability: str, old: str, new: str, error: BaseException) -> None:
+    """Default switch hook: the switch becomes an event of the call it happened in."""
+    usage.event("fallback", {"capability": capability, "from": old, "to": new, "error": str(error)[:300]})
 
 
 def _pick(options: Mapping[str, Any], **names: str) -> dict[str, Any]:

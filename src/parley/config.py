@@ -133,6 +133,28 @@ class ConversationSettings:
     turn: Mapping[str, float | int | bool] = field(default_factory=dict)
 
 
+def default_records_url() -> str:
+    """SQLite in the user's data directory (created on first run)."""
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "parley"
+    return f"sqlite+aiosqlite:///{(base / 'calls.db').resolve()}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsSettings:
+    """Call records: SQLite by default, PostgreSQL by URL (postgresql+asyncpg://...)."""
+
+    url: str = ""  # empty: default_records_url(); PARLEY_RECORDS_URL overrides (keeps passwords out of YAML)
+    enabled: bool = True
+    recordings_dir: str = ""  # stereo call recordings (caller left, agent right); empty = off (privacy)
+    recording_retention_days: int = 30
+    host: str = ""  # a stable name for this instance (containers); empty = the hostname
+    redact_callers: bool = True  # phone numbers are masked in the dashboard and logs unless disabled
+
+    @property
+    def resolved_url(self) -> str:
+        return self.url or default_records_url()
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     freeswitch: FreeSwitchSettings = field(default_factory=FreeSwitchSettings)
@@ -141,6 +163,7 @@ class Settings:
     # per-vendor options, e.g. {"openai": {"base_url": "http://127.0.0.1:11434/v1", "model": "llama3.1"},
     # "deepgram": {"stt_model": "nova-3"}, "whisper": {"threads": 1}}
     providers: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    records: RecordsSettings = field(default_factory=RecordsSettings)
     log_level: str = "INFO"
 
 
@@ -243,7 +266,10 @@ def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     if env.get("PARLEY_SPOOL_DIR"):
         playback = replace(playback, spool_dir=env["PARLEY_SPOOL_DIR"])
     fs = replace(fs, esl=esl, audio_stream=stream, playback=playback)
-    return replace(settings, freeswitch=fs, log_level=env.get("PARLEY_LOG_LEVEL", settings.log_level))
+    records = settings.records
+    if env.get("PARLEY_RECORDS_URL"):
+        records = replace(records, url=env["PARLEY_RECORDS_URL"])
+    return replace(settings, freeswitch=fs, records=records, log_level=env.get("PARLEY_LOG_LEVEL", settings.log_level))
 
 
 def validate(settings: Settings) -> Settings:

@@ -18,7 +18,7 @@ import logging
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +88,16 @@ class _Reply:
 
 
 class CallSession:
-    def __init__(self, call: Call, engine: Engine, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        call: Call,
+        engine: Engine,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_turn: Callable[[TurnRecord], Awaitable[None]] | None = None,
+    ) -> None:
         self.call = call
+        self.on_turn = on_turn  # a finished turn (answered, interrupted or failed): records write it now
         self.engine = engine
         self._clock = clock
         self.conversation = Conversation(engine.conversation.system_prompt)
@@ -111,6 +119,8 @@ class CallSession:
         self._dtmf_task: asyncio.Task[None] | None = None
         self._ended = False
         self.failed = False  # the providers failed and the caller got the apology
+        self.hung_up_by_agent = False
+        self.events: list[tuple[float, str, dict[str, str]]] = []  # e.g. provider fallback switches
         self._tools = tool_specs(engine.conversation)
         # frame lag: processing time minus the frame's due time on the 20 ms grid (benchmarks read it)
         self.frame_lag_ms: array[float] = array("f")
@@ -120,6 +130,7 @@ class CallSession:
 
     async def run(self) -> None:
         usage_sink.CURRENT.set(self.usage.append)  # cancelled requests' usage (see parley.observe.usage)
+        usage_sink.EVENTS.set(lambda kind, detail: self.events.append((self._clock(), kind, detail)))
         self._stt = await self.engine.stt.open(sample_rate=self._rate)
         stt_task = self._spawn(self._stt_events())
         self._spawn(self._call_events())
@@ -402,6 +413,7 @@ class CallSession:
                     turn.timings.mark(tm.PLAYBACK_START, report.first_start_at)
                 turn.agent = turn.agent_full if report.complete else heard_text(reply.segments, report.heard_ms)[0]
                 await self._handle(turns.AgentDone(t=self._clock()))
+            await self._turn_done(turn)
             await self._run_tools(turn, tool_calls, then_hangup)
         except* CallGone:
             pass
@@ -426,6 +438,7 @@ class CallSession:
                 continue
             if call.name == "hangup":
                 self.conversation.add_tool_result(call, "ok")
+                self.hung_up_by_agent = True
                 await self.call.hangup("NORMAL_CLEARING")
                 return
             if call.name == "transfer":
@@ -434,7 +447,15 @@ class CallSession:
                 await self.call.transfer(dest)
                 return
         if then_hangup:
+            self.hung_up_by_agent = True
             await self.call.hangup("NORMAL_CLEARING")
+
+    async def _turn_done(self, turn: TurnRecord) -> None:
+        if self.on_turn is not None and turn.index > 0:
+            try:
+                await self.on_turn(turn)
+            except Exception:  # a record that cannot be written must never break the call
+                log.exception("call %s: recording turn %d failed", self.call.uuid, turn.index)
 
     async def _apologise(self, turn: TurnRecord) -> None:
         """The providers failed: a local voice says so, then the call ends or goes to a person."""
@@ -455,10 +476,12 @@ class CallSession:
                 await utt.wait_played(timeout=15)
         except (ParleyError, TimeoutError) as exc:
             log.error("call %s: even the apology failed: %s", self.call.uuid, exc)
+        await self._turn_done(turn)
         with contextlib.suppress(ParleyError):
             if conv.on_failure == "transfer" and conv.transfer_destination:
                 await self.call.transfer(conv.transfer_destination)
             else:
+                self.hung_up_by_agent = True
                 await self.call.hangup("TEMPORARY_FAILURE")
 
     # ---- barge-in --------------------------------------------------------------------------------
@@ -490,3 +513,4 @@ class CallSession:
         self.conversation.add_interrupted(segments, heard)
         turn.barge = tm.BargeInTimings(onset, detected, barge.break_written_at, barge.stopped_at, heard)
         self._reply = None
+        await self._turn_done(turn)

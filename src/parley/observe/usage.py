@@ -26,3 +26,13 @@ def report(usage: Usage) -> None:
         log.debug("usage outside a call: %s", usage)
         return
     sink(usage)
+
+
+# Call events raised inside shared providers (a fallback switch), routed the same way.
+EVENTS: ContextVar[Callable[[str, dict[str, str]], None] | None] = ContextVar("parley_event_sink", default=None)
+
+
+def event(kind: str, detail: dict[str, str]) -> None:
+    sink = EVENTS.get()
+    if sink is not None:
+        sink(kind, detail)

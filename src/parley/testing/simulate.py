@@ -49,6 +49,7 @@ from parley.config import (
     EslSettings,
     FreeSwitchSettings,
     PlaybackSettings,
+    RecordsSettings,
     Settings,
     settings_from_mapping,
 )
@@ -196,7 +197,9 @@ class ScriptedCaller:
         return np.clip(out, -32768, 32767).astype(np.int16)
 
 
-async def run_scenario(scenario: Scenario, engine: Engine, caller_voice: TTSProvider, spool: Path) -> SimulationResult:
+async def run_scenario(
+    scenario: Scenario, engine: Engine, caller_voice: TTSProvider, spool: Path, *, records_url: str | None = None
+) -> SimulationResult:
     password = secrets.token_urlsafe(24)
     secret = secrets.token_urlsafe(24)
     port = free_port()
@@ -207,7 +210,11 @@ async def run_scenario(scenario: Scenario, engine: Engine, caller_voice: TTSProv
         engine = replace(engine, conversation=conv, policy=_policy(merged, engine))
     fs = FakeFreeSwitch(password=password)
     await fs.start()
-    agent = app.ConversationAgent(engine)
+    resources = contextlib.AsyncExitStack()
+    store = None
+    if records_url:
+        store = await app.open_records(Settings(records=RecordsSettings(url=records_url)), resources)
+    agent = app.ConversationAgent(engine, store)
     settings = Settings(
         freeswitch=FreeSwitchSettings(
             esl=EslSettings(port=fs.esl_port, password=password),
@@ -241,6 +248,7 @@ async def run_scenario(scenario: Scenario, engine: Engine, caller_voice: TTSProv
     finally:
         await running.close()
         await fs.close()
+        await resources.aclose()
     session = agent.sessions[call_uuid]
     heard = call.heard_audio()
     origin = call.answered_at or call.created_at
