@@ -133,3 +133,15 @@ def test_serve_exits_with_a_clear_error_on_a_wrong_password(tmp_path: Path) -> N
     finally:
         fake.kill()
         fake.wait()
+
+
+def test_cost_estimate_reproduces_the_article_stacks() -> None:
+    out = run("cost", "estimate", "--json")
+    assert out.returncode == 0, out.stderr
+    stacks = json.loads(out.stdout)["stacks"]
+    assert set(stacks) == {"A", "B", "C"}
+    # the article: Deepgram 5 min ~$0.04 (0.0385), ElevenLabs 1,500 chars ~$0.08 (0.075), Aura-2 $0.045
+    items = {line["item"]: line["usd"] for line in stacks["A"]["lines"]}
+    assert any(abs(v - 0.0385) < 1e-9 for v in items.values())
+    assert any(abs(v - 0.075) < 1e-9 for v in items.values())
+    assert 0.06 <= stacks["B"]["total_usd"] <= 0.10 and 0.11 <= stacks["A"]["total_usd"] <= 0.15

@@ -129,6 +129,27 @@ def cmd_bench_density(args: argparse.Namespace) -> int:
     return run_density_command(parse_sizes(args.calls), args.seconds, args.json)
 
 
+def cmd_cost_estimate(args: argparse.Namespace) -> int:
+    from parley.observe.cost import PriceTable
+    from parley.observe.cost_cli import cost_estimate, profile_from_args
+
+    prices = PriceTable.load(args.prices)
+    return cost_estimate(profile_from_args(args), prices=prices, out=sys.stdout, as_json=args.json)
+
+
+def cmd_cost_report(args: argparse.Namespace) -> int:
+    from parley.observe.cost import PriceTable
+    from parley.observe.cost_cli import cost_report
+    from parley.observe.records import recorded_calls_for_cost
+
+    settings = _settings(args)
+    prices = PriceTable.load(args.prices)
+    hosting = prices.hosting_share(args.hosting, 0) if args.hosting else None
+    url = args.db or settings.records.resolved_url
+    calls = asyncio.run(recorded_calls_for_cost(url, since=args.since))
+    return cost_report(calls, prices=prices, out=sys.stdout, since=args.since, hosting=hosting, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="Self-hosted real-time voice agent for FreeSWITCH")
     parser.add_argument("--config", "-c", help="YAML settings file (secrets come from PARLEY_* env vars)")
@@ -164,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="measured window per size (default 20)")
     p.add_argument("--json", help="write the figures as JSON to this file")
     p.set_defaults(func=cmd_bench_density)
+
+    from parley.observe.cost_cli import add_estimate_arguments, add_report_arguments
+
+    cost = sub.add_parser("cost", help="per-call cost").add_subparsers(dest="cost_command", required=True)
+    p = cost.add_parser("estimate", help="the article's 5-minute call on stacks A, B, C, or your own profile")
+    add_estimate_arguments(p)
+    p.set_defaults(func=cmd_cost_estimate)
+    p = cost.add_parser("report", help="cost of recorded calls")
+    add_report_arguments(p)
+    p.add_argument("--db", help="records database URL (default: the configured one)")
+    p.set_defaults(func=cmd_cost_report)
 
     prov = sub.add_parser("providers", help="provider tools").add_subparsers(dest="prov_command", required=True)
     p = prov.add_parser("check", help="are the configured providers reachable and authenticated?")
