@@ -90,6 +90,8 @@ def test_serve_runs_against_freeswitch_and_stops_cleanly_on_sigterm(tmp_path: Pa
             f"  esl: {{port: {port}}}\n"
             "  audio_stream: {listen_port: 0}\n"
             f"  playback: {{spool_dir: {tmp_path / 'spool'}}}\n"
+            "observe: {port: 0}\n"
+            f"records: {{url: 'sqlite+aiosqlite:///{tmp_path / 'calls.db'}'}}\n"
         )
         env = {**os.environ, "PARLEY_ESL_PASSWORD": password}
         serve = subprocess.Popen([*PARLEY, "--config", str(config), "serve"], env=env, stderr=subprocess.PIPE)
@@ -99,6 +101,14 @@ def test_serve_runs_against_freeswitch_and_stops_cleanly_on_sigterm(tmp_path: Pa
         while b"parley ready" not in seen and time.monotonic() < deadline:
             seen += serve.stderr.readline()
         assert b"ESL connected" in seen and b"parley ready" in seen
+        assert b"metrics, health and dashboard on http://127.0.0.1:" in seen
+        port = int(seen.split(b"dashboard on http://127.0.0.1:")[1].split(b"/")[0])
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert b"parley_active_calls" in r.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            assert json.loads(r.read())["esl_connected"] is True
         serve.send_signal(signal.SIGTERM)
         rest = serve.communicate(timeout=15)[1]
         assert serve.returncode == 0, rest
@@ -125,7 +135,8 @@ def test_serve_exits_with_a_clear_error_on_a_wrong_password(tmp_path: Path) -> N
         assert fake.stdout is not None
         port = int(fake.stdout.readline())
         config = tmp_path / "parley.yaml"
-        config.write_text(f"freeswitch:\n  esl: {{port: {port}}}\n  audio_stream: {{listen_port: 0}}\n")
+        config.write_text(f"freeswitch:\n  esl: {{port: {port}}}\n  audio_stream: {{listen_port: 0}}\n"
+                          f"observe: {{port: 0}}\nrecords: {{url: 'sqlite+aiosqlite:///{tmp_path / 'c.db'}'}}\n")
         env = {**os.environ, "PARLEY_ESL_PASSWORD": "a-wrong-password-456y"}
         out = subprocess.run([*PARLEY, "--config", str(config), "serve"], env=env, capture_output=True, timeout=30)
         assert out.returncode == 1

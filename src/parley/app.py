@@ -22,7 +22,9 @@ from parley.freeswitch.audio_stream import AudioStreamServer
 from parley.freeswitch.bridge import Agent, Bridge
 from parley.freeswitch.call import Call
 from parley.freeswitch.esl_client import EslClient
-from parley.observe.records import CallEnd, CallStart, RecordStore, TurnRow
+from parley.observe.http import HttpServer
+from parley.observe.metrics import Metrics
+from parley.observe.records import CallEnd, CallRecorder, CallStart, RecordStore, TurnRow
 from parley.providers.base import TTSProvider
 
 log = logging.getLogger("parley.app")
@@ -67,9 +69,17 @@ class ConversationAgent:
     """The agent ``parley serve`` runs: one :class:`CallSession` per call, written to the call records as
     it goes (each turn when it completes; the outcome on every path, also when the caller hangs up)."""
 
-    def __init__(self, engine: Engine, store: RecordStore | None = None, *, keep_sessions: int = 200) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        store: RecordStore | None = None,
+        *,
+        metrics: Metrics | None = None,
+        keep_sessions: int = 200,
+    ) -> None:
         self.engine = engine
         self.store = store
+        self.metrics = metrics
         self.sessions: dict[str, CallSession] = {}
         self._keep = keep_sessions
 
@@ -82,6 +92,10 @@ class ConversationAgent:
 
         async def on_turn(turn: TurnRecord) -> None:
             nonlocal written
+            if self.metrics is not None:
+                self.metrics.observe_turn(turn.timings)
+                if turn.barge_in:
+                    self.metrics.barge_in()
             if rec is not None:
                 await rec.add_turn(TurnRow.from_record(turn))
                 await rec.add_usage(session.usage[written:])
@@ -91,23 +105,35 @@ class ConversationAgent:
         self.sessions[call.uuid] = session
         while len(self.sessions) > self._keep:
             self.sessions.pop(next(iter(self.sessions)))
+        if self.metrics is not None:
+            self.metrics.call_started()
         try:
             await session.run()
         finally:
-            if rec is not None:
-                await rec.add_usage(session.usage[written:])
-                for _t, kind, detail in session.events:
-                    if kind == "fallback":
-                        await rec.add_fallback(detail["capability"], detail["from"], detail["to"], detail["error"])
-                    else:
-                        await rec.add_event(kind, detail)
-                await rec.finish(CallEnd(
-                    hangup_cause=call.hangup_cause,
-                    hangup_by="agent" if session.hung_up_by_agent else "caller",
-                    status="failed" if session.failed else "completed",
-                    failed=session.failed,
-                    dtmf="".join(call.dtmf_digits),
-                ))
+            try:
+                await self._finish(call, session, rec, written)
+            finally:
+                if self.metrics is not None:
+                    for _t, kind, detail in session.events:
+                        if kind == "fallback":
+                            self.metrics.fallback(detail["capability"], detail["from"], detail["to"])
+                    self.metrics.call_ended(call.hangup_cause or "UNKNOWN")
+
+    async def _finish(self, call: Call, session: CallSession, rec: CallRecorder | None, written: int) -> None:
+        if rec is not None:
+            await rec.add_usage(session.usage[written:])
+            for _t, kind, detail in session.events:
+                if kind == "fallback":
+                    await rec.add_fallback(detail["capability"], detail["from"], detail["to"], detail["error"])
+                else:
+                    await rec.add_event(kind, detail)
+            await rec.finish(CallEnd(
+                hangup_cause=call.hangup_cause,
+                hangup_by="agent" if session.hung_up_by_agent else "caller",
+                status="failed" if session.failed else "completed",
+                failed=session.failed,
+                dtmf="".join(call.dtmf_digits),
+            ))
 
 
 async def open_records(settings: Settings, stack: contextlib.AsyncExitStack) -> RecordStore | None:
@@ -134,8 +160,12 @@ class Running:
     bridge: Bridge
     store: RecordStore | None = None
     resources: contextlib.AsyncExitStack | None = None
+    http: HttpServer | None = None
+    metrics: Metrics | None = None
 
     async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
         await self.bridge.close()
         await self.server.close()
         await self.esl.close()
@@ -152,10 +182,13 @@ async def start(settings: Settings, agent: Agent | None = None) -> Running:
     esl = EslClient(fs.esl)
     store: RecordStore | None = None
     resources = contextlib.AsyncExitStack()
+    metrics: Metrics | None = None
+    engine: Engine | None = None
     if agent is None:
         engine = await asyncio.to_thread(build_engine, settings)
         store = await open_records(settings, resources)
-        agent = ConversationAgent(engine, store)
+        metrics = Metrics()
+        agent = ConversationAgent(engine, store, metrics=metrics)
     bridge = Bridge(fs, esl, agent)
     server = AudioStreamServer(fs.audio_stream, bridge.on_stream)
     await server.start()
@@ -168,11 +201,24 @@ async def start(settings: Settings, agent: Agent | None = None) -> Running:
         await server.close()
         await resources.aclose()
         raise
+    http: HttpServer | None = None
+    if metrics is not None and engine is not None and settings.observe.enabled:
+        metrics.watch(bridge=bridge, esl=esl, records=store,
+                      providers={"stt": engine.stt, "llm": engine.llm, "tts": engine.tts})
+        http = HttpServer(settings.observe.host, settings.observe.port)
+        metrics.install(http)
+        if store is not None:
+            from parley.observe.cost import PriceTable
+            from parley.observe.dashboard import Dashboard
+
+            Dashboard(store, redact=settings.records.redact_callers, prices=PriceTable.load()).install(http)
+        await http.start()
+        log.info("metrics, health and dashboard on %s/", http.url)
     log.info(
         "parley ready: mod_audio_stream on ws://%s:%d%s/<uuid>, ESL %s:%d",
         fs.audio_stream.listen_host, server.port, fs.audio_stream.path, fs.esl.host, fs.esl.port,
     )
-    return Running(esl, server, bridge, store, resources)
+    return Running(esl, server, bridge, store, resources, http, metrics)
 
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> int:

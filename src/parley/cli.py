@@ -150,6 +150,24 @@ def cmd_cost_report(args: argparse.Namespace) -> int:
     return cost_report(calls, prices=prices, out=sys.stdout, since=args.since, hosting=hosting, as_json=args.json)
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from parley.observe.cost import PriceTable
+    from parley.observe.dashboard import run_dashboard
+
+    settings = _settings(args)
+    _setup_logging("WARNING")
+    url = args.db or settings.records.resolved_url
+    asyncio.run(run_dashboard(
+        url,
+        host=args.host,
+        port=args.port,
+        redact=settings.records.redact_callers and not args.show_callers,
+        prices=PriceTable.load(args.prices),
+        on_ready=lambda u: print(f"parley dashboard on {u}/ (records: {url})", flush=True),
+    ))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="Self-hosted real-time voice agent for FreeSWITCH")
     parser.add_argument("--config", "-c", help="YAML settings file (secrets come from PARLEY_* env vars)")
@@ -196,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_arguments(p)
     p.add_argument("--db", help="records database URL (default: the configured one)")
     p.set_defaults(func=cmd_cost_report)
+
+    p = sub.add_parser("dashboard", help="browse the call records: transcripts, latency waterfalls, cost")
+    p.add_argument("--db", help="records database URL (default: the configured one)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8089)
+    p.add_argument("--show-callers", action="store_true", help="show phone numbers unmasked")
+    p.add_argument("--prices", help="price table YAML (default: the shipped one)")
+    p.set_defaults(func=cmd_dashboard)
 
     prov = sub.add_parser("providers", help="provider tools").add_subparsers(dest="prov_command", required=True)
     p = prov.add_parser("check", help="are the configured providers reachable and authenticated?")

@@ -156,6 +156,17 @@ class RecordsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ObserveSettings:
+    """The HTTP server of `parley serve`: /metrics (Prometheus), /health, and the call dashboard.
+
+    It has no login and shows transcripts: keep it on loopback (or behind an authenticating proxy)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8089
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     freeswitch: FreeSwitchSettings = field(default_factory=FreeSwitchSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
@@ -164,6 +175,7 @@ class Settings:
     # "deepgram": {"stt_model": "nova-3"}, "whisper": {"threads": 1}}
     providers: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     records: RecordsSettings = field(default_factory=RecordsSettings)
+    observe: ObserveSettings = field(default_factory=ObserveSettings)
     log_level: str = "INFO"
 
 
