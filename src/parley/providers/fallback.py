@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -84,19 +84,28 @@ class Health:
         self._failed_at.pop(i, None)
 
 
-class _Chain:
+class _Named(Protocol):
+    name: str
+
+
+P = TypeVar("P", bound=_Named)
+
+
+class _Chain(Generic[P]):
     capability = ""
 
     def __init__(
         self,
-        names: Sequence[str],
+        providers: Sequence[P],
         *,
-        cooldown_s: float,
-        clock: Callable[[], float],
-        on_switch: SwitchHook | None,
+        cooldown_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_switch: SwitchHook | None = None,
     ) -> None:
+        names = [p.name for p in providers]
         if not names:
             raise ValueError(f"a {self.capability} fallback chain needs at least one provider")
+        self.providers = list(providers)
         self.health = Health(names, cooldown_s, clock)
         self.stats = FallbackStats()
         self._on_switch = on_switch
@@ -136,19 +145,8 @@ class _Chain:
             self._on_switch(self.capability, names[i], names[nxt], exc)
 
 
-class FallbackLLM(_Chain):
+class FallbackLLM(_Chain[LLMProvider]):
     capability = "llm"
-
-    def __init__(
-        self,
-        providers: Sequence[LLMProvider],
-        *,
-        cooldown_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-        on_switch: SwitchHook | None = None,
-    ) -> None:
-        super().__init__([p.name for p in providers], cooldown_s=cooldown_s, clock=clock, on_switch=on_switch)
-        self.providers = list(providers)
 
     async def stream(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
@@ -159,19 +157,11 @@ class FallbackLLM(_Chain):
                 yield ev
 
 
-class FallbackTTS(_Chain):
+class FallbackTTS(_Chain[TTSProvider]):
     capability = "tts"
 
-    def __init__(
-        self,
-        providers: Sequence[TTSProvider],
-        *,
-        cooldown_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-        on_switch: SwitchHook | None = None,
-    ) -> None:
-        super().__init__([p.name for p in providers], cooldown_s=cooldown_s, clock=clock, on_switch=on_switch)
-        self.providers = list(providers)
+    def __init__(self, providers: Sequence[TTSProvider], **options: Any) -> None:
+        super().__init__(providers, **options)
         self.sample_rate = providers[0].sample_rate
 
     async def prewarm(self) -> None:
@@ -189,19 +179,8 @@ class FallbackTTS(_Chain):
                 yield ev
 
 
-class FallbackSTT(_Chain):
+class FallbackSTT(_Chain[STTProvider]):
     capability = "stt"
-
-    def __init__(
-        self,
-        providers: Sequence[STTProvider],
-        *,
-        cooldown_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-        on_switch: SwitchHook | None = None,
-    ) -> None:
-        super().__init__([p.name for p in providers], cooldown_s=cooldown_s, clock=clock, on_switch=on_switch)
-        self.providers = list(providers)
 
     async def open(self, *, sample_rate: int, language: str | None = None) -> STTStream:
         stream = FallbackSTTStream(self, sample_rate, language)
