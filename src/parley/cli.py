@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -240,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from parley.observe.logs import setup
+
+    setup(level, os.environ.get("PARLEY_LOG_FORMAT", "text"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,7 +78,10 @@ class CallLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes every line with the call id (never caller audio or secrets)."""
 
     def process(self, msg: str, kwargs: object) -> tuple[str, object]:  # type: ignore[override]
-        return f"[call {self.extra['call'] if self.extra else '?'}] {msg}", kwargs
+        call = self.extra["call"] if self.extra else "?"
+        if isinstance(kwargs, dict):
+            kwargs.setdefault("extra", {})["call"] = call  # the JSON log format emits it as a field
+        return f"[call {call}] {msg}", kwargs
 
 
 class Call:
