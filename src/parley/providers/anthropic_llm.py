@@ -48,6 +48,7 @@ from parley.providers.errors import (
     error_for_status,
     redact,
 )
+from parley.providers.http_session import HttpSession
 from parley.providers.openai_llm import SSEDecoder
 
 __all__ = ["AnthropicLLM", "MessageStreamAssembler", "request_body", "wire_messages"]
@@ -276,9 +277,7 @@ class AnthropicLLM:
         self.temperature = temperature
         self.version = version
         self._api_key = api_key
-        self._timeout = httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s))
-        self._client = http_client
-        self._owns_client = http_client is None
+        self._http = HttpSession(timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, client=http_client)
         self._on_cancel = on_cancel
 
     def __repr__(self) -> str:
@@ -294,9 +293,7 @@ class AnthropicLLM:
 
     async def aclose(self) -> None:
         """Close the HTTP client this provider created (an injected client belongs to its owner)."""
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._http.aclose()
 
     async def stream(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
@@ -340,14 +337,12 @@ class AnthropicLLM:
         self, messages: Sequence[Message], tools: Sequence[ToolSpec], assembler: MessageStreamAssembler
     ) -> AsyncGenerator[TextDelta | ToolCall, None]:
         body = request_body(self.model, messages, tools, max_tokens=self.max_tokens, temperature=self.temperature)
-        if self._client is None:
-            self._client = httpx.AsyncClient()
         log.debug(
             "%s: POST %s model=%s messages=%d tools=%d", PROVIDER, self.url, self.model, len(messages), len(tools)
         )
         try:
-            async with self._client.stream(
-                "POST", self.url, content=json.dumps(body).encode(), headers=self._headers(), timeout=self._timeout
+            async with self._http.client().stream(
+                "POST", self.url, content=json.dumps(body).encode(), headers=self._headers(), timeout=self._http.timeout
             ) as response:
                 if response.status_code != 200:
                     raise self._status_error(response, await response.aread())

@@ -54,6 +54,7 @@ from parley.providers.errors import (
     error_for_status,
     redact,
 )
+from parley.providers.http_session import HttpSession
 
 __all__ = ["ChatStreamAssembler", "OpenAICompatLLM", "SSEDecoder", "request_body", "wire_message"]
 
@@ -304,9 +305,7 @@ class OpenAICompatLLM:
         self.max_tokens_field = max_tokens_field
         self._api_key = api_key
         self._extra_headers = dict(extra_headers or {})
-        self._timeout = httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s))
-        self._client = http_client
-        self._owns_client = http_client is None
+        self._http = HttpSession(timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, client=http_client)
         self._on_cancel = on_cancel
 
     def __repr__(self) -> str:
@@ -322,9 +321,7 @@ class OpenAICompatLLM:
 
     async def aclose(self) -> None:
         """Close the HTTP client this provider created (an injected client belongs to its owner)."""
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._http.aclose()
 
     async def stream(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
@@ -373,14 +370,12 @@ class OpenAICompatLLM:
             max_tokens=self.max_tokens,
             max_tokens_field=self.max_tokens_field,
         )
-        if self._client is None:
-            self._client = httpx.AsyncClient()
         log.debug(
             "%s: POST %s model=%s messages=%d tools=%d", self.name, self.url, self.model, len(messages), len(tools)
         )
         try:
-            async with self._client.stream(
-                "POST", self.url, content=json.dumps(body).encode(), headers=self._headers(), timeout=self._timeout
+            async with self._http.client().stream(
+                "POST", self.url, content=json.dumps(body).encode(), headers=self._headers(), timeout=self._http.timeout
             ) as response:
                 if response.status_code != 200:
                     message, code = _error_message(await response.aread())

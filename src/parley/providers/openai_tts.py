@@ -42,6 +42,7 @@ from parley.providers.errors import (
     error_for_status,
     redact,
 )
+from parley.providers.http_session import HttpSession
 
 __all__ = ["OpenAITTS", "PcmAssembler"]
 
@@ -117,9 +118,7 @@ class OpenAITTS:
         self.instructions = instructions
         self.speed = speed
         self._api_key = api_key
-        self._timeout = httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s))
-        self._client = http_client
-        self._owns_client = http_client is None
+        self._http = HttpSession(timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, client=http_client)
         self._on_cancel = on_cancel
 
     def __repr__(self) -> str:
@@ -135,9 +134,7 @@ class OpenAITTS:
 
     async def aclose(self) -> None:
         """Close the HTTP client this provider created (an injected client belongs to its owner)."""
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._http.aclose()
 
     def request_body(self, text: str) -> dict[str, object]:
         body: dict[str, object] = {"model": self.model, "input": text, "voice": self.voice, "response_format": "pcm"}
@@ -168,17 +165,15 @@ class OpenAITTS:
         return Usage(PROVIDER, self.model, "tts", characters=len(text), failed=failed, cancelled=cancelled)
 
     async def _audio(self, text: str, state: _Request) -> AsyncGenerator[AudioChunk, None]:
-        if self._client is None:
-            self._client = httpx.AsyncClient()
         headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
         log.debug("%s: POST %s model=%s voice=%s chars=%d", PROVIDER, self.url, self.model, self.voice, len(text))
         try:
-            async with self._client.stream(
+            async with self._http.client().stream(
                 "POST",
                 self.url,
                 content=json.dumps(self.request_body(text)).encode(),
                 headers=headers,
-                timeout=self._timeout,
+                timeout=self._http.timeout,
             ) as response:
                 if response.status_code != 200:
                     message, code = _error_details(await response.aread())
