@@ -61,6 +61,7 @@ from parley.providers.errors import (
     error_for_status,
     redact,
 )
+from parley.providers.ws_connect import QuietWsLog
 
 __all__ = ["AssemblyAISTT", "AssemblyAISTTStream", "AudioBatcher", "TurnAssembler", "close_error"]
 
@@ -69,13 +70,6 @@ MIN_MESSAGE_MS = 50
 MAX_MESSAGE_MS = 1000
 MAX_PENDING_EVENTS = 64  # partials beyond this backlog are dropped (and counted); finals never are
 log = logging.getLogger("parley.providers.assemblyai")
-
-
-class _WsLog(logging.LoggerAdapter[logging.Logger]):
-    """websockets' own log, capped at INFO: its DEBUG output has the raw headers (the API key)."""
-
-    def isEnabledFor(self, level: int) -> bool:
-        return level >= logging.INFO and self.logger.isEnabledFor(level)
 
 
 # ---- sans-I/O: audio batching -------------------------------------------------------------------------------
@@ -352,7 +346,7 @@ class AssemblyAISTT:
                 open_timeout=self.connect_timeout_s,
                 close_timeout=self.close_timeout_s,
                 compression=None,
-                logger=_WsLog(log, {}),
+                logger=QuietWsLog(log, {}),
             )
         except InvalidStatus as exc:
             raise _handshake_error(exc, self._secrets()) from exc

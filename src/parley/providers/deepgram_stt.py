@@ -58,6 +58,7 @@ from parley.providers.errors import (
     error_for_status,
     redact,
 )
+from parley.providers.ws_connect import QuietWsLog
 
 __all__ = ["DeepgramSTT", "DeepgramSTTStream", "ListenAssembler", "close_error", "open_socket", "parse_message"]
 
@@ -419,13 +420,6 @@ class DeepgramSTTStream:
 # ---- Deepgram WebSocket helpers (shared with deepgram_tts) ---------------------------------------------
 
 
-class _WsLog(logging.LoggerAdapter[logging.Logger]):
-    """websockets' own log, capped at INFO: its DEBUG output has the raw handshake headers (the API key)."""
-
-    def isEnabledFor(self, level: int) -> bool:
-        return level >= logging.INFO and self.logger.isEnabledFor(level)
-
-
 async def open_socket(url: str, api_key: str, *, timeout_s: float, what: str) -> ClientConnection:
     """Open a Deepgram WebSocket with ``Authorization: Token <key>``; failures become ProviderErrors."""
     try:
@@ -436,7 +430,7 @@ async def open_socket(url: str, api_key: str, *, timeout_s: float, what: str) ->
             close_timeout=CLOSE_WAIT_S,
             compression=None,
             max_size=MAX_MESSAGE_BYTES,
-            logger=_WsLog(logging.getLogger("parley.providers.deepgram.websockets"), {}),
+            logger=QuietWsLog(logging.getLogger("parley.providers.deepgram.websockets"), {}),
         )
     except InvalidStatus as exc:
         response = exc.response

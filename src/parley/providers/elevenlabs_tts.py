@@ -54,8 +54,8 @@ from types import TracebackType
 from typing import TypeAlias
 from urllib.parse import quote, urlencode
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from parley.audio.pcm import from_bytes
@@ -68,8 +68,8 @@ from parley.providers.errors import (
     ProviderProtocolError,
     ProviderTimeout,
     error_for_status,
-    redact,
 )
+from parley.providers.ws_connect import QuietWsLog, Redactor, closed_error, open_ws
 
 __all__ = ["ElevenLabsTTS", "ServerAudio", "ServerError", "ServerFinal", "error_for_close", "parse_message"]
 
@@ -193,13 +193,6 @@ def error_for_handshake(status: int, body: bytes) -> ProviderError:
 # ---- the provider --------------------------------------------------------------------------------------
 
 
-class _WsLog(logging.LoggerAdapter[logging.Logger]):
-    """websockets' own log, capped at INFO: its DEBUG output prints the handshake headers (the API key)."""
-
-    def isEnabledFor(self, level: int) -> bool:
-        return level >= logging.INFO and self.logger.isEnabledFor(level)
-
-
 class _Socket:
     """One open multi-stream-input connection, held by at most one request at a time."""
 
@@ -251,7 +244,8 @@ class ElevenLabsTTS:
         self.last_alignment: Mapping[str, object] | None = None  # of the last chunk that had one
         self._api_key = api_key
         self._idle: list[_Socket] = []
-        self._ws_log = _WsLog(log.getChild("websockets"), {})
+        self._ws_log = QuietWsLog(log.getChild("websockets"), {})
+        self._redactor = Redactor([api_key])
 
     def __repr__(self) -> str:
         return f"ElevenLabsTTS(voice_id={self.voice_id!r}, model={self.model!r}, sample_rate={self.sample_rate})"
@@ -422,46 +416,29 @@ class ElevenLabsTTS:
             await sock.ws.close()
 
     async def _connect(self) -> _Socket:
-        try:
-            ws = await connect(
-                self.url,
-                additional_headers={"xi-api-key": self._api_key},
-                open_timeout=self.connect_timeout_s,
-                close_timeout=1.0,
-                compression=None,
-                max_size=8 * 2**20,
-                user_agent_header="parley",
-                logger=self._ws_log,
-            )
-        except InvalidStatus as exc:
-            response = exc.response
-            error = error_for_handshake(response.status_code, bytes(response.body or b""))
-            raise self._redacted(error) from exc
-        except TimeoutError as exc:
-            raise ProviderTimeout(f"{PROVIDER}: connect timed out", provider=PROVIDER) from exc
-        except InvalidURI as exc:
-            raise ProviderError(f"{PROVIDER}: bad URL {self.url_base!r}", provider=PROVIDER) from exc
-        except (OSError, InvalidHandshake) as exc:
-            raise ProviderConnectionError(
-                f"{PROVIDER}: could not connect: {self._redact(str(exc)) or type(exc).__name__}", provider=PROVIDER
-            ) from exc
+        ws = await open_ws(
+            self.url,
+            {"xi-api-key": self._api_key},
+            provider=PROVIDER,
+            connect_timeout_s=self.connect_timeout_s,
+            handshake_error=error_for_handshake,
+            redactor=self._redactor,
+            logger=self._ws_log,
+            shown_url=self.url_base,
+        )
         self.connections_opened += 1
         return _Socket(ws)
 
     # ---- helpers -------------------------------------------------------------------------------------
 
     def _closed(self, exc: ConnectionClosed) -> ProviderError:
-        frame = exc.rcvd
-        return self._redacted(error_for_close(frame.code if frame else None, frame.reason if frame else ""))
+        return closed_error(exc, error_for_close, self._redactor)
 
     def _redacted(self, error: ProviderError) -> ProviderError:
-        clean = self._redact(str(error))
-        if clean != str(error):
-            error.args = (clean, *error.args[1:])
-        return error
+        return self._redactor.error(error)
 
     def _redact(self, text: str) -> str:
-        return redact(text, [self._api_key])
+        return self._redactor.text(text)
 
     def _usage(self, characters: int, *, cancelled: bool = False, failed: bool = False) -> Usage:
         return Usage(
