@@ -164,6 +164,14 @@ class ObserveSettings:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8089
+    # OpenTelemetry: spans per call and per turn stage, exported by OTLP/HTTP when an endpoint is set
+    # (needs the `otel` extra). OTEL_EXPORTER_OTLP_ENDPOINT / PARLEY_OTLP_ENDPOINT override.
+    otlp_endpoint: str = ""
+    otlp_headers: Mapping[str, str] = field(default_factory=dict)
+    service_name: str = "parley"
+    # Caller speech and phone numbers are redacted from the logs (and span attributes) unless this is
+    # set (PARLEY_LOG_CALLER_TEXT=1): transcripts belong in the call records, not in log pipelines.
+    log_caller_text: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +289,15 @@ def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     records = settings.records
     if env.get("PARLEY_RECORDS_URL"):
         records = replace(records, url=env["PARLEY_RECORDS_URL"])
-    return replace(settings, freeswitch=fs, records=records, log_level=env.get("PARLEY_LOG_LEVEL", settings.log_level))
+    observe = settings.observe
+    otlp = env.get("PARLEY_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if otlp:
+        observe = replace(observe, otlp_endpoint=otlp)
+    if flag := env.get("PARLEY_LOG_CALLER_TEXT"):
+        observe = replace(observe, log_caller_text=_coerce(bool, flag, "PARLEY_LOG_CALLER_TEXT"))
+    return replace(settings, freeswitch=fs, records=records, observe=observe,
+                   log_level=env.get("PARLEY_LOG_LEVEL", settings.log_level))
+
 
 
 def validate(settings: Settings) -> Settings:

@@ -72,6 +72,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from parley.errors import ConfigError, ParleyError
+from parley.observe.redact import redact_number
 from parley.providers.base import Usage
 
 if TYPE_CHECKING:
@@ -358,13 +359,6 @@ class WriterStats:
     rejected: int = 0  # the database refused the row (constraint / bad data)
     retries: int = 0  # batches retried after a transient failure
     last_error: str | None = None
-
-
-def redact_number(value: str | None) -> str | None:
-    """Mask all but the last two characters (all of a short number such as an extension)."""
-    if not value:
-        return value
-    return "*" * len(value) if len(value) < 6 else "*" * (len(value) - 2) + value[-2:]
 
 
 # ---- engine, pragmas, migrations -----------------------------------------------------------------------
