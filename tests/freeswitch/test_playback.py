@@ -244,3 +244,19 @@ async def test_rejected_command_raises_a_playback_error(settings: PlaybackSettin
     rec.fail_next = "-ERR something odd"
     with pytest.raises(PlaybackError, match="could not queue chunk"):
         await CallPlayback(UUID, rec, settings).play(tone(0.1, 8000), 8000)
+
+
+async def test_a_low_water_flush_that_finds_the_audio_already_sent_does_nothing(
+    settings: PlaybackSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The low-water timer's task may run after write()/finish() already queued the pending audio."""
+    pb = CallPlayback(UUID, RecordingEsl(), settings, codec_rate=8000)
+    utt = pb.utterance(8000, "u1")
+    await utt.write(tone(0.1, 8000))  # below the 200 ms first chunk: stays pending
+    utt._low_water()  # the timer fires: a flush task is created but has not run yet
+    task = utt._flush_task
+    assert task is not None
+    await utt.finish()  # queues the same pending audio first
+    await asyncio.gather(task)  # used to fail with IndexError on the emptied pending list
+    assert "low-water flush failed" not in caplog.text
+    assert sum(c.samples for c in utt.chunks) == 800  # every sample queued exactly once

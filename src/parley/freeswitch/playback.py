@@ -210,6 +210,9 @@ class Utterance:
         return max(1, samples_for_ms(ms, self._owner.codec_rate))
 
     async def _emit(self, n: int) -> None:
+        n = min(n, self._pending_n)
+        if n <= 0:
+            return
         buf = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         data, rest = buf[:n], buf[n:]
         self._pending = [rest] if rest.size else []
@@ -232,8 +235,13 @@ class Utterance:
         if self.cancelled or self.finished or self._pending_n < min_n:
             return
         if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.create_task(self._emit(self._pending_n), name=f"low-water-{self.id}")
+            self._flush_task = asyncio.create_task(self._flush_low_water(min_n), name=f"low-water-{self.id}")
             self._flush_task.add_done_callback(_retrieve)
+
+    async def _flush_low_water(self, min_n: int) -> None:
+        # What is pending NOW: write()/finish() may have emitted it between the timer and this task.
+        if not (self.cancelled or self.finished) and self._pending_n >= min_n:
+            await self._emit(self._pending_n)
 
     def _check_done(self) -> None:
         if self._done.is_set():
