@@ -26,6 +26,8 @@ class VadResultLike(Protocol):
 
 class FrameVadLike(Protocol):
     def process(self, samples: Int16Array) -> VadResultLike: ...
+    # the live path: model runs batched with the other calls on the event loop
+    async def aprocess(self, samples: Int16Array) -> VadResultLike: ...
 
 
 class TurnModelLike(Protocol):

@@ -3,7 +3,8 @@
 Owns: turning 20 ms int16 frames into ``VadResult(speech, prob)``. ``SileroModel`` is the shared,
 thread-safe ONNX session (load once per process); ``SileroVad`` is one call's recurrent state, context and
 window buffer; ``WebRtcGate`` wraps webrtcvad; ``FrameVad`` combines them with hysteresis thresholds.
-Pure computation: no asyncio, no clock, no I/O beyond loading the model file. Must not know about turns,
+Pure computation (the async ``aprocess`` only awaits the cross-call batcher of
+:mod:`parley.turns.vad_batch`): no clock, no I/O beyond loading the model file. Must not know about turns,
 timers or the agent; the turn machine consumes the results.
 
 Model I/O (as pipecat's ``audio/vad/silero.py`` drives the same file): input ``input`` float32
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import webrtcvad  # type: ignore[import-untyped]
@@ -26,6 +28,9 @@ from parley.audio.pcm import Float32Array, Int16Array, rms_dbfs
 from parley.errors import ConfigError
 from parley.turns.assets import SILERO_RELPATH, pipecat_file
 from parley.turns.onnx import OnnxSession
+
+if TYPE_CHECKING:
+    from parley.turns.vad_batch import SileroBatcher
 
 _RESET_INTERVAL_S = 2.0  # audio between recurrent-state resets (pipecat's value)
 _RESET_MAX_PROB = 0.1  # a window below this counts as clear non-speech
@@ -42,6 +47,16 @@ class SileroModel:
 
     def __init__(self, session: OnnxSession) -> None:
         self.session = session
+        self._batcher: SileroBatcher | None = None
+
+    @property
+    def batcher(self) -> SileroBatcher:
+        """Batches the windows of all calls on an event loop into one run (see :mod:`parley.turns.vad_batch`)."""
+        if self._batcher is None:
+            from parley.turns.vad_batch import SileroBatcher
+
+            self._batcher = SileroBatcher(self)
+        return self._batcher
 
     @classmethod
     def load(cls, path: Path | None = None, *, threads: int = 1) -> SileroModel:
@@ -80,16 +95,32 @@ class SileroVad:
     def process(self, frame: Int16Array) -> float:
         """Feed samples; run the model on every completed window; return the latest probability."""
         x = frame.astype(np.float32) * np.float32(1.0 / 32768.0)
-        pos, n = 0, x.size
-        ctx = self.context
+        pos = 0
+        while (pos := self._fill_window(x, pos)) >= 0:
+            self._prob, self._state = self.model.infer(self._buf, self._state, self.sample_rate)
+            self._window_done()
+        return self._prob
+
+    async def aprocess(self, frame: Int16Array) -> float:
+        """``process``, with the model runs batched across the calls of this event loop."""
+        x = frame.astype(np.float32) * np.float32(1.0 / 32768.0)
+        pos = 0
+        while (pos := self._fill_window(x, pos)) >= 0:
+            self._prob, self._state = await self.model.batcher.infer(self._buf, self._state, self.sample_rate)
+            self._window_done()
+        return self._prob
+
+    def _fill_window(self, x: Float32Array, pos: int) -> int:
+        """Copy samples from ``pos`` into the window; the position to resume from once it is full, else -1."""
+        ctx, n = self.context, x.size
         while pos < n:
             take = min(self.window - self._fill, n - pos)
             self._buf[0, ctx + self._fill : ctx + self._fill + take] = x[pos : pos + take]
             self._fill += take
             pos += take
             if self._fill == self.window:
-                self._run_window()
-        return self._prob
+                return pos
+        return -1
 
     def skip(self, frame: Int16Array) -> float:
         """Account for a frame judged silent without running the model: probability 0.
@@ -112,8 +143,7 @@ class SileroVad:
         self._fill = 0
         self._prob = 0.0
 
-    def _run_window(self) -> None:
-        self._prob, self._state = self.model.infer(self._buf, self._state, self.sample_rate)
+    def _window_done(self) -> None:
         self.windows_run += 1
         self._fill = 0
         self._buf[0, : self.context] = self._buf[0, -self.context :]
@@ -220,6 +250,20 @@ class FrameVad:
             self.skipped += 1
         else:
             prob = self.silero.process(frame)
+        return self._decide(prob)
+
+    async def aprocess(self, frame: Int16Array) -> VadResult:
+        """``process`` for a live call: Silero runs batched with the other calls on this event loop."""
+        self._quiet_run = self._quiet_run + 1 if self._gate_says_silence(frame) else 0
+        if self._quiet_run > self.params.skip_after_frames:
+            prob = self.silero.skip(frame)
+            self.skipped += 1
+        else:
+            prob = await self.silero.aprocess(frame)
+        return self._decide(prob)
+
+    def _decide(self, prob: float) -> VadResult:
+        p = self.params
         if self._speech:
             self._speech = prob >= p.stop
         else:
