@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from parley.agent.engine import Engine
 from parley.agent.session import CallSession, TurnRecord
@@ -25,7 +26,9 @@ from parley.freeswitch.esl_client import EslClient
 from parley.observe.http import HttpServer
 from parley.observe.metrics import Metrics
 from parley.observe.records import CallEnd, CallRecorder, CallStart, RecordStore, TurnRow
+from parley.observe.tracing import CallOutcome, CallTrace, CallTracer
 from parley.providers.base import TTSProvider
+from parley.providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS
 
 log = logging.getLogger("parley.app")
 
@@ -65,9 +68,21 @@ def build_tts(kind: str) -> TTSProvider:
     return Providers(Settings()).one_tts(kind)
 
 
+def provider_chains(engine: Engine) -> dict[str, list[str]]:
+    """The provider names per capability, a fallback chain's in order (``{"stt": ["deepgram", "whisper"]}``)."""
+    out: dict[str, list[str]] = {}
+    for capability, provider in (("stt", engine.stt), ("llm", engine.llm), ("tts", engine.tts)):
+        if isinstance(provider, FallbackSTT | FallbackLLM | FallbackTTS):
+            out[capability] = list(provider.health.names)
+        else:
+            out[capability] = [provider.name]
+    return out
+
+
 class ConversationAgent:
     """The agent ``parley serve`` runs: one :class:`CallSession` per call, written to the call records as
-    it goes (each turn when it completes; the outcome on every path, also when the caller hangs up)."""
+    it goes (each turn when it completes; the outcome on every path, also when the caller hangs up), and
+    traced when a :class:`CallTracer` is given (a span per call, per turn and per turn stage)."""
 
     def __init__(
         self,
@@ -75,11 +90,13 @@ class ConversationAgent:
         store: RecordStore | None = None,
         *,
         metrics: Metrics | None = None,
+        tracer: CallTracer | None = None,
         keep_sessions: int = 200,
     ) -> None:
         self.engine = engine
         self.store = store
         self.metrics = metrics
+        self.tracer = tracer
         self.sessions: dict[str, CallSession] = {}
         self._keep = keep_sessions
 
@@ -88,6 +105,10 @@ class ConversationAgent:
         if self.store is not None:
             chains = {"stt": [self.engine.stt.name], "llm": [self.engine.llm.name], "tts": [self.engine.tts.name]}
             rec = await self.store.start_call(CallStart.from_call(call, providers=chains, mono_now=time.monotonic()))
+        trace: CallTrace | None = None
+        if self.tracer is not None:
+            trace = self.tracer.start_call(call, providers=provider_chains(self.engine),
+                                           call_id=rec.id if rec is not None else None)
         written = 0
 
         async def on_turn(turn: TurnRecord) -> None:
@@ -96,6 +117,8 @@ class ConversationAgent:
                 self.metrics.observe_turn(turn.timings)
                 if turn.barge_in:
                     self.metrics.barge_in()
+            if trace is not None:
+                trace.turn(turn)
             if rec is not None:
                 await rec.add_turn(TurnRow.from_record(turn))
                 await rec.add_usage(session.usage[written:])
@@ -113,6 +136,15 @@ class ConversationAgent:
             try:
                 await self._finish(call, session, rec, written)
             finally:
+                if trace is not None:
+                    trace.end(CallOutcome(
+                        hangup_cause=call.hangup_cause,
+                        hangup_by=_hangup_by(session),
+                        failed=session.failed,
+                        turns=len(session.turns),
+                        barge_ins=sum(t.barge_in for t in session.turns),
+                        events=list(session.events),
+                    ))
                 if self.metrics is not None:
                     for _t, kind, detail in session.events:
                         if kind == "fallback":
@@ -129,11 +161,15 @@ class ConversationAgent:
                     await rec.add_event(kind, detail)
             await rec.finish(CallEnd(
                 hangup_cause=call.hangup_cause,
-                hangup_by="agent" if session.hung_up_by_agent else "caller",
+                hangup_by=_hangup_by(session),
                 status="failed" if session.failed else "completed",
                 failed=session.failed,
                 dtmf="".join(call.dtmf_digits),
             ))
+
+
+def _hangup_by(session: CallSession) -> Literal["agent", "caller"]:
+    return "agent" if session.hung_up_by_agent else "caller"
 
 
 async def open_records(settings: Settings, stack: contextlib.AsyncExitStack) -> RecordStore | None:
@@ -188,7 +224,9 @@ async def start(settings: Settings, agent: Agent | None = None) -> Running:
         engine = await asyncio.to_thread(build_engine, settings)
         store = await open_records(settings, resources)
         metrics = Metrics()
-        agent = ConversationAgent(engine, store, metrics=metrics)
+        tracer = CallTracer.open(settings.observe)
+        resources.push_async_callback(tracer.aclose)  # after the calls: Running.close() closes the bridge first
+        agent = ConversationAgent(engine, store, metrics=metrics, tracer=tracer)
     bridge = Bridge(fs, esl, agent)
     server = AudioStreamServer(fs.audio_stream, bridge.on_stream)
     await server.start()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 import uuid as uuidlib
@@ -51,11 +52,13 @@ from parley.config import (
     PlaybackSettings,
     RecordsSettings,
     Settings,
+    apply_env,
     settings_from_mapping,
 )
 from parley.errors import ConfigError
 from parley.freeswitch.stream_token import stream_token
 from parley.observe.timings import percentiles
+from parley.observe.tracing import CallTracer
 from parley.providers.base import AudioChunk, TTSProvider
 from parley.testing.echo_call import free_port
 from parley.testing.fake_freeswitch import FakeCall, FakeFreeSwitch
@@ -198,8 +201,16 @@ class ScriptedCaller:
 
 
 async def run_scenario(
-    scenario: Scenario, engine: Engine, caller_voice: TTSProvider, spool: Path, *, records_url: str | None = None
+    scenario: Scenario,
+    engine: Engine,
+    caller_voice: TTSProvider,
+    spool: Path,
+    *,
+    records_url: str | None = None,
+    tracer: CallTracer | None = None,
 ) -> SimulationResult:
+    """Run one scenario. Spans go to ``tracer``; without one, to PARLEY_OTLP_ENDPOINT /
+    OTEL_EXPORTER_OTLP_ENDPOINT when set (a tracer made here is flushed and closed before returning)."""
     password = secrets.token_urlsafe(24)
     secret = secrets.token_urlsafe(24)
     port = free_port()
@@ -211,10 +222,13 @@ async def run_scenario(
     fs = FakeFreeSwitch(password=password)
     await fs.start()
     resources = contextlib.AsyncExitStack()
+    if tracer is None:
+        tracer = CallTracer.open(apply_env(Settings(), os.environ).observe)
+        resources.push_async_callback(tracer.aclose)
     store = None
     if records_url:
         store = await app.open_records(Settings(records=RecordsSettings(url=records_url)), resources)
-    agent = app.ConversationAgent(engine, store)
+    agent = app.ConversationAgent(engine, store, tracer=tracer)
     settings = Settings(
         freeswitch=FreeSwitchSettings(
             esl=EslSettings(port=fs.esl_port, password=password),
