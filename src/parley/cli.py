@@ -9,11 +9,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from parley.errors import ConfigError, EslProtocolError, ParleyError
 
+if TYPE_CHECKING:
+    from parley.config import Settings
 
-def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+
+def _settings(args: argparse.Namespace) -> Settings:
     from parley.config import load_settings
 
     return load_settings(args.config)
@@ -24,7 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from parley.config import require_esl_password
 
     settings = _settings(args)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings)
     require_esl_password(settings.freeswitch.esl)
     return asyncio.run(serve(settings))
 
@@ -48,7 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from parley.testing.demo_report import print_report
     from parley.testing.echo_call import run_echo_call
 
-    _setup_logging("WARNING" if not args.verbose else "INFO")
+    _setup_logging("WARNING" if not args.verbose else "INFO", _settings_for_logging(args))
     result = asyncio.run(run_echo_call())
     print_report(result, sys.stdout, Path(args.out) if args.out else None)
     ok = result.calls_left == 0 and not result.spool_left and result.result.echoes
@@ -64,7 +68,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from parley.testing.simulate import load_scenario, run_scenario, shipped_scenarios, write_recording
 
     settings = _settings(args)
-    _setup_logging("INFO" if args.verbose else "WARNING")
+    _setup_logging("INFO" if args.verbose else "WARNING", settings)
     if args.scenario in (None, "list"):
         for path in shipped_scenarios():
             print(path)
@@ -98,7 +102,7 @@ def cmd_providers_check(args: argparse.Namespace) -> int:
     from parley.compose import Providers, check_providers
 
     settings = _settings(args)
-    _setup_logging("WARNING")
+    _setup_logging("WARNING", settings)
     results = asyncio.run(check_providers(Providers(settings)))
     if args.json:
         print(json.dumps([r.__dict__ if hasattr(r, "__dict__") else _slots(r) for r in results], indent=2))
@@ -117,14 +121,14 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     from parley.bench.latency import run_latency_command
 
     settings = _settings(args)
-    _setup_logging("WARNING")
+    _setup_logging("WARNING", settings)
     return run_latency_command(settings, runs=args.runs, scenarios=args.scenario, json_path=args.json)
 
 
 def cmd_bench_density(args: argparse.Namespace) -> int:
     from parley.bench.density import parse_sizes, run_density_command
 
-    _setup_logging("WARNING")
+    _setup_logging("WARNING", _settings_for_logging(args))
     return run_density_command(parse_sizes(args.calls), args.seconds, args.json)
 
 
@@ -154,7 +158,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from parley.observe.dashboard import run_dashboard
 
     settings = _settings(args)
-    _setup_logging("WARNING")
+    _setup_logging("WARNING", settings)
     url = args.db or settings.records.resolved_url
     asyncio.run(run_dashboard(
         url,
@@ -238,10 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, settings: Settings) -> None:
+    """Every subcommand that logs comes here, after its settings are loaded: caller text and phone numbers
+    stay redacted unless ``observe.log_caller_text`` (PARLEY_LOG_CALLER_TEXT=1) says otherwise."""
     from parley.observe.logs import setup
 
-    setup(level, os.environ.get("PARLEY_LOG_FORMAT", "text"))
+    setup(level, os.environ.get("PARLEY_LOG_FORMAT", "text"), caller_text=settings.observe.log_caller_text)
+
+
+def _settings_for_logging(args: argparse.Namespace) -> Settings:
+    """Settings for a subcommand that needs them only for logging: a config it cannot load keeps redaction on."""
+    from parley.config import Settings
+
+    try:
+        return _settings(args)
+    except ConfigError as exc:
+        print(f"parley: ignoring the configuration for logging ({exc}); caller text stays redacted", file=sys.stderr)
+        return Settings()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,11 @@
 """One call's conversation: turn-taking, streaming STT -> brain -> chunker -> TTS -> playback, barge-in.
 
-Owns: the per-call tasks and the order of operations of a turn, the timing of every stage, and what is
-recorded (turns as heard, barge-ins, usage). Must not know which vendors are behind the providers, how
-audio reaches FreeSWITCH (that is :class:`~parley.freeswitch.call.Call`'s playback), or how turns are
-decided (that is the pure :mod:`parley.turns.machine`; this module only feeds it and carries out what it
-says).
+Owns: the per-call tasks and the order of operations of a turn, the timing of every stage, what is
+recorded (turns as heard, barge-ins, usage), and the one log line per turn (its words wrapped in the
+:mod:`parley.observe.redact` markers, so the log handler decides whether they show). Must not know which
+vendors are behind the providers, how audio reaches FreeSWITCH (that is
+:class:`~parley.freeswitch.call.Call`'s playback), or how turns are decided (that is the pure
+:mod:`parley.turns.machine`; this module only feeds it and carries out what it says).
 
 Barge-in is one action: cancel the response task (LLM + TTS stop at once), ``uuid_break <uuid> all``, and
 cut the assistant's last message to what the PLAYBACK events say the caller heard.
@@ -30,10 +31,11 @@ from parley.agent.memory import Conversation, SpokenSegment, heard_text
 from parley.agent.tools import TERMINAL_TOOLS, tool_specs
 from parley.audio.pcm import Int16Array, from_bytes
 from parley.errors import CallGone, ParleyError
-from parley.freeswitch.call import Call, Dtmf, Hangup, StreamLost
+from parley.freeswitch.call import Call, CallLog, Dtmf, Hangup, StreamLost
 from parley.freeswitch.playback import Utterance
 from parley.observe import timings as tm
 from parley.observe import usage as usage_sink
+from parley.observe.redact import CallerText
 from parley.providers.base import AudioChunk, STTStream, TextDelta, ToolCall, Transcript, Usage
 from parley.turns import events as turns
 from parley.turns.machine import TurnMachine
@@ -97,11 +99,13 @@ class CallSession:
         on_turn: Callable[[TurnRecord], Awaitable[None]] | None = None,
     ) -> None:
         self.call = call
+        self.log = CallLog(log, {"call": call.uuid})
         self.on_turn = on_turn  # a finished turn (answered, interrupted or failed): records write it now
         self.engine = engine
         self._clock = clock
         self.conversation = Conversation(engine.conversation.system_prompt)
         self.turns: list[TurnRecord] = []
+        self._logged: list[TurnRecord] = []  # turns whose log line is out (a superseded reply may finish late)
         self.usage: list[Usage] = []
         self.greeting: _Reply | None = None
         self._machine = TurnMachine(engine.policy)
@@ -165,7 +169,7 @@ class CallSession:
             try:
                 await warm()
             except ParleyError as exc:
-                log.warning("call %s: could not prewarm %s: %s", self.call.uuid, self.engine.tts.name, exc)
+                self.log.warning("could not prewarm %s: %s", self.engine.tts.name, exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -261,7 +265,7 @@ class CallSession:
             async with asyncio.timeout(STT_FINAL_TIMEOUT_S):
                 await self._final_event.wait()
         except TimeoutError:
-            log.warning("call %s: no final transcript within %.0f s", self.call.uuid, STT_FINAL_TIMEOUT_S)
+            self.log.warning("no final transcript within %.0f s", STT_FINAL_TIMEOUT_S)
         turn.timings.mark(tm.STT_FINAL, self._clock())
         text = " ".join(s for s in self._finals if s).strip()
         self._finals.clear()
@@ -278,7 +282,7 @@ class CallSession:
         try:
             await self._consume_stt(self._stt)
         except ParleyError as exc:
-            log.error("call %s: speech recognition failed: %s", self.call.uuid, exc)
+            self.log.error("speech recognition failed: %s", exc)
             self._final_event.set()
             await self._apologise(self._new_turn())
 
@@ -327,8 +331,9 @@ class CallSession:
     def _start_reply(self, turn: TurnRecord, *, fixed_text: str | None = None, then_hangup: bool = False) -> _Reply:
         if self._reply is not None and self._reply.task is not None and not self._reply.task.done():
             self._reply.task.cancel()
+            self._log_turn(self._reply.turn, "superseded")  # e.g. the caller went on talking
         for action in self._machine.feed(turns.AgentTurnTaken(t=self._clock())):
-            log.debug("call %s: ignoring %s while taking the turn", self.call.uuid, action)
+            self.log.debug("ignoring %s while taking the turn", action)
         reply = _Reply(turn)
         reply.task = self._spawn(self._reply_task(reply, fixed_text, then_hangup))
         self._reply = reply
@@ -419,7 +424,7 @@ class CallSession:
             pass
         except* ParleyError as group:
             if not self._ended:
-                log.error("call %s: reply failed: %s", self.call.uuid, group.exceptions[0])
+                self.log.error("reply failed: %s", group.exceptions[0])
                 self._spawn(self._apologise(reply.turn))
 
     def _note_first_command(self, reply: _Reply) -> None:
@@ -429,7 +434,7 @@ class CallSession:
         if tm.PLAYBACK_COMMAND not in reply.turn.timings.marks:
             reply.turn.timings.mark(tm.PLAYBACK_COMMAND, utt.chunks[0].queued_at)
             for action in self._machine.feed(turns.AgentSpeaking(t=self._clock())):
-                log.debug("call %s: ignoring %s when the agent starts speaking", self.call.uuid, action)
+                self.log.debug("ignoring %s when the agent starts speaking", action)
 
     async def _run_tools(self, turn: TurnRecord, calls: Sequence[ToolCall], then_hangup: bool) -> None:
         for call in calls:
@@ -451,11 +456,25 @@ class CallSession:
             await self.call.hangup("NORMAL_CLEARING")
 
     async def _turn_done(self, turn: TurnRecord) -> None:
+        self._log_turn(turn)
         if self.on_turn is not None and turn.index > 0:
             try:
                 await self.on_turn(turn)
             except Exception:  # a record that cannot be written must never break the call
-                log.exception("call %s: recording turn %d failed", self.call.uuid, turn.index)
+                self.log.exception("recording turn %d failed", turn.index)
+
+    def _log_turn(self, turn: TurnRecord, outcome: str = "") -> None:
+        """One line per finished turn; the words print as placeholders unless caller-text logging is on."""
+        if any(t is turn for t in self._logged):
+            return
+        self._logged.append(turn)
+        outcome = outcome or ("barge-in" if turn.barge_in else "")
+        v2v = turn.timings.voice_to_voice_ms
+        self.log.info(
+            "turn %d: caller said %r | agent said %r (heard %d of %d chars, v2v %s%s)",
+            turn.index, CallerText(turn.caller), CallerText(turn.agent, who="agent"), len(turn.agent),
+            len(turn.agent_full), "-" if v2v is None else f"{v2v:.0f} ms", f", {outcome}" if outcome else "",
+        )
 
     async def _apologise(self, turn: TurnRecord) -> None:
         """The providers failed: a local voice says so, then the call ends or goes to a person."""
@@ -475,7 +494,7 @@ class CallSession:
                 await utt.finish()
                 await utt.wait_played(timeout=15)
         except (ParleyError, TimeoutError) as exc:
-            log.error("call %s: even the apology failed: %s", self.call.uuid, exc)
+            self.log.error("even the apology failed: %s", exc)
         await self._turn_done(turn)
         with contextlib.suppress(ParleyError):
             if conv.on_failure == "transfer" and conv.transfer_destination:

@@ -27,6 +27,7 @@ from parley.freeswitch import esl_protocol as esl
 from parley.freeswitch.audio_stream import AudioStream
 from parley.freeswitch.call import Call
 from parley.freeswitch.esl_client import EslClient
+from parley.observe.redact import PhoneNumber
 
 log = logging.getLogger("parley.bridge")
 
@@ -184,7 +185,7 @@ class Bridge:
     def _attach(self, uuid: str, stream: AudioStream) -> None:
         call = self.calls.get(uuid) or self._new_call(uuid)
         if call.stream is not None and call.stream is not stream:
-            log.warning("call %s: a second stream connected; closing the old one", uuid)
+            call.log.warning("a second stream connected; closing the old one")
             self._spawn(call.stream.close(1000, "replaced"))
         call.attach_stream(stream)
         self._spawn(self._watch_stream(call, stream))
@@ -203,11 +204,11 @@ class Bridge:
             try:
                 exists = (await self.esl.api(f"uuid_exists {call.uuid}", check=False)).strip() == "true"
             except FreeSwitchError as exc:
-                log.warning("call %s: cannot confirm with FreeSWITCH (%s)", call.uuid, exc)
+                call.log.warning("cannot confirm with FreeSWITCH (%s)", exc)
                 exists = False
             if not exists:
                 self.stats.streams_rejected += 1
-                log.warning("call %s: FreeSWITCH does not know this UUID; refusing its stream", call.uuid)
+                call.log.warning("FreeSWITCH does not know this UUID; refusing its stream")
                 if call.stream is not None:
                     await call.stream.close(1008, "unknown call")
                 await self._retire(call, "unknown call")
@@ -226,7 +227,7 @@ class Bridge:
 
     async def _run_agent(self, call: Call) -> None:
         call.log.info("call ready: from %s to %s, %s %d Hz, stream %d Hz",
-                      call.info.caller_number and "***", call.info.destination, call.info.codec,
+                      PhoneNumber(call.info.caller_number), call.info.destination, call.info.codec,
                       call.info.codec_rate, call.stream_rate)
         try:
             # The dialplan sets this too; repeating it means DTMF '*' can never cut the agent off.
@@ -350,7 +351,7 @@ class Bridge:
             try:
                 exists = (await self.esl.api(f"uuid_exists {call.uuid}", check=False)).strip() == "true"
             except FreeSwitchError as exc:
-                log.warning("resync of call %s failed: %s", call.uuid, exc)
+                call.log.warning("resync failed: %s", exc)
                 continue
             if not exists:
                 call.mark_hungup("UNKNOWN_AFTER_ESL_OUTAGE")
