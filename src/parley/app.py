@@ -102,13 +102,12 @@ class ConversationAgent:
 
     async def __call__(self, call: Call) -> None:
         rec = None
+        chains = provider_chains(self.engine)  # the whole fallback chain, in order
         if self.store is not None:
-            chains = {"stt": [self.engine.stt.name], "llm": [self.engine.llm.name], "tts": [self.engine.tts.name]}
             rec = await self.store.start_call(CallStart.from_call(call, providers=chains, mono_now=time.monotonic()))
         trace: CallTrace | None = None
         if self.tracer is not None:
-            trace = self.tracer.start_call(call, providers=provider_chains(self.engine),
-                                           call_id=rec.id if rec is not None else None)
+            trace = self.tracer.start_call(call, providers=chains, call_id=rec.id if rec is not None else None)
         written = 0
 
         async def on_turn(turn: TurnRecord) -> None:
