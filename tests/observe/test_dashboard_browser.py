@@ -1,16 +1,16 @@
 """The dashboard: escaping, redaction and status codes over HTTP, then a real headless Chromium loading the pages.
 
-The browser test needs Debian's ``chromium`` (``apt-get install chromium``) and the ``playwright`` package
-(it drives the system browser; ``playwright install`` is never run). Without either it is skipped.
+The browser test needs Debian's ``chromium`` and the ``playwright`` package (the ``browser`` fixture in
+tests/conftest.py); without either it is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,11 +21,10 @@ from parley.observe.http import HttpServer
 from parley.observe.records import CallEnd, CallStart, RecordStore, TurnRow
 from parley.providers.base import Usage
 
+if TYPE_CHECKING:
+    from tests.conftest import OpenPage, Screenshot
+
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run"]
-OUT = Path(__file__).resolve().parents[2] / "out"
 XSS = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>'
 STAGES = [s for s in tm.TURN_STAGES if s != tm.SPEECH_END]
 
@@ -171,80 +170,73 @@ async def test_run_dashboard_serves_until_stopped(tmp_path: Path) -> None:
 # ---- a real browser -------------------------------------------------------------------------------------
 
 
-async def test_dashboard_in_headless_chromium(served: tuple[HttpServer, str], tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        pytest.skip("no chromium binary on PATH (Debian: apt-get install -y chromium)")
-    playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright package is not installed")
+async def test_dashboard_in_headless_chromium(served: tuple[HttpServer, str], open_page: OpenPage,
+                                             screenshot: Screenshot) -> None:
     server, call_id = served
-    async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, timeout=60_000)
-        try:
-            page = await browser.new_page(viewport={"width": 1200, "height": 900})
-            problems: list[str] = []
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
-            page.on("request", lambda r: None if r.url.startswith(server.url) or r.url.startswith("data:")
-                    else problems.append(f"external request: {r.url}"))
+    page, problems = await open_page(server.url)
+    response = await page.goto(server.url + "/", wait_until="load")
+    assert response is not None and response.status == 200
+    assert await page.title() == "parley · calls"
+    rows = page.locator("table.calls tbody tr")
+    assert await rows.count() == 2
+    assert "5551234567" not in await page.inner_text("table.calls")
+    # the stylesheet applied (its CSP hash matched): the header bar is dark
+    bg = await page.eval_on_selector("header.top", "e => getComputedStyle(e).backgroundColor")
+    assert bg == "rgb(23, 32, 43)"
+    await screenshot(page, "dashboard-list.png")
 
-            response = await page.goto(server.url + "/", wait_until="load")
-            assert response is not None and response.status == 200
-            assert await page.title() == "parley · calls"
-            rows = page.locator("table.calls tbody tr")
-            assert await rows.count() == 2
-            assert "5551234567" not in await page.inner_text("table.calls")
-            # the stylesheet applied (its CSP hash matched): the header bar is dark
-            bg = await page.eval_on_selector("header.top", "e => getComputedStyle(e).backgroundColor")
-            assert bg == "rgb(23, 32, 43)"
-            await page.screenshot(path=str(tmp_path / "dashboard-list.png"), full_page=True)
+    await page.click(f'tr[data-call="{call_id}"] a')
+    await page.wait_for_url(f"**/calls/{call_id}")
+    assert (await page.title()).startswith("parley · call 2025-03-01 12:00:00")
 
-            await page.click(f'tr[data-call="{call_id}"] a')
-            await page.wait_for_url(f"**/calls/{call_id}")
-            assert (await page.title()).startswith("parley · call 2025-03-01 12:00:00")
+    charts = page.locator("svg.waterfall")
+    assert await charts.count() == 3
+    for i, turn in enumerate(TURNS):
+        chart = charts.nth(i)
+        bars = chart.locator("rect.bar")
+        assert await bars.count() == len(STAGES)  # one bar per stage after speech end
+        assert [await bars.nth(j).get_attribute("data-stage") for j in range(len(STAGES))] == STAGES
+        for j in range(len(STAGES)):
+            box = await bars.nth(j).bounding_box()
+            assert box is not None and box["width"] >= 1 and box["height"] > 5, (turn.index, STAGES[j], box)
+        assert await chart.locator("rect.barge").count() == (1 if turn.barge_in else 0)
+    boxes = [await charts.nth(1).locator("rect.bar").nth(j).bounding_box() for j in range(len(STAGES))]
+    xs = [b["x"] for b in boxes if b is not None]
+    assert xs == sorted(xs), "a waterfall: each stage starts where the previous one ended"
 
-            charts = page.locator("svg.waterfall")
-            assert await charts.count() == 3
-            for i, turn in enumerate(TURNS):
-                chart = charts.nth(i)
-                bars = chart.locator("rect.bar")
-                assert await bars.count() == len(STAGES)  # one bar per stage after speech end
-                assert [await bars.nth(j).get_attribute("data-stage") for j in range(len(STAGES))] == STAGES
-                for j in range(len(STAGES)):
-                    box = await bars.nth(j).bounding_box()
-                    assert box is not None and box["width"] >= 1 and box["height"] > 5, (turn.index, STAGES[j], box)
-                assert await chart.locator("rect.barge").count() == (1 if turn.barge_in else 0)
-            boxes = [await charts.nth(1).locator("rect.bar").nth(j).bounding_box() for j in range(len(STAGES))]
-            xs = [b["x"] for b in boxes if b is not None]
-            assert xs == sorted(xs), "a waterfall: each stage starts where the previous one ended"
+    barged = page.locator("section.turn.barged")
+    assert await barged.count() == 1
+    assert await barged.get_attribute("data-turn") == "2"
+    assert await barged.locator(".pill", has_text="barge-in").count() == 1
+    assert await barged.locator("dd.agent del").inner_text() == " a name for the booking, please?"
+    assert "caller barged in after 1,450 ms" in await barged.locator("text.barge-label").text_content()
 
-            barged = page.locator("section.turn.barged")
-            assert await barged.count() == 1
-            assert await barged.get_attribute("data-turn") == "2"
-            assert await barged.locator(".pill", has_text="barge-in").count() == 1
-            assert await barged.locator("dd.agent del").inner_text() == " a name for the booking, please?"
-            assert "caller barged in after 1,450 ms" in await barged.locator("text.barge-label").text_content()
+    # the injected markup is shown as text and never ran
+    assert await page.locator("main img, main script").count() == 0
+    assert "<script>" in await barged.locator("dd.caller").inner_text()
+    assert "pwned" not in await page.title()
 
-            # the injected markup is shown as text and never ran
-            assert await page.locator("main img, main script").count() == 0
-            assert "<script>" in await barged.locator("dd.caller").inner_text()
-            assert "pwned" not in await page.title()
+    cost = page.locator("table.cost")
+    assert await cost.count() == 1
+    assert await cost.locator("tbody tr").count() >= 4
+    assert (await cost.locator("tfoot").inner_text()).startswith("Total")
+    assert await page.locator("table.events tbody tr").count() == 1
 
-            cost = page.locator("table.cost")
-            assert await cost.count() == 1
-            assert await cost.locator("tbody tr").count() >= 4
-            assert (await cost.locator("tfoot").inner_text()).startswith("Total")
-            assert await page.locator("table.events tbody tr").count() == 1
+    shot = await screenshot(page, "dashboard-call.png")
+    assert shot.stat().st_size > 10_000
 
-            shot = tmp_path / "dashboard-call.png"
-            await page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            if OUT.is_dir():
-                shutil.copyfile(shot, OUT / "dashboard-call.png")
-                shutil.copyfile(tmp_path / "dashboard-list.png", OUT / "dashboard-list.png")
+    # the Costs page from the list's link (the seeded calls of 2025 are outside its default 24 hours), then theirs
+    await page.goto(server.url + "/")
+    await page.click("a[href='/costs']")
+    await page.wait_for_url("**/costs")
+    assert await page.inner_text("h1") == "Costs: last 24 hours"
+    assert "No calls in this period." in await page.inner_text("main")
+    await page.goto(server.url + "/costs?since=2025-03-01&hosting=gpu_box")
+    assert await page.locator("table.kinds tbody tr").count() == 5  # STT, LLM, TTS, carrier, hosting
+    assert await page.locator("table.hours tbody tr").count() == 1  # both calls started at 12:xx
+    assert await page.locator("table.kinds tr[data-kind='hosting'] td.num").first.inner_text() == "$0.200000"
 
-            assert problems == []  # no CSP violation, script error, dialog or request leaving the server
-            missing = await page.goto(server.url + "/calls/does-not-exist")
-            assert missing is not None and missing.status == 404
-            assert await page.inner_text("h1") == "No such call"
-        finally:
-            await browser.close()
+    assert problems == []  # no CSP violation, script error, dialog or request leaving the server
+    missing = await page.goto(server.url + "/calls/does-not-exist")
+    assert missing is not None and missing.status == 404
+    assert await page.inner_text("h1") == "No such call"
