@@ -208,12 +208,24 @@ class Running:
             await self.resources.aclose()  # the records writer flushes what is queued
 
 
+def _check_hosting(settings: Settings) -> None:
+    box = settings.records.hosting
+    if box:
+        from parley.observe.cost import PriceTable
+
+        known = PriceTable.load().hosting
+        if box not in known:
+            names = ", ".join(sorted(known))
+            raise ConfigError(f"records.hosting: no entry {box!r} in the price table (known: {names})")
+
+
 async def start(settings: Settings, agent: Agent | None = None) -> Running:
     """Start the WebSocket server and the ESL client; raise at once on a wrong ESL password or ACL.
 
     If FreeSWITCH is simply not up yet, keep retrying in the background (a refused connection is not fatal).
     """
     fs = settings.freeswitch
+    _check_hosting(settings)
     esl = EslClient(fs.esl)
     store: RecordStore | None = None
     resources = contextlib.AsyncExitStack()
@@ -240,7 +252,7 @@ async def start(settings: Settings, agent: Agent | None = None) -> Running:
         raise
     http: HttpServer | None = None
     if metrics is not None and engine is not None and settings.observe.enabled:
-        metrics.watch(bridge=bridge, esl=esl, records=store,
+        metrics.watch(bridge=bridge, esl=esl, records=store, streams=server,
                       providers={"stt": engine.stt, "llm": engine.llm, "tts": engine.tts})
         http = HttpServer(settings.observe.host, settings.observe.port)
         metrics.install(http)
@@ -248,7 +260,8 @@ async def start(settings: Settings, agent: Agent | None = None) -> Running:
             from parley.observe.cost import PriceTable
             from parley.observe.dashboard import Dashboard
 
-            Dashboard(store, redact=settings.records.redact_callers, prices=PriceTable.load()).install(http)
+            Dashboard(store, redact=settings.records.redact_callers, prices=PriceTable.load(),
+                      hosting=settings.records.hosting or None).install(http)
         await http.start()
         log.info("metrics, health and dashboard on %s/", http.url)
     log.info(

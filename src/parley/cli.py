@@ -147,7 +147,8 @@ def cmd_cost_report(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     prices = PriceTable.load(args.prices)
-    hosting = prices.hosting_share(args.hosting, 0) if args.hosting else None
+    box = args.hosting if args.hosting is not None else settings.records.hosting
+    hosting = prices.hosting_share(box, 0) if box and box != "none" else None
     url = args.db or settings.records.resolved_url
     calls = asyncio.run(recorded_calls_for_cost(url, since=args.since))
     return cost_report(calls, prices=prices, out=sys.stdout, since=args.since, hosting=hosting, as_json=args.json)
@@ -166,6 +167,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         port=args.port,
         redact=settings.records.redact_callers and not args.show_callers,
         prices=PriceTable.load(args.prices),
+        hosting=(args.hosting if args.hosting is not None else settings.records.hosting) or None,
         on_ready=lambda u: print(f"parley dashboard on {u}/ (records: {url})", flush=True),
     ))
     return 0
@@ -224,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8089)
     p.add_argument("--show-callers", action="store_true", help="show phone numbers unmasked")
     p.add_argument("--prices", help="price table YAML (default: the shipped one)")
+    p.add_argument("--hosting", help="the Costs page's hosting entry (default: records.hosting; 'none')")
     p.set_defaults(func=cmd_dashboard)
 
     prov = sub.add_parser("providers", help="provider tools").add_subparsers(dest="prov_command", required=True)

@@ -149,6 +149,9 @@ class RecordsSettings:
     recording_retention_days: int = 30
     host: str = ""  # a stable name for this instance (containers); empty = the hostname
     redact_callers: bool = True  # phone numbers are masked in the dashboard and logs unless disabled
+    # the price table's hosting entry this instance runs on (e.g. cpu_box): its hourly price is shared over
+    # each hour's call-minutes by `parley cost report` and the dashboard's Costs page; empty = not counted
+    hosting: str = ""
 
     @property
     def resolved_url(self) -> str:
