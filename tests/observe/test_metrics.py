@@ -405,3 +405,23 @@ async def test_prefix_routes_longest_first() -> None:
     assert (await server.handle(Request("GET", "/other"))).status == 404
     with pytest.raises(ValueError):
         server.route("nope", answer("x"))
+
+
+def test_dropped_frames_count_live_from_the_stream_server_not_at_stream_end() -> None:
+    from parley.freeswitch.audio_stream import ServerStats
+
+    class FakeStreams:
+        def __init__(self) -> None:
+            self.stats = ServerStats()
+
+    m = Metrics()
+    bridge, streams = FakeBridge(), FakeStreams()
+    m.watch(bridge=bridge, streams=streams)
+    streams.stats.frames, streams.stats.dropped = 5000, 12  # a call still streaming, its queue overflowing
+    streams.stats.garbage_binary, streams.stats.garbage_text = 2, 1
+    f = parse_exposition(m.render())
+    assert value_of(f, "parley_dropped_frames_total") == 12
+    assert value_of(f, "parley_audio_frames_total") == 5000
+    assert value_of(f, "parley_garbage_frames_total") == 3
+    bridge.stats.dropped_frames = 12  # the same frames, added up by the bridge when the stream ends
+    assert value_of(parse_exposition(m.render()), "parley_dropped_frames_total") == 12  # not counted twice

@@ -28,6 +28,7 @@ from parley.observe.http import HttpServer, Request, Response
 from parley.providers.fallback import FallbackLLM, FallbackStats, FallbackSTT, FallbackTTS
 
 if TYPE_CHECKING:
+    from parley.freeswitch.audio_stream import ServerStats
     from parley.freeswitch.bridge import BridgeStats
     from parley.freeswitch.esl_client import EslStats
     from parley.observe.records import WriterStats
@@ -53,6 +54,13 @@ HealthStatus = Literal["ok", "degraded"]
 class BridgeLike(Protocol):
     @property
     def stats(self) -> BridgeStats: ...
+
+
+class StreamServerLike(Protocol):
+    """The mod_audio_stream server: its totals move with every frame (live, not when a stream ends)."""
+
+    @property
+    def stats(self) -> ServerStats: ...
 
 
 class EslLike(Protocol):
@@ -213,6 +221,7 @@ class Metrics:
         self._chains: dict[str, tuple[str, ...]] = {}  # capability -> provider names
         self._chain_stats: dict[str, FallbackStats] = {}  # capability -> the chain's live stats
         self._bridge: BridgeLike | None = None
+        self._streams: StreamServerLike | None = None
         self._esl: EslLike | None = None
         self._records: RecordsLike | None = None
 
@@ -276,10 +285,13 @@ class Metrics:
         esl: EslLike | None = None,
         providers: Mapping[str, ProviderLike] | None = None,
         records: RecordsLike | None = None,
+        streams: StreamServerLike | None = None,
     ) -> None:
         """Read these at scrape time: bridge and ESL counters, provider chains (``{"stt": engine.stt, ...}``;
-        a fallback chain's failures count as provider errors), and the call-record writer's counters."""
+        a fallback chain's failures count as provider errors), the call-record writer's counters, and the
+        mod_audio_stream server's running frame totals (dropped frames count as they drop)."""
         self._bridge = bridge or self._bridge
+        self._streams = streams or self._streams
         self._esl = esl or self._esl
         self._records = records or self._records
         for capability, provider in (providers or {}).items():
@@ -334,10 +346,19 @@ class Metrics:
             family.set(value)
             families.append(family)
 
+        if self._streams is not None:
+            st = self._streams.stats
+            one("parley_dropped_frames_total", "Inbound audio frames dropped (a call's queue was full), counted as "
+                "they drop.", "counter", st.dropped)
+            one("parley_audio_frames_total", "Inbound audio frames received from mod_audio_stream.", "counter",
+                st.frames)
+            one("parley_garbage_frames_total", "WebSocket frames that were not audio or valid JSON.", "counter",
+                st.garbage_binary + st.garbage_text)
         if self._bridge is not None:
             s = self._bridge.stats
-            one("parley_dropped_frames_total", "Inbound audio frames dropped (queue full), counted when a stream "
-                "ends.", "counter", s.dropped_frames)
+            if self._streams is None:
+                one("parley_dropped_frames_total", "Inbound audio frames dropped (queue full), counted when a "
+                    "stream ends.", "counter", s.dropped_frames)
             one("parley_stream_errors_total", "mod_audio_stream connections that failed.", "counter", s.stream_errors)
             one("parley_streams_rejected_total", "mod_audio_stream connections refused.", "counter",
                 s.streams_rejected)
