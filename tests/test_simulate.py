@@ -181,3 +181,33 @@ def test_the_call_is_in_the_records_with_turns_usage_and_cost(booking: Simulatio
     assert detail is not None
     assert [t.caller_text for t in detail.turns] == [t.caller for t in booking.session.turns]  # type: ignore[attr-defined]
     assert {u.usage.kind for u in detail.usage} == {"stt", "llm", "tts"}  # type: ignore[attr-defined]
+
+
+def test_a_caller_who_hangs_up_mid_reply_still_leaves_that_turn_in_the_records(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The reply is cancelled by the hangup; the turn is recorded as it stands: what the caller said, what
+    the agent had said so far, and only the heard part as heard."""
+    from parley.observe.records import RecordStore
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+    scenario_file = tmp_path / "s.yaml"
+    scenario_file.write_text("name: hangs-up\ntimeout_s: 40\nsteps:\n  - wait_agent: true\n"
+                             "  - say: 'What are your opening hours?'\n"
+                             "  - pause_ms: 2500\n    hangup: true\n")  # mid-answer: the answer is ~6 s long
+    result = asyncio.run(run_scenario(load_scenario(scenario_file), engine, caller_voice("hibari-low", engine.tts),
+                                      tmp_path / "spool", records_url=url))
+    assert result.fake_call.hungup and not result.session.hung_up_by_agent
+    turn = result.session.turns[-1]
+    assert "hours" in turn.caller.lower()
+    assert turn.agent_full.startswith("We're open")
+    assert turn.agent and len(turn.agent) < len(turn.agent_full)  # cut at what was played before the hangup
+
+    async def read() -> list[tuple[str, str, str]]:
+        async with RecordStore.open(url) as store:
+            (summary,) = await store.list_calls(limit=5)
+            detail = await store.get_call(summary.id)
+            assert detail is not None
+            return [(t.caller_text, t.agent_text, t.agent_full) for t in detail.turns]
+
+    assert asyncio.run(read()) == [(turn.caller, turn.agent, turn.agent_full)]

@@ -106,6 +106,8 @@ class CallSession:
         self.conversation = Conversation(engine.conversation.system_prompt)
         self.turns: list[TurnRecord] = []
         self._logged: list[TurnRecord] = []  # turns whose log line is out (a superseded reply may finish late)
+        # replies whose turn is not yet recorded: a reply cut short (superseded, hangup) is recorded as it stands
+        self._unrecorded: dict[int, _Reply] = {}
         self.usage: list[Usage] = []
         self.greeting: _Reply | None = None
         self._machine = TurnMachine(engine.policy)
@@ -161,6 +163,9 @@ class CallSession:
                     await asyncio.shield(stt_task)
             stt_task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            # the caller hung up mid-turn (or a superseded turn's task never ran): record them as they stand
+            for reply in list(self._unrecorded.values()):
+                await self._record_cut_short(reply, "hangup")
 
     async def _prewarm(self) -> None:
         """Cloud TTS: open the vendor socket now, so the first reply does not pay a TLS handshake."""
@@ -190,7 +195,7 @@ class CallSession:
             self._ring.append(samples)
             if self._in_turn and self._stt is not None:
                 await self._stt.send_audio(samples)
-            result = self._vad.process(samples)
+            result = await self._vad.aprocess(samples)  # Silero batched with the other calls' frames
             await self._handle(turns.VadFrame(t=frame.t, speech=result.speech, prob=result.prob, dur=dur))
 
     async def _handle(self, event: turns.TurnEvent) -> None:
@@ -331,10 +336,12 @@ class CallSession:
     def _start_reply(self, turn: TurnRecord, *, fixed_text: str | None = None, then_hangup: bool = False) -> _Reply:
         if self._reply is not None and self._reply.task is not None and not self._reply.task.done():
             self._reply.task.cancel()
-            self._log_turn(self._reply.turn, "superseded")  # e.g. the caller went on talking
+            self._spawn(self._record_cut_short(self._reply, "superseded"))  # e.g. the caller went on talking
         for action in self._machine.feed(turns.AgentTurnTaken(t=self._clock())):
             self.log.debug("ignoring %s while taking the turn", action)
         reply = _Reply(turn)
+        if turn.index > 0:
+            self._unrecorded[turn.index] = reply
         reply.task = self._spawn(self._reply_task(reply, fixed_text, then_hangup))
         self._reply = reply
         return reply
@@ -455,8 +462,26 @@ class CallSession:
             self.hung_up_by_agent = True
             await self.call.hangup("NORMAL_CLEARING")
 
-    async def _turn_done(self, turn: TurnRecord) -> None:
-        self._log_turn(turn)
+    async def _record_cut_short(self, reply: _Reply, outcome: str) -> None:
+        """A reply that will not finish: record its turn with what the caller heard of it (maybe nothing)."""
+        if self._unrecorded.get(reply.turn.index) is not reply:
+            return  # recorded already (it finished, was barged in on, or failed)
+        turn = reply.turn
+        segments = list(reply.segments)
+        if reply.current_text:
+            segments.append(SpokenSegment(reply.current_text, reply.current_ms))
+        if not turn.agent_full:
+            turn.agent_full = " ".join(seg.text for seg in segments).strip()
+        utt = reply.utterance
+        if utt is not None:
+            if utt.chunks and utt.chunks[0].started_at is not None:
+                turn.timings.mark(tm.PLAYBACK_START, utt.chunks[0].started_at)
+            turn.agent = heard_text(segments, utt.heard_ms())[0]
+        await self._turn_done(turn, outcome)
+
+    async def _turn_done(self, turn: TurnRecord, outcome: str = "") -> None:
+        self._unrecorded.pop(turn.index, None)
+        self._log_turn(turn, outcome)
         if self.on_turn is not None and turn.index > 0:
             try:
                 await self.on_turn(turn)

@@ -34,6 +34,7 @@ log = logging.getLogger("parley.bridge")
 Agent = Callable[[Call], Awaitable[None]]
 _CACHE_MAX = 2048
 _INFO_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_PARK", "CHANNEL_EXECUTE", "CUSTOM"})
+AGENT_TEARDOWN_S = 5.0  # after a hangup, how long the agent may take to record its last turn and outcome
 
 
 @dataclass(slots=True)
@@ -325,7 +326,16 @@ class Bridge:
         self.stats.calls_ended += 1
         task = self._agents.pop(call.uuid, None)
         if task is not None and task is not asyncio.current_task():
-            task.cancel()
+            # The runner cancels the agent once it sees the hangup; cancelling the runner too would cut the
+            # agent's own teardown short (the turn in flight, the last usage, the call record's outcome).
+            try:
+                async with asyncio.timeout(AGENT_TEARDOWN_S):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                call.log.warning("agent still busy %.0f s after the hangup; cancelling it", AGENT_TEARDOWN_S)
+                task.cancel()
+            except Exception:  # the runner logs its agent's failures itself
+                pass
         await call.playback.close()
         if call.stream is not None and not call.stream.closed.is_set():
             with contextlib.suppress(Exception):
