@@ -129,7 +129,7 @@ def cmd_bench_density(args: argparse.Namespace) -> int:
     from parley.bench.density import parse_sizes, run_density_command
 
     _setup_logging("WARNING", _settings_for_logging(args))
-    return run_density_command(parse_sizes(args.calls), args.seconds, args.json)
+    return run_density_command(parse_sizes(args.calls), args.seconds, args.json, vad=args.vad)
 
 
 def cmd_cost_estimate(args: argparse.Namespace) -> int:
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("density", help="concurrent calls through instant fake providers: CPU, RSS, lag, drops")
     p.add_argument("--calls", default="10,50,100,200", help="comma-separated call counts (default 10,50,100,200)")
     p.add_argument("--seconds", type=float, default=20.0, help="measured window per size (default 20)")
+    p.add_argument("--vad", choices=("batched", "per-call", "both"), default="batched",
+                   help="Silero batched across calls (parley's live path), run per call, or both side by side")
     p.add_argument("--json", help="write the figures as JSON to this file")
     p.set_defaults(func=cmd_bench_density)
 

@@ -107,3 +107,6 @@ def test_density_runs_two_calls_and_reports_sane_figures() -> None:
     frames = r["frames"]
     assert isinstance(frames, int) and frames >= 2 * 3 * 50 * 0.9  # both calls streamed the whole window
     assert isinstance(r["loadgen_playbacks"], int) and r["loadgen_playbacks"] >= 2  # the greetings were played
+    assert r["vad"] == "batched"
+    per_run = r["vad_windows_per_run"]  # the two callers' Silero windows went through the batcher
+    assert isinstance(per_run, float) and per_run >= 1.0

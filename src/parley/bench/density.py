@@ -37,12 +37,15 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from parley.agent.engine import Engine
 from parley.bench.host import box_jiffies, box_usage, cpu_ms, raise_fd_limit, rss_mb
 from parley.observe import timings as tm
 from parley.observe.timings import percentiles
+
+if TYPE_CHECKING:
+    from parley.turns.vad import SileroModel
 
 DEFAULT_SIZES = (10, 50, 100, 200)
 DEFAULT_SECONDS = 20.0
@@ -51,8 +54,11 @@ SKIP_FRAMES = 50  # each call's first second
 BENCH_GREETING = "Hello."
 
 
-def instant_engine() -> Engine:
-    """Instant fake providers + the real VAD; smart-turn off (silence endpointing)."""
+VAD_MODES = ("batched", "per-call")
+
+
+def instant_engine(vad: str = "batched") -> tuple[Engine, SileroModel]:
+    """Instant fake providers + the real VAD (Silero batched across calls, or run per call); smart-turn off."""
     from parley.bench.instant import InstantLLM, InstantSTT, InstantTTS
     from parley.config import ConversationSettings
     from parley.turns.policy import TurnPolicy
@@ -66,9 +72,9 @@ def instant_engine() -> Engine:
         tts=InstantTTS(),
         policy=TurnPolicy(smart_turn=False),
         conversation=conv,
-        vad_factory=lambda rate: FrameVad.create(silero, rate),
+        vad_factory=lambda rate: FrameVad.create(silero, rate, batched=vad == "batched"),
         smart_turn=None,
-    )
+    ), silero
 
 
 class _LoadProcess:
@@ -133,13 +139,13 @@ async def _probe_loop(delays: list[float], period_s: float = 0.01) -> None:
         delays.append(1000.0 * (loop.time() - due))
 
 
-async def measure(calls: int, seconds: float) -> dict[str, object]:
+async def measure(calls: int, seconds: float, vad: str = "batched") -> dict[str, object]:
     """One size, in this process: start parley, let the child place the calls, measure the window."""
     from parley import app
     from parley.config import AudioStreamSettings, EslSettings, FreeSwitchSettings, PlaybackSettings, Settings
 
     raise_fd_limit(calls)
-    engine = await asyncio.to_thread(instant_engine)
+    engine, silero = await asyncio.to_thread(instant_engine, vad)
     password, secret = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     load = await _LoadProcess.spawn(calls, seconds, password, secret)
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as spool:
@@ -194,8 +200,11 @@ async def measure(calls: int, seconds: float) -> dict[str, object]:
     window = t1 - t0
     load_s = float(str(done.get("window_s") or window))
     stats = running.server.stats
+    batches = silero.batcher if vad == "batched" else None
     return {
         "calls": calls,
+        "vad": vad,
+        "vad_windows_per_run": round(batches.windows / batches.runs, 2) if batches and batches.runs else None,
         "dropped_frames": stats.dropped,
         "frame_lag_ms": {"p50": lag["p50"], "p99": lag["p99"], "max": round(max(lags), 1) if lags else None},
         "frame_lag_vs_best_ms": {"p50": rel["p50"], "p99": rel["p99"]},
@@ -222,12 +231,12 @@ async def measure(calls: int, seconds: float) -> dict[str, object]:
     }
 
 
-async def _worker_run(calls: int, seconds: float) -> dict[str, object]:
+async def _worker_run(calls: int, seconds: float, vad: str = "batched") -> dict[str, object]:
     """A size in a fresh worker process; its last stdout line is the run's JSON."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "parley.bench.density", "--worker", "--calls", str(calls), "--seconds", str(seconds),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        "--vad", vad, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     out, err = await proc.communicate()
     lines = out.decode().strip().splitlines()
@@ -241,6 +250,7 @@ async def _worker_run(calls: int, seconds: float) -> dict[str, object]:
 
 COLUMNS = (  # (title, unit, width, format)
     ("calls", "", 5, "d"),
+    ("vad", "", 8, "s"),
     ("dropped", "frames", 7, "d"),
     ("lag p50", "ms", 7, ".1f"),
     ("lag p99", "ms", 7, ".1f"),
@@ -261,7 +271,7 @@ def _cells(r: dict[str, object]) -> list[object]:
         d = r.get(key)
         return d.get(sub) if isinstance(d, dict) else None
 
-    return [r["calls"], r["dropped_frames"], get("frame_lag_ms", "p50"), get("frame_lag_ms", "p99"),
+    return [r["calls"], r.get("vad"), r["dropped_frames"], get("frame_lag_ms", "p50"), get("frame_lag_ms", "p99"),
             get("frame_lag_vs_best_ms", "p99"), get("loop_delay_ms", "p99"), r["cpu_ms_per_call_second"],
             r.get("cpu_core_percent"), r["rss_mb_per_call"], r.get("replies_played"), get("voice_to_voice_ms", "p50"),
             r.get("loadgen_core_percent"), get("box_cpu_percent", "busy_core_percent")]
@@ -273,6 +283,9 @@ def format_table(runs: Sequence[dict[str, object]]) -> str:
     for r in runs:
         cells = []
         for x, (_, _, w, spec) in zip(_cells(r), COLUMNS, strict=True):
+            if spec == "s":
+                cells.append(f"{str(x) if x is not None else '-':>{w}}")
+                continue
             ok = isinstance(x, int | float) and math.isfinite(x) and (spec != "d" or isinstance(x, int))
             cells.append(f"{format(x, spec) if ok else '-':>{w}}")
         lines.append("  " + " ".join(cells))
@@ -280,7 +293,8 @@ def format_table(runs: Sequence[dict[str, object]]) -> str:
 
 
 async def run_density(
-    sizes: Sequence[int], seconds: float, *, out: TextIO = sys.stdout, isolate: bool = True
+    sizes: Sequence[int], seconds: float, *, out: TextIO = sys.stdout, isolate: bool = True,
+    vads: Sequence[str] = ("batched",),
 ) -> dict[str, object]:
     w = out.write
     cores = os.cpu_count() or 1
@@ -295,14 +309,18 @@ async def run_density(
     overload: str | None = None
     stopped_early = False
     for i, n in enumerate(sizes):
-        r = await (_worker_run(n, seconds) if isolate else measure(n, seconds))
-        runs.append(r)
-        w(format_table(runs).splitlines(keepends=True)[-1] if i else format_table(runs))
-        out.flush()
-        lag = r["frame_lag_ms"]
-        p99 = lag.get("p99") if isinstance(lag, dict) else None
-        if isinstance(p99, int | float) and p99 > OVERLOAD_LAG_P99_MS:
-            overload = f"{n} calls overload this box (frame lag p99 {p99:.0f} ms > {OVERLOAD_LAG_P99_MS:.0f} ms)"
+        p99s: list[float] = []
+        for vad in vads:  # side by side: the same size with each VAD mode, one after the other
+            r = await (_worker_run(n, seconds, vad) if isolate else measure(n, seconds, vad))
+            runs.append(r)
+            w(format_table(runs).splitlines(keepends=True)[-1] if len(runs) > 1 else format_table(runs))
+            out.flush()
+            lag = r["frame_lag_ms"]
+            p99 = lag.get("p99") if isinstance(lag, dict) else None
+            p99s.append(float(p99) if isinstance(p99, int | float) else 0.0)
+        if min(p99s) > OVERLOAD_LAG_P99_MS:
+            overload = (f"{n} calls overload this box (frame lag p99 {min(p99s):.0f} ms > "
+                        f"{OVERLOAD_LAG_P99_MS:.0f} ms)")
             if i + 1 < len(sizes):
                 stopped_early = True
                 overload += f"; stopped early, not run: {', '.join(map(str, sizes[i + 1 :]))}"
@@ -311,7 +329,8 @@ async def run_density(
     w(f"\n  baseline RSS (VAD model loaded, parley started, no calls): {baseline} MB\n")
     if overload:
         w(f"  {overload}\n")
-    return {"runs": runs, "seconds": seconds, "cores": cores, "baseline_rss_mb": baseline, "overload": overload,
+    return {"runs": runs, "seconds": seconds, "cores": cores, "vad_modes": list(vads), "baseline_rss_mb": baseline,
+            "overload": overload,
             "stopped_early": stopped_early, "sizes_requested": list(sizes), "smart_turn": False}
 
 
@@ -329,12 +348,13 @@ def parse_sizes(text: str) -> list[int]:
 
 def run_density_command(
     sizes: Sequence[int] = DEFAULT_SIZES, seconds: float = DEFAULT_SECONDS, json_path: str | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO = sys.stdout, vad: str = "batched",
 ) -> int:
     """What ``parley bench density`` does; returns the exit code."""
     from parley.bench import write_json
 
-    report = asyncio.run(run_density(sizes, seconds, out=out))
+    vads = VAD_MODES if vad == "both" else (vad,)
+    report = asyncio.run(run_density(sizes, seconds, out=out, vads=vads))
     if json_path:
         write_json(Path(json_path), report)
         out.write(f"  json: {json_path}\n")
@@ -346,13 +366,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--calls", default=",".join(map(str, DEFAULT_SIZES)))
     p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS)
     p.add_argument("--json")
+    p.add_argument("--vad", choices=(*VAD_MODES, "both"), default="batched")
     p.add_argument("--worker", action="store_true", help="measure one size here; print its JSON line")
     args = p.parse_args(argv)
     if args.worker:
         (n,) = parse_sizes(args.calls)
-        print(json.dumps(asyncio.run(measure(n, args.seconds))))
+        print(json.dumps(asyncio.run(measure(n, args.seconds, "per-call" if args.vad == "per-call" else "batched"))))
         return 0
-    return run_density_command(parse_sizes(args.calls), args.seconds, args.json)
+    return run_density_command(parse_sizes(args.calls), args.seconds, args.json, vad=args.vad)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from parley.errors import ConfigError
 from parley.observe.cost import LINE_KINDS, ZERO, HostingShare, LineKind, PriceTable, call_cost, dec, money
 
 if TYPE_CHECKING:
+    from parley.observe.records import RecordStore
     from parley.providers.base import Usage
 
 
@@ -49,6 +50,21 @@ class CallUsage:
     direction: str | None
     usages: Sequence[Usage] = ()
     failed: bool = False
+
+
+async def calls_for_cost(store: RecordStore, since: datetime | None, limit: int = 100_000) -> list[CallUsage]:
+    """The recorded calls started since ``since``, as the report reads them (answer-to-end minutes)."""
+    out: list[CallUsage] = []
+    for summary in await store.list_calls(limit=limit, since=since):
+        detail = await store.get_call(summary.id)
+        if detail is None:
+            continue
+        c = detail.call
+        start = c.answered_at or c.started_at
+        duration = (c.ended_at - start).total_seconds() if c.ended_at and start else 0.0
+        out.append(CallUsage(started_at=start, duration_s=duration, direction=c.direction,
+                             usages=[u.usage for u in detail.usage], failed=c.failed))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

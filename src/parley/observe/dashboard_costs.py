@@ -22,7 +22,14 @@ from urllib.parse import urlencode
 
 from parley.errors import ConfigError
 from parley.observe.cost import ZERO, PriceTable, plain
-from parley.observe.cost_report import CallUsage, CostReport, parse_age, parse_since, share_text, summarize_calls
+from parley.observe.cost_report import (
+    CostReport,
+    calls_for_cost,
+    parse_age,
+    parse_since,
+    share_text,
+    summarize_calls,
+)
 from parley.observe.cost_report import usd_range as _usd_range
 from parley.observe.markup import Html, el, join
 from parley.observe.records import RecordStore
@@ -73,24 +80,9 @@ def read_query(query: Mapping[str, str], *, now: datetime, prices: PriceTable, h
     return CostQuery(text, since, now, box)
 
 
-async def recorded_calls(store: RecordStore, since: datetime, limit: int = MAX_CALLS) -> list[CallUsage]:
-    """The calls started since ``since`` as the cost report reads them (answer-to-end minutes)."""
-    out: list[CallUsage] = []
-    for summary in await store.list_calls(limit=limit, since=since):
-        detail = await store.get_call(summary.id)
-        if detail is None:
-            continue
-        c = detail.call
-        start = c.answered_at or c.started_at
-        duration = (c.ended_at - start).total_seconds() if c.ended_at else 0.0
-        out.append(CallUsage(started_at=start, duration_s=duration, direction=c.direction,
-                             usages=[u.usage for u in detail.usage], failed=c.failed))
-    return out
-
-
 async def cost_report_for(store: RecordStore, q: CostQuery, prices: PriceTable) -> CostReport:
     share = prices.hosting_share(q.hosting, 0) if q.hosting else None
-    calls = await recorded_calls(store, q.since)
+    calls = await calls_for_cost(store, q.since, MAX_CALLS)
     return summarize_calls(calls, prices=prices, since=q.since, until=q.until, hosting=share)
 
 

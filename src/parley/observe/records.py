@@ -943,17 +943,7 @@ def _usage(u: UsageModel) -> Usage:
 
 async def recorded_calls_for_cost(url: str, *, since: datetime | None = None, limit: int = 100_000) -> list[Any]:
     """The recorded calls as the cost report reads them (answer-to-end minutes, as the store's pricer)."""
-    from parley.observe.cost_cli import CallUsage
+    from parley.observe.cost_report import calls_for_cost
 
-    out: list[Any] = []
     async with RecordStore.open(url) as store:
-        for summary in await store.list_calls(limit=limit, since=since):
-            detail = await store.get_call(summary.id)
-            if detail is None:
-                continue
-            c = detail.call
-            start = c.answered_at or c.started_at
-            duration = (c.ended_at - start).total_seconds() if c.ended_at and start else 0.0
-            out.append(CallUsage(started_at=start, duration_s=duration, direction=c.direction,
-                                 usages=[u.usage for u in detail.usage], failed=c.failed))
-    return out
+        return list(await calls_for_cost(store, since, limit))

@@ -228,15 +228,22 @@ class FrameVad:
         self.gate = gate
         self.params = params or VadParams()
         self.skipped = 0  # frames where the gate spared the model
+        self.batched = True  # aprocess: Silero windows batched across the calls of the event loop
         self._speech = False
         self._quiet_run = 0  # consecutive frames the gate called silent
 
     @classmethod
-    def create(cls, model: SileroModel, sample_rate: int, params: VadParams | None = None) -> FrameVad:
-        """The usual wiring: a fresh Silero state plus a webrtcvad gate when skipping is enabled."""
+    def create(
+        cls, model: SileroModel, sample_rate: int, params: VadParams | None = None, *, batched: bool = True
+    ) -> FrameVad:
+        """The usual wiring: a fresh Silero state plus a webrtcvad gate when skipping is enabled.
+
+        ``batched=False`` makes :meth:`aprocess` run the model per call (``parley bench density`` compares)."""
         p = params or VadParams()
         gate = WebRtcGate(sample_rate, p.webrtc_mode) if p.skip_below_dbfs is not None else None
-        return cls(SileroVad(model, sample_rate), gate, p)
+        vad = cls(SileroVad(model, sample_rate), gate, p)
+        vad.batched = batched
+        return vad
 
     @property
     def speech(self) -> bool:
@@ -254,6 +261,8 @@ class FrameVad:
 
     async def aprocess(self, frame: Int16Array) -> VadResult:
         """``process`` for a live call: Silero runs batched with the other calls on this event loop."""
+        if not self.batched:
+            return self.process(frame)
         self._quiet_run = self._quiet_run + 1 if self._gate_says_silence(frame) else 0
         if self._quiet_run > self.params.skip_after_frames:
             prob = self.silero.skip(frame)
