@@ -15,6 +15,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from parley.agent.engine import Engine
 from parley.config import Settings
 from parley.observe import timings as tm
+from parley.observe.metrics import Metrics
 from parley.testing.caller_voice import caller_voice
 from parley.testing.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios
 
@@ -29,11 +30,18 @@ def engine() -> Iterator[Engine]:
     yield build_engine(Settings())
 
 
-def simulate(engine: Engine, name: str, tmp: Path, records_url: str | None = None) -> SimulationResult:
+def simulate(
+    engine: Engine, name: str, tmp: Path, records_url: str | None = None, metrics: Metrics | None = None
+) -> SimulationResult:
     path = next(p for p in shipped_scenarios() if p.stem == name)
     scenario = load_scenario(path)
     voice = caller_voice(scenario.caller_voice, engine.tts)
-    return asyncio.run(run_scenario(scenario, engine, voice, tmp, records_url=records_url))
+    return asyncio.run(run_scenario(scenario, engine, voice, tmp, records_url=records_url, metrics=metrics))
+
+
+@pytest.fixture(scope="module")
+def booking_metrics() -> Metrics:
+    return Metrics()
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +50,10 @@ def records_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def booking(engine: Engine, tmp_path_factory: pytest.TempPathFactory, records_url: str) -> SimulationResult:
-    return simulate(engine, "booking", tmp_path_factory.mktemp("spool"), records_url)
+def booking(
+    engine: Engine, tmp_path_factory: pytest.TempPathFactory, records_url: str, booking_metrics: Metrics
+) -> SimulationResult:
+    return simulate(engine, "booking", tmp_path_factory.mktemp("spool"), records_url, booking_metrics)
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +221,30 @@ def test_a_caller_who_hangs_up_mid_reply_still_leaves_that_turn_in_the_records(
             return [(t.caller_text, t.agent_text, t.agent_full) for t in detail.turns]
 
     assert asyncio.run(read()) == [(turn.caller, turn.agent, turn.agent_full)]
+
+
+def test_the_call_feeds_the_metrics_stages_turns_and_its_recorded_cost(
+    booking: SimulationResult, booking_metrics: Metrics, records_url: str
+) -> None:
+    import re
+
+    from parley.observe.records import RecordStore
+
+    async def cost() -> float | None:
+        async with RecordStore.open(records_url) as store:
+            return (await store.list_calls(limit=5))[0].cost_usd  # the booking call: the only one in this db
+
+    text = booking_metrics.render()
+
+    def sample(line_start: str) -> float:
+        (value,) = [float(m) for m in re.findall(rf"^{re.escape(line_start)} (\S+)$", text, re.M)]
+        return value
+
+    answered = [t for t in booking.session.turns if t.timings.voice_to_voice_ms is not None]
+    assert sample('parley_turn_latency_ms_count{stage="voice_to_voice"}') == len(answered)
+    assert sample('parley_calls_ended_total{cause="NORMAL_CLEARING"}') == 1
+    assert sample("parley_active_calls") == 0
+    assert sample("parley_call_cost_usd_count") == 1
+    recorded = asyncio.run(cost())
+    assert recorded is not None and recorded > 0
+    assert sample("parley_call_cost_usd_sum") == pytest.approx(recorded)

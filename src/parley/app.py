@@ -143,12 +143,13 @@ class ConversationAgent:
                         turns=len(session.turns),
                         barge_ins=sum(t.barge_in for t in session.turns),
                         events=list(session.events),
+                        cost_usd=rec.cost_usd if rec is not None else None,
                     ))
                 if self.metrics is not None:
                     for _t, kind, detail in session.events:
                         if kind == "fallback":
                             self.metrics.fallback(detail["capability"], detail["from"], detail["to"])
-                    self.metrics.call_ended(call.hangup_cause or "UNKNOWN")
+                    self.metrics.call_ended(call.hangup_cause or "UNKNOWN", rec.cost_usd if rec is not None else None)
 
     async def _finish(self, call: Call, session: CallSession, rec: CallRecorder | None, written: int) -> None:
         if rec is not None:

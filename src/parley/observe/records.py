@@ -500,6 +500,7 @@ class CallRecorder:
         self.usage: list[Usage] = []
         self.fallbacks: list[dict[str, Any]] = []
         self.finished = False
+        self.cost_usd: float | None = None  # what finish() recorded (providers + carrier; None: no pricer)
 
     @property
     def id(self) -> str:
@@ -576,6 +577,7 @@ class CallRecorder:
                 cost = self._store.pricer(self.usage, minutes, self.start.direction)
             except Exception:
                 log.exception("call %s: the pricer failed; recording no cost", self.id)
+        self.cost_usd = float(cost) if cost is not None else None
         values: dict[str, Any] = {
             "ended_at": ended,
             "hangup_cause": _text(end.hangup_cause),

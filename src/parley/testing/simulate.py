@@ -57,6 +57,7 @@ from parley.config import (
 )
 from parley.errors import ConfigError
 from parley.freeswitch.stream_token import stream_token
+from parley.observe.metrics import Metrics
 from parley.observe.timings import percentiles
 from parley.observe.tracing import CallTracer
 from parley.providers.base import AudioChunk, TTSProvider
@@ -208,6 +209,7 @@ async def run_scenario(
     *,
     records_url: str | None = None,
     tracer: CallTracer | None = None,
+    metrics: Metrics | None = None,
 ) -> SimulationResult:
     """Run one scenario. Spans go to ``tracer``; without one, to PARLEY_OTLP_ENDPOINT /
     OTEL_EXPORTER_OTLP_ENDPOINT when set (a tracer made here is flushed and closed before returning)."""
@@ -228,7 +230,7 @@ async def run_scenario(
     store = None
     if records_url:
         store = await app.open_records(Settings(records=RecordsSettings(url=records_url)), resources)
-    agent = app.ConversationAgent(engine, store, tracer=tracer)
+    agent = app.ConversationAgent(engine, store, tracer=tracer, metrics=metrics)
     settings = Settings(
         freeswitch=FreeSwitchSettings(
             esl=EslSettings(port=fs.esl_port, password=password),
