@@ -212,6 +212,29 @@ async def test_bgapi_and_api_errors(rig: Rig) -> None:
         await esl.api(f"uuid_break {uuidlib.uuid4()}")
 
 
+async def test_shutdown_hangs_up_every_call_and_lets_each_agent_finish_its_teardown(rig: Rig) -> None:
+    """Agents record their last turn and outcome after the hangup; shutdown must not cut that short."""
+    finished: list[str] = []
+    inner = rig.agent
+
+    async def slow_teardown_agent(call: Call) -> None:
+        try:
+            await inner(call)
+        finally:
+            await asyncio.sleep(0.3)  # e.g. closing the STT stream, writing the call record
+            finished.append(call.uuid)
+
+    rig.running.bridge.agent = slow_teardown_agent
+    calls = [await rig.fs.place_call(ws_url=rig.url(), caller_audio=speech(3.0)) for _ in range(3)]
+    await rig.until(lambda: all(c.uuid in inner.calls for c in calls))
+    await rig.running.bridge.close()
+    for c in calls:
+        await c.wait_hungup(timeout=5)
+        assert any(cmd.startswith(f"api uuid_kill {c.uuid}".encode()) for cmd in rig.fs.commands)
+    assert sorted(finished) == sorted(c.uuid for c in calls)  # every teardown ran to its end
+    assert not rig.running.bridge.calls
+
+
 async def test_shutdown_hangs_up_calls_it_holds(rig: Rig) -> None:
     call = await rig.fs.place_call(ws_url=rig.url(), caller_audio=speech(2.0))
     await rig.until(lambda: call.uuid in rig.agent.calls)

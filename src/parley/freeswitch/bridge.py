@@ -158,14 +158,23 @@ class Bridge:
     async def close(self, *, hangup_calls: bool = True) -> None:
         """Stop every agent; hang up the calls we still hold (a parked call with no agent is dead air)."""
         self._closing = True
-        for task in list(self._agents.values()):
-            task.cancel()
+        calls = list(self.calls.values())
+        if hangup_calls:  # first, while every call is still ours: a parked call with no agent is dead air
+            await asyncio.gather(*(self._hangup_quietly(c) for c in calls if not c.hungup.is_set()))
+        for call in calls:
+            call.mark_hungup("parley shutdown")  # no-op where the hangup event came; the runner stops its agent
+        runners = list(self._agents.values())
+        if runners:  # the agents tear down (record their last turn and outcome) together, within one budget
+            _done, late = await asyncio.wait(runners, timeout=AGENT_TEARDOWN_S)
+            for task in late:
+                task.cancel()
         for call in list(self.calls.values()):
-            if hangup_calls and not call.hungup.is_set():
-                with contextlib.suppress(FreeSwitchError, CallGone):
+            if call.uuid in self._retiring:  # a hangup event's retire is finishing: let it
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2):
-                        await call.hangup("NORMAL_CLEARING")
-            await self._retire(call, "parley shutdown")
+                        await call.retired.wait()
+            else:
+                await self._retire(call, "parley shutdown")
         for stream in self._anonymous:
             await stream.close(1001, "parley shutting down")
         for task in list(self._tasks):
@@ -173,6 +182,12 @@ class Bridge:
         await asyncio.gather(*self._tasks, *self._agents.values(), return_exceptions=True)
 
     # ---- internals -----------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _hangup_quietly(call: Call) -> None:
+        with contextlib.suppress(FreeSwitchError, CallGone, TimeoutError):
+            async with asyncio.timeout(2):
+                await call.hangup("NORMAL_CLEARING")
 
     def _new_call(self, uuid: str) -> Call:
         call = Call(uuid, self.esl, self.settings, clock=self._clock)
@@ -324,8 +339,8 @@ class Bridge:
         if not call.hungup.is_set():
             call.mark_hungup(why)
         self.stats.calls_ended += 1
-        task = self._agents.pop(call.uuid, None)
-        if task is not None and task is not asyncio.current_task():
+        task = self._agents.get(call.uuid)  # popped once done: close() waits for every runner still here
+        if task is not None and task is not asyncio.current_task() and not task.done():
             # The runner cancels the agent once it sees the hangup; cancelling the runner too would cut the
             # agent's own teardown short (the turn in flight, the last usage, the call record's outcome).
             try:
@@ -334,8 +349,12 @@ class Bridge:
             except TimeoutError:
                 call.log.warning("agent still busy %.0f s after the hangup; cancelling it", AGENT_TEARDOWN_S)
                 task.cancel()
+            except asyncio.CancelledError:
+                if (me := asyncio.current_task()) is not None and me.cancelling():
+                    raise  # we are being cancelled ourselves; the runner merely ended cancelled
             except Exception:  # the runner logs its agent's failures itself
                 pass
+        self._agents.pop(call.uuid, None)
         await call.playback.close()
         if call.stream is not None and not call.stream.closed.is_set():
             with contextlib.suppress(Exception):
