@@ -248,3 +248,32 @@ def test_the_call_feeds_the_metrics_stages_turns_and_its_recorded_cost(
     recorded = asyncio.run(cost())
     assert recorded is not None and recorded > 0
     assert sample("parley_call_cost_usd_sum") == pytest.approx(recorded)
+
+
+def test_a_caller_who_hangs_up_mid_sentence_leaves_what_they_said_in_the_records(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """No endpoint ever comes: the session finalizes STT at teardown and records the words so far."""
+    from parley.observe.records import RecordStore
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+    scenario_file = tmp_path / "s.yaml"
+    scenario_file.write_text("name: cut-off\ntimeout_s: 40\nsteps:\n  - wait_agent: true\n"
+                             "  - say: 'I would like to book a cleaning for next Tuesday morning, please.'\n"
+                             "    say_ms: 1800\n    hangup: true\n")
+    result = asyncio.run(run_scenario(load_scenario(scenario_file), engine, caller_voice("hibari-low", engine.tts),
+                                      tmp_path / "spool", records_url=url))
+    turns = [(t.caller, t.endpoint_reason, t.agent_full) for t in result.session.turns]
+    (turn,) = [t for t in result.session.turns if t.endpoint_reason == "hangup"] or [None]
+    assert turn is not None, turns
+    assert turn.agent == "" and turn.agent_full == "", turns
+    assert "book" in turn.caller.lower() and "please" not in turn.caller.lower(), turns  # the words before the cut
+
+    async def read() -> list[tuple[str, str]]:
+        async with RecordStore.open(url) as store:
+            (summary,) = await store.list_calls(limit=5)
+            detail = await store.get_call(summary.id)
+            assert detail is not None and detail.call.status == "completed"
+            return [(t.caller_text, t.endpoint_reason) for t in detail.turns]
+
+    assert (turn.caller, "hangup") in asyncio.run(read())

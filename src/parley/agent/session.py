@@ -45,6 +45,7 @@ log = logging.getLogger("parley.session")
 PREROLL_S = 0.3  # audio before the detected onset that still goes to STT (soft word starts)
 CONTEXT_S = 8.0  # audio kept for the end-of-turn model
 STT_FINAL_TIMEOUT_S = 5.0
+HANGUP_FINAL_TIMEOUT_S = 1.5  # a caller who hangs up mid-sentence: how long their last words may take to transcribe
 
 
 @dataclass(slots=True)
@@ -154,6 +155,13 @@ class CallSession:
                     task.cancel()
             if self._reply and self._reply.task:
                 self._reply.task.cancel()
+            # the caller hung up mid-sentence: what they said so far is still theirs to be recorded
+            unfinished = self._turn if self._in_turn else None
+            if unfinished is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(HANGUP_FINAL_TIMEOUT_S):
+                        await self._stt.finalize()
+                        await self._final_event.wait()
             # close STT first and let its consumer take the last events: vendors report usage on close
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
@@ -166,6 +174,8 @@ class CallSession:
             # the caller hung up mid-turn (or a superseded turn's task never ran): record them as they stand
             for reply in list(self._unrecorded.values()):
                 await self._record_cut_short(reply, "hangup")
+            if unfinished is not None:
+                await self._record_unfinished_speech(unfinished)
 
     async def _prewarm(self) -> None:
         """Cloud TTS: open the vendor socket now, so the first reply does not pay a TLS handshake."""
@@ -287,8 +297,11 @@ class CallSession:
         try:
             await self._consume_stt(self._stt)
         except ParleyError as exc:
-            self.log.error("speech recognition failed: %s", exc)
             self._final_event.set()
+            if self._ended:  # the call is over: nobody to apologise to
+                self.log.warning("speech recognition failed during teardown: %s", exc)
+                return
+            self.log.error("speech recognition failed: %s", exc)
             await self._apologise(self._new_turn())
 
     async def _consume_stt(self, stt: STTStream) -> None:
@@ -461,6 +474,17 @@ class CallSession:
         if then_hangup:
             self.hung_up_by_agent = True
             await self.call.hangup("NORMAL_CLEARING")
+
+    async def _record_unfinished_speech(self, turn: TurnRecord) -> None:
+        text = " ".join(s for s in self._finals if s).strip()
+        self._finals.clear()
+        if not text:
+            if turn in self.turns:
+                self.turns.remove(turn)
+            return
+        turn.caller = text
+        turn.endpoint_reason = "hangup"
+        await self._turn_done(turn, "hung up mid-sentence")
 
     async def _record_cut_short(self, reply: _Reply, outcome: str) -> None:
         """A reply that will not finish: record its turn with what the caller heard of it (maybe nothing)."""

@@ -34,7 +34,7 @@ log = logging.getLogger("parley.bridge")
 Agent = Callable[[Call], Awaitable[None]]
 _CACHE_MAX = 2048
 _INFO_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_PARK", "CHANNEL_EXECUTE", "CUSTOM"})
-AGENT_TEARDOWN_S = 5.0  # after a hangup, how long the agent may take to record its last turn and outcome
+AGENT_TEARDOWN_S = 8.0  # after a hangup, how long the agent may take to record its last turn and outcome
 
 
 @dataclass(slots=True)
@@ -165,7 +165,7 @@ class Bridge:
             call.mark_hungup("parley shutdown")  # no-op where the hangup event came; the runner stops its agent
         runners = list(self._agents.values())
         if runners:  # the agents tear down (record their last turn and outcome) together, within one budget
-            _done, late = await asyncio.wait(runners, timeout=AGENT_TEARDOWN_S)
+            _done, late = await asyncio.wait(runners, timeout=AGENT_TEARDOWN_S + 2.0)
             for task in late:
                 task.cancel()
         for call in list(self.calls.values()):
@@ -253,6 +253,10 @@ class Bridge:
             hung = asyncio.ensure_future(call.hungup.wait())
             try:
                 await asyncio.wait({agent, hung}, return_when=asyncio.FIRST_COMPLETED)
+                if not agent.done():
+                    # Hung up: the agent's frames end and it winds down by itself, recording the turn in
+                    # flight. Cancelling it now would land inside that teardown; cancel only if it hangs.
+                    await asyncio.wait({agent}, timeout=AGENT_TEARDOWN_S)
             finally:
                 hung.cancel()
                 if not agent.done():
@@ -344,7 +348,7 @@ class Bridge:
             # The runner cancels the agent once it sees the hangup; cancelling the runner too would cut the
             # agent's own teardown short (the turn in flight, the last usage, the call record's outcome).
             try:
-                async with asyncio.timeout(AGENT_TEARDOWN_S):
+                async with asyncio.timeout(AGENT_TEARDOWN_S + 2.0):  # the runner's own budget, then some
                     await asyncio.shield(task)
             except TimeoutError:
                 call.log.warning("agent still busy %.0f s after the hangup; cancelling it", AGENT_TEARDOWN_S)

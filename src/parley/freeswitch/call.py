@@ -202,6 +202,8 @@ class Call:
         self.hangup_cause = cause
         self.ended_at = self._clock()
         self.hungup.set()
+        if self.stream is not None:
+            self.stream.frames.close()  # frames() ends after what is queued: the agent winds down by itself
         self._post(Hangup(cause, self.ended_at))
         self.log.info("hung up: %s", cause)
 

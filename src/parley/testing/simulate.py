@@ -65,12 +65,13 @@ from parley.testing.echo_call import free_port
 from parley.testing.fake_freeswitch import FakeCall, FakeFreeSwitch
 
 PHONE_RATE = 8000
-_STEP_KEYS = {"say", "pause_ms", "wait_agent", "quiet_ms", "barge_in_at_ms", "silence_s", "hangup", "dtmf"}
+_STEP_KEYS = {"say", "say_ms", "pause_ms", "wait_agent", "quiet_ms", "barge_in_at_ms", "silence_s", "hangup", "dtmf"}
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
     say: str | None = None
+    say_ms: float | None = None  # cut the line off after this much audio (a caller who hangs up mid-sentence)
     pause_ms: float = 0.0
     wait_agent: bool = False
     quiet_ms: float = 500.0
@@ -179,7 +180,7 @@ class ScriptedCaller:
             await asyncio.sleep(0.01)
         return None
 
-    async def say(self, text: str) -> None:
+    async def say(self, text: str, cut_ms: float | None = None) -> None:
         pieces: list[Int16Array] = []
         rate = self.voice.sample_rate
         async for ev in self.voice.synthesize(text):
@@ -187,6 +188,8 @@ class ScriptedCaller:
                 pieces.append(ev.samples)
                 rate = ev.sample_rate
         audio = resample(np.concatenate(pieces) if pieces else np.zeros(0, np.int16), rate, PHONE_RATE)
+        if cut_ms is not None:
+            audio = audio[: int(cut_ms * PHONE_RATE / 1000)]
         self.track.append((time.monotonic(), audio))
         self.call.say(audio, PHONE_RATE)
         await asyncio.sleep(audio.size / PHONE_RATE)
@@ -301,7 +304,7 @@ async def _run_steps(scenario: Scenario, caller: ScriptedCaller) -> None:
                 started = await caller.wait_agent_starts(time.monotonic() - 0.05)
                 if started is not None:
                     await asyncio.sleep(max(0.0, started + step.barge_in_at_ms / 1000 - time.monotonic()))
-            await caller.say(step.say)
+            await caller.say(step.say, step.say_ms)
         if step.dtmf:
             for digit in step.dtmf:
                 await caller.call.send_dtmf(digit)
