@@ -40,10 +40,8 @@ audio -> :class:`ProviderProtocolError`. A failed request yields ``Usage(failed=
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import uuid
@@ -54,7 +52,6 @@ from typing import TypeAlias
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from parley.audio.pcm import from_bytes
 from parley.errors import ConfigError
@@ -64,10 +61,10 @@ from parley.providers.errors import (
     ProviderConnectionError,
     ProviderError,
     ProviderProtocolError,
-    ProviderTimeout,
     error_for_status,
 )
 from parley.providers.ws_connect import QuietWsLog, Redactor, closed_error, open_ws
+from parley.providers.ws_pool import PooledSocket, SocketPool
 
 __all__ = ["CartesiaTTS", "ServerChunk", "ServerDone", "ServerError", "ServerTimestamps", "parse_message"]
 
@@ -188,20 +185,6 @@ def error_for_handshake(status: int, body: bytes) -> ProviderError:
 # ---- the provider --------------------------------------------------------------------------------------
 
 
-class _Socket:
-    """One open Cartesia connection, held by at most one request at a time."""
-
-    __slots__ = ("pooled", "ws")
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.pooled = False  # came from the pool: may have gone stale while idle
-
-    @property
-    def open(self) -> bool:
-        return self.ws.state is State.OPEN
-
-
 class CartesiaTTS:
     """A :class:`~parley.providers.base.TTSProvider` speaking raw ``pcm_s16le`` from Cartesia Sonic."""
 
@@ -236,25 +219,27 @@ class CartesiaTTS:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.on_cancel = on_cancel
-        self.connections_opened = 0
         self.last_word_timestamps: Mapping[str, object] | None = None
         self._api_key = api_key
-        self._idle: list[_Socket] = []
         self._ws_log = QuietWsLog(log.getChild("websockets"), {})
         self._redactor = Redactor([api_key])
+        self._pool = SocketPool(self._open_ws, provider=PROVIDER, closed_error=self._closed,
+                                read_timeout_s=read_timeout_s, max_idle=MAX_IDLE)
+
+    @property
+    def connections_opened(self) -> int:
+        return self._pool.opened
 
     def __repr__(self) -> str:
         return f"CartesiaTTS(voice_id={self.voice_id!r}, model={self.model!r}, sample_rate={self.sample_rate})"
 
     async def prewarm(self) -> None:
         """Open a socket now so the next synthesize() pays no handshake."""
-        await self._release(await self._connect())
+        await self._pool.prewarm()
 
     async def aclose(self) -> None:
         """Close the pooled sockets (sockets in use close or return to the pool when their request ends)."""
-        idle, self._idle = self._idle, []
-        for sock in idle:
-            await self._discard(sock)
+        await self._pool.aclose()
 
     async def __aenter__(self) -> CartesiaTTS:
         return self
@@ -269,16 +254,16 @@ class CartesiaTTS:
             yield self._usage(0)
             return
         ctx = f"parley-{uuid.uuid4().hex}"
-        sock: _Socket | None = None
+        sock: PooledSocket | None = None
         sent = produced = finished = False
         failure: ProviderError | None = None
         carry = b""  # an odd trailing byte of a chunk (samples may straddle messages)
         try:
             for attempt in range(2):
-                sock = await self._checkout()
+                sock = await self._pool.checkout()
                 try:
                     sent = False
-                    await self._send(sock, self._request(ctx, text))
+                    await self._pool.send(sock, self._request(ctx, text))
                     sent = True
                     while (pcm := await self._next_audio(sock, ctx)) is not None:
                         data, carry = carry + pcm, b""
@@ -292,23 +277,23 @@ class CartesiaTTS:
                     if attempt or produced or not sock.pooled or not isinstance(exc, ProviderConnectionError):
                         raise
                     log.info("%s: pooled socket went stale (%s); reconnecting", PROVIDER, exc)
-                    await self._discard(sock)
+                    await self._pool.discard(sock)
                     sock = None
             finished = True
         except ProviderError as exc:
             failure = exc
         finally:
             if not finished and failure is None:  # barge-in: the consumer stopped early
-                await self._abandon(sock, ctx, sent)
+                await self._pool.abandon(sock, {"context_id": ctx, "cancel": True} if sent else None)
                 if self.on_cancel is not None:
                     self.on_cancel(self._usage(len(text) if sent else 0, cancelled=True))
         if failure is not None:
             if sock is not None:
-                await self._discard(sock)
+                await self._pool.discard(sock)
             yield self._usage(len(text) if sent else 0, failed=True)
             raise failure
         if sock is not None:
-            await self._release(sock)
+            await self._pool.release(sock)
         yield self._usage(len(text))
 
     # ---- one request's wire traffic ----------------------------------------------------------------
@@ -328,16 +313,10 @@ class CartesiaTTS:
             request["add_timestamps"] = True
         return request
 
-    async def _send(self, sock: _Socket, message: Mapping[str, object]) -> None:
-        try:
-            await sock.ws.send(json.dumps(message))
-        except ConnectionClosed as exc:
-            raise self._closed(exc) from exc
-
-    async def _next_audio(self, sock: _Socket, ctx: str) -> bytes | None:
+    async def _next_audio(self, sock: PooledSocket, ctx: str) -> bytes | None:
         """The next audio of ``ctx`` (None once it is done); other contexts' frames are dropped."""
         while True:
-            match parse_message(await self._recv(sock)):
+            match parse_message(await self._pool.recv(sock)):
                 case ServerChunk(context_id=str(cid)) | ServerDone(context_id=str(cid)) if cid != ctx:
                     continue  # late frames of a context cancelled by barge-in
                 case ServerTimestamps(context_id=str(cid)) | ServerError(context_id=str(cid)) if cid != ctx:
@@ -353,53 +332,8 @@ class CartesiaTTS:
                 case None:
                     continue
 
-    async def _recv(self, sock: _Socket) -> str | bytes:
-        try:
-            async with asyncio.timeout(self.read_timeout_s):
-                return await sock.ws.recv()
-        except TimeoutError as exc:
-            raise ProviderTimeout(
-                f"{PROVIDER}: no audio for {self.read_timeout_s:g} s", provider=PROVIDER, code="read_timeout"
-            ) from exc
-        except ConnectionClosed as exc:
-            raise self._closed(exc) from exc
-
-    # ---- the socket pool ---------------------------------------------------------------------------
-
-    async def _checkout(self) -> _Socket:
-        while self._idle:
-            sock = self._idle.pop()
-            if sock.open:
-                return sock
-            await self._discard(sock)  # closed by the server while idle
-        return await self._connect()
-
-    async def _release(self, sock: _Socket) -> None:
-        if sock.open and len(self._idle) < MAX_IDLE:
-            sock.pooled = True
-            self._idle.append(sock)
-        else:
-            await self._discard(sock)
-
-    async def _abandon(self, sock: _Socket | None, ctx: str, sent: bool) -> None:
-        """A request stopped early: cancel its context, then pool the socket."""
-        if sock is None:
-            return
-        if sent and sock.open:
-            try:
-                async with asyncio.timeout(1.0):
-                    await sock.ws.send(json.dumps({"context_id": ctx, "cancel": True}))
-            except (TimeoutError, ConnectionClosed):
-                await self._discard(sock)
-                return
-        await self._release(sock)
-
-    async def _discard(self, sock: _Socket) -> None:
-        with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
-            await sock.ws.close()
-
-    async def _connect(self) -> _Socket:
-        ws = await open_ws(
+    async def _open_ws(self) -> ClientConnection:
+        return await open_ws(
             self.url,
             {"Authorization": f"Bearer {self._api_key}", "Cartesia-Version": self.version},
             provider=PROVIDER,
@@ -409,8 +343,6 @@ class CartesiaTTS:
             logger=self._ws_log,
             shown_url=self.url,
         )
-        self.connections_opened += 1
-        return _Socket(ws)
 
     # ---- helpers -------------------------------------------------------------------------------------
 

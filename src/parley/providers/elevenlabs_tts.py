@@ -41,10 +41,8 @@ header; websockets' DEBUG log (which prints headers) is muted and error texts ar
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import uuid
@@ -56,7 +54,6 @@ from urllib.parse import quote, urlencode
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from parley.audio.pcm import from_bytes
 from parley.errors import ConfigError
@@ -70,6 +67,7 @@ from parley.providers.errors import (
     error_for_status,
 )
 from parley.providers.ws_connect import QuietWsLog, Redactor, closed_error, open_ws
+from parley.providers.ws_pool import PooledSocket, SocketPool
 
 __all__ = ["ElevenLabsTTS", "ServerAudio", "ServerError", "ServerFinal", "error_for_close", "parse_message"]
 
@@ -77,8 +75,7 @@ log = logging.getLogger("parley.providers.elevenlabs_tts")
 
 PROVIDER = "elevenlabs"
 PCM_RATES = frozenset({8000, 16000, 22050, 24000, 32000, 44100, 48000})
-MAX_CONTEXTS = 5  # documented limit of simultaneous contexts per socket
-RETIRE_AT = 3  # contexts still waiting for isFinal when a socket is closed instead of pooled
+RETIRE_AT = 3  # contexts still waiting for isFinal when a socket is closed instead of pooled (limit: 5)
 MAX_IDLE = 4  # pooled sockets kept open
 
 _AUTH = frozenset({"invalid_api_key", "missing_api_key", "unauthorized", "invalid_authorization", "auth_error"})
@@ -193,21 +190,6 @@ def error_for_handshake(status: int, body: bytes) -> ProviderError:
 # ---- the provider --------------------------------------------------------------------------------------
 
 
-class _Socket:
-    """One open multi-stream-input connection, held by at most one request at a time."""
-
-    __slots__ = ("pending", "pooled", "ws")
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.pending: set[str] = set()  # contexts opened here whose isFinal has not been read yet
-        self.pooled = False  # came from the pool: may have gone stale while idle
-
-    @property
-    def open(self) -> bool:
-        return self.ws.state is State.OPEN
-
-
 class ElevenLabsTTS:
     """A :class:`~parley.providers.base.TTSProvider` speaking raw PCM (``pcm_<rate>``) from ElevenLabs."""
 
@@ -240,12 +222,14 @@ class ElevenLabsTTS:
         self.read_timeout_s = read_timeout_s
         self.inactivity_timeout_s = inactivity_timeout_s
         self.on_cancel = on_cancel
-        self.connections_opened = 0
         self.last_alignment: Mapping[str, object] | None = None  # of the last chunk that had one
         self._api_key = api_key
-        self._idle: list[_Socket] = []
         self._ws_log = QuietWsLog(log.getChild("websockets"), {})
         self._redactor = Redactor([api_key])
+        # a socket with too many contexts still waiting for isFinal is closed instead of reused
+        self._pool = SocketPool(self._open_ws, provider=PROVIDER, closed_error=self._closed,
+                                read_timeout_s=read_timeout_s, max_idle=MAX_IDLE,
+                                reusable=lambda sock: len(sock.pending) < RETIRE_AT)
 
     def __repr__(self) -> str:
         return f"ElevenLabsTTS(voice_id={self.voice_id!r}, model={self.model!r}, sample_rate={self.sample_rate})"
@@ -258,15 +242,17 @@ class ElevenLabsTTS:
         path = f"/v1/text-to-speech/{quote(self.voice_id, safe='')}/multi-stream-input"
         return f"{self.url_base}{path}?{urlencode(query)}"
 
+    @property
+    def connections_opened(self) -> int:
+        return self._pool.opened
+
     async def prewarm(self) -> None:
         """Open a socket now so the next synthesize() pays no handshake (e.g. when the caller starts talking)."""
-        await self._release(await self._connect())
+        await self._pool.prewarm()
 
     async def aclose(self) -> None:
         """Close the pooled sockets (sockets in use close or return to the pool when their request ends)."""
-        idle, self._idle = self._idle, []
-        for sock in idle:
-            await self._discard(sock)
+        await self._pool.aclose()
 
     async def __aenter__(self) -> ElevenLabsTTS:
         return self
@@ -281,18 +267,18 @@ class ElevenLabsTTS:
             yield self._usage(0)
             return
         ctx = f"parley-{uuid.uuid4().hex}"
-        sock: _Socket | None = None
+        sock: PooledSocket | None = None
         sent = 0  # of the three context messages
         produced = finished = False
         failure: ProviderError | None = None
         carry = b""  # an odd trailing byte of a chunk (samples may straddle messages)
         try:
             for attempt in range(2):
-                sock = await self._checkout()
+                sock = await self._pool.checkout()
                 try:
                     sent = 0
                     for message in self._messages(ctx, text):
-                        await self._send(sock, message)
+                        await self._pool.send(sock, message)
                         sock.pending.add(ctx)
                         sent += 1
                     while True:
@@ -311,23 +297,24 @@ class ElevenLabsTTS:
                     if attempt or produced or not sock.pooled or not stale:
                         raise
                     log.info("%s: pooled socket went stale (%s); reconnecting", PROVIDER, exc)
-                    await self._discard(sock)
+                    await self._pool.discard(sock)
                     sock = None
             finished = True
         except ProviderError as exc:
             failure = exc
         finally:
             if not finished and failure is None:  # barge-in: the consumer stopped early
-                await self._abandon(sock, ctx, sent)
+                # close the context unless all three messages (the last closes it) already went out
+                await self._pool.abandon(sock, {"context_id": ctx, "close_context": True} if 0 < sent < 3 else None)
                 if self.on_cancel is not None:
                     self.on_cancel(self._usage(len(text) if sent >= 2 else 0, cancelled=True))
         if failure is not None:
             if sock is not None:
-                await self._discard(sock)
+                await self._pool.discard(sock)
             yield self._usage(len(text) if sent >= 2 else 0, failed=True)
             raise failure
         if sock is not None:
-            await self._release(sock)
+            await self._pool.release(sock)
         yield self._usage(len(text))
 
     # ---- one request's wire traffic ----------------------------------------------------------------
@@ -342,16 +329,10 @@ class ElevenLabsTTS:
             {"context_id": ctx, "close_context": True},
         ]
 
-    async def _send(self, sock: _Socket, message: Mapping[str, object]) -> None:
-        try:
-            await sock.ws.send(json.dumps(message))
-        except ConnectionClosed as exc:
-            raise self._closed(exc) from exc
-
-    async def _next_audio(self, sock: _Socket, ctx: str) -> tuple[bytes, bool]:
+    async def _next_audio(self, sock: PooledSocket, ctx: str) -> tuple[bytes, bool]:
         """The next audio of ``ctx`` and whether it was the last; other contexts' frames are dropped."""
         while True:
-            match parse_message(await self._recv(sock)):
+            match parse_message(await self._pool.recv(sock)):
                 case ServerAudio(context_id=str(cid)) | ServerError(context_id=str(cid)) if cid != ctx:
                     continue  # late frames of a context closed by barge-in
                 case ServerFinal(context_id=str(cid)) if cid != ctx:
@@ -370,53 +351,8 @@ class ElevenLabsTTS:
                 case None:
                     continue
 
-    async def _recv(self, sock: _Socket) -> str | bytes:
-        try:
-            async with asyncio.timeout(self.read_timeout_s):
-                return await sock.ws.recv()
-        except TimeoutError as exc:
-            raise ProviderTimeout(
-                f"{PROVIDER}: no audio for {self.read_timeout_s:g} s", provider=PROVIDER, code="read_timeout"
-            ) from exc
-        except ConnectionClosed as exc:
-            raise self._closed(exc) from exc
-
-    # ---- the socket pool ---------------------------------------------------------------------------
-
-    async def _checkout(self) -> _Socket:
-        while self._idle:
-            sock = self._idle.pop()
-            if sock.open and len(sock.pending) < MAX_CONTEXTS - 1:
-                return sock
-            await self._discard(sock)  # closed by the server while idle (inactivity timeout)
-        return await self._connect()
-
-    async def _release(self, sock: _Socket) -> None:
-        if sock.open and len(sock.pending) < RETIRE_AT and len(self._idle) < MAX_IDLE:
-            sock.pooled = True
-            self._idle.append(sock)
-        else:
-            await self._discard(sock)
-
-    async def _abandon(self, sock: _Socket | None, ctx: str, sent: int) -> None:
-        """A request stopped early: make sure its context is closed, then pool the socket."""
-        if sock is None:
-            return
-        if 0 < sent < 3 and sock.open:
-            try:
-                async with asyncio.timeout(1.0):
-                    await sock.ws.send(json.dumps({"context_id": ctx, "close_context": True}))
-            except (TimeoutError, ConnectionClosed):
-                await self._discard(sock)
-                return
-        await self._release(sock)
-
-    async def _discard(self, sock: _Socket) -> None:
-        with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
-            await sock.ws.close()
-
-    async def _connect(self) -> _Socket:
-        ws = await open_ws(
+    async def _open_ws(self) -> ClientConnection:
+        return await open_ws(
             self.url,
             {"xi-api-key": self._api_key},
             provider=PROVIDER,
@@ -426,8 +362,6 @@ class ElevenLabsTTS:
             logger=self._ws_log,
             shown_url=self.url_base,
         )
-        self.connections_opened += 1
-        return _Socket(ws)
 
     # ---- helpers -------------------------------------------------------------------------------------
 
