@@ -19,6 +19,10 @@ FIRST_CHUNK = "first_chunk"  # the chunker released the first speakable text
 TTS_FIRST_AUDIO = "tts_first_audio"  # TTS returned the first audio of that text
 PLAYBACK_COMMAND = "playback_command"  # the first playback command was written to ESL
 PLAYBACK_START = "playback_start"  # FreeSWITCH reported PLAYBACK_START of that chunk
+# The first agent sample above the audibility threshold (-40 dBFS) reaches the caller: PLAYBACK_START plus
+# the leading silence of the audio actually queued. This, not PLAYBACK_START, is voice-to-voice.
+FIRST_AUDIBLE = "first_audible"
+AUDIBLE_DBFS = -40.0  # what counts as audible agent audio, here and in the ear measurement
 
 TURN_STAGES: tuple[str, ...] = (
     SPEECH_END,
@@ -29,6 +33,7 @@ TURN_STAGES: tuple[str, ...] = (
     TTS_FIRST_AUDIO,
     PLAYBACK_COMMAND,
     PLAYBACK_START,
+    FIRST_AUDIBLE,
 )
 
 
@@ -55,7 +60,17 @@ class TurnTimings:
 
     @property
     def voice_to_voice_ms(self) -> float | None:
-        """Caller stops speaking -> agent audio starts (PLAYBACK_START; first RTP follows within ~10 ms)."""
+        """Caller stops speaking -> the first audible agent sample (``FIRST_AUDIBLE``), as the caller hears it.
+
+        Not PLAYBACK_START: a figure that stops there ignores the silence at the head of the audio (hibari
+        starts every sentence with ~300 ms of it) and is not what the caller experiences.
+        """
+        a, b = self.marks.get(SPEECH_END), self.marks.get(FIRST_AUDIBLE)
+        return None if a is None or b is None else round((b - a) * 1000.0, 1)
+
+    @property
+    def playback_start_ms(self) -> float | None:
+        """Caller stops speaking -> PLAYBACK_START (kept as a stage; the ear figure is ``voice_to_voice_ms``)."""
         a, b = self.marks.get(SPEECH_END), self.marks.get(PLAYBACK_START)
         return None if a is None or b is None else round((b - a) * 1000.0, 1)
 
@@ -106,6 +121,8 @@ class BargeInTimings:
     break_written: float  # uuid_break <uuid> all left on the ESL socket
     playback_stopped: float | None  # PLAYBACK_STOP (break) arrived
     heard_ms: float  # how much of the agent's utterance the caller heard
+    # the last agent sample the caller heard (FreeSWITCH's stop time, on our clock): onset -> silent at the ear
+    agent_silent: float | None = None
 
     def as_dict(self) -> dict[str, float | None]:
         def ms(t: float | None) -> float | None:
@@ -115,6 +132,7 @@ class BargeInTimings:
             "onset_to_detect_ms": ms(self.detected),
             "onset_to_break_ms": ms(self.break_written),
             "onset_to_stop_ms": ms(self.playback_stopped),
+            "onset_to_silent_ms": ms(self.agent_silent),
             "heard_ms": round(self.heard_ms, 1),
         }
 
