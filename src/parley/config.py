@@ -11,6 +11,7 @@ it. The FreeSWITCH default ESL password ``ClueCon`` is refused outright: ESL is 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -102,6 +103,76 @@ class AgentSettings:
     max_utterance_s: float = 15.0
 
 
+# A dialplan extension as `uuid_transfer <uuid> <extension> XML <context>` takes it: one plain token (ASCII
+# letters, digits, + * # _ . -), so no dial string (`sofia/...`, `sip:`, `bridge:`, `&app(...)`), no
+# argument splitting (space, comma, quotes) and no variable expansion (`${...}`) can ride along.
+DIALPLAN_EXTENSION = re.compile(r"[A-Za-z0-9+*#_.][A-Za-z0-9+*#_.-]{0,63}")
+DIALPLAN_CONTEXT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+TRANSFER_TARGET_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # what the brain may say: front_desk, billing
+LEGACY_TRANSFER_TARGET = "front_desk"  # the name `transfer_destination` is offered under
+
+
+@dataclass(frozen=True, slots=True)
+class TransferTarget:
+    """Where the operator lets a transfer go: an extension of the XML dialplan in ``context`` (empty: the
+    agent's own dialplan context). An outside number is an extension the operator writes in the dialplan
+    (where ``toll_allow`` and the carrier gateway apply), never a dial string the brain chose."""
+
+    extension: str
+    context: str = ""
+    description: str = ""  # offered to an LLM brain to tell the targets apart, e.g. "questions about bills"
+
+
+def _transfer_target(name: object, value: object, where: str) -> tuple[str, TransferTarget]:
+    if not isinstance(name, str) or not TRANSFER_TARGET_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}: target name {name!r} must be a simple identifier (lower-case ASCII letters, digits and '_', "
+            "starting with a letter, at most 32 characters): the brain says it, the operator maps it"
+        )
+    where = f"{where}.{name}"
+    if isinstance(value, TransferTarget):
+        target = value
+    elif isinstance(value, str | int) and not isinstance(value, bool):
+        target = TransferTarget(str(value))
+    elif isinstance(value, Mapping):
+        if unknown := sorted(set(value) - {"extension", "context", "description"}):
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: ['context', 'description', 'extension']")
+        if "extension" not in value:
+            raise ConfigError(f"{where}: missing 'extension' (an extension of your dialplan)")
+        extension, context, description = (value.get(k, "") for k in ("extension", "context", "description"))
+        if isinstance(extension, bool) or not all(isinstance(v, str | int) for v in (extension, context, description)):
+            raise ConfigError(f"{where}: extension, context and description must be strings")
+        target = TransferTarget(str(extension), str(context), str(description))
+    else:
+        raise ConfigError(f"{where}: expected an extension (\"1000\") or a mapping {{extension, context}}, "
+                          f"got {type(value).__name__}")  # fmt: skip
+    check_extension(target.extension, f"{where}.extension")
+    if target.context and not DIALPLAN_CONTEXT.fullmatch(target.context):
+        raise ConfigError(f"{where}.context: {target.context!r} is not a dialplan context name "
+                          "(ASCII letters, digits, '_', '.', '-')")  # fmt: skip
+    if any(c in target.description for c in "\r\n\x00"):
+        raise ConfigError(f"{where}.description: must be one line")
+    return name, target
+
+
+def check_extension(extension: str, where: str) -> str:
+    """``extension`` if it is one plain dialplan extension token, else a ConfigError that says why."""
+    if DIALPLAN_EXTENSION.fullmatch(extension):
+        return extension
+    if extension.startswith(("sip:", "sips:", "sofia/", "bridge:", "&", "user/", "loopback/")) or "@" in extension:
+        problem = (
+            "is a dial string; parley transfers only to extensions of your dialplan, so that its context and "
+            "toll_allow decide what may be dialled. Write an extension that bridges to it and name that here"
+        )
+    elif not extension:
+        problem = "is empty"
+    elif any(c.isspace() or c in ",'\"" for c in extension):
+        problem = "contains whitespace, a comma or a quote (one extension; a context goes under 'context:')"
+    else:
+        problem = "is not a dialplan extension (ASCII letters, digits and + * # _ . - only, at most 64)"
+    raise ConfigError(f"{where}: {extension!r} {problem}")
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationSettings:
     """Which providers talk and think, and what the agent says outside the brain."""
@@ -122,7 +193,12 @@ class ConversationSettings:
     greeting: str = ""  # empty: the rules file's greeting (or no greeting for an LLM)
     idle_prompt: str = "Are you still there?"
     goodbye: str = "It seems we got disconnected. Goodbye!"
-    transfer_destination: str = ""  # an extension in the agent's context, or sip:user@host
+    # The only places the brain may transfer a call to: a name it may say -> an extension the operator wrote,
+    # e.g. {front_desk: "1000", billing: {extension: "1001", context: default, description: "bills"}}.
+    # The transfer tool is offered only when there is at least one target.
+    transfer_targets: Mapping[str, TransferTarget] = field(default_factory=dict)
+    # Deprecated: one extension, offered as the target "front_desk" (transfer_targets wins if it names it).
+    transfer_destination: str = ""
     # When every provider of a capability has failed: a local voice says this, then the call ends
     # (or is transferred to transfer_destination when on_failure is "transfer"). Never dead air.
     apology: str = "I'm sorry, I'm having technical difficulties. Please call again in a little while."
@@ -131,6 +207,18 @@ class ConversationSettings:
     # Overrides of the turn policy (parley.turns.policy.TurnPolicy holds the defaults and validates),
     # e.g. {silence_ms: 600, barge_in_min_speech_ms: 300, smart_turn: false}.
     turn: Mapping[str, float | int | bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Parse and check the transfer targets (YAML gives strings or mappings), folding in the legacy key."""
+        where = "conversation.transfer_targets"
+        raw: object = self.transfer_targets
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of names to extensions, got {type(raw).__name__}")
+        targets = dict(_transfer_target(name, value, where) for name, value in raw.items())
+        if self.transfer_destination:
+            check_extension(self.transfer_destination, "conversation.transfer_destination")
+            targets.setdefault(LEGACY_TRANSFER_TARGET, TransferTarget(self.transfer_destination))
+        object.__setattr__(self, "transfer_targets", targets)
 
 
 def default_records_url() -> str:

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from parley.config import FreeSwitchSettings
+from parley.config import DIALPLAN_CONTEXT, DIALPLAN_EXTENSION, FreeSwitchSettings
 from parley.errors import CallGone, EslCommandError
 from parley.freeswitch import esl_protocol as esl
 from parley.freeswitch.audio_stream import AudioFrame, AudioStream
@@ -149,16 +149,21 @@ class Call:
             if "No such channel" not in exc.reply:
                 raise
 
-    async def transfer(self, destination: str, *, dialplan: str = "XML", context: str | None = None) -> None:
-        """Blind transfer: an extension in ``context`` (default: the agent's) or a SIP URI via ``bridge``."""
-        if not destination or any(c.isspace() or c in ",'\"" for c in destination):
-            raise ValueError(f"bad transfer destination {destination!r}")
+    async def transfer(self, extension: str, *, context: str | None = None) -> None:
+        """Blind transfer to ``extension`` of the XML dialplan in ``context`` (default: the agent's own), as
+        ``uuid_transfer <uuid> <extension> XML <context>``, so the dialplan and its ``toll_allow`` decide
+        what happens next. Only a plain extension token is accepted: never a dial string (``sofia/...``,
+        ``sip:...``, ``bridge:``, ``&app``) and never the ``inline`` dialplan, whoever asks. An operator who
+        wants calls to reach an outside number writes an extension for it in their dialplan (bridging to
+        their gateway there) and names that extension in ``conversation.transfer_targets``.
+
+        Raises ValueError for anything else (nothing is sent)."""
         ctx = context or self.settings.dialplan.context
-        if destination.startswith(("sip:", "sofia/")):
-            target = destination if destination.startswith("sofia/") else f"sofia/external/{destination[4:]}"
-            await self.esl.api(f"uuid_transfer {self.uuid} bridge:{target} inline")
-        else:
-            await self.esl.api(f"uuid_transfer {self.uuid} {destination} {dialplan} {ctx}")
+        if not DIALPLAN_EXTENSION.fullmatch(extension):
+            raise ValueError(f"refusing to transfer to {extension[:80]!a}: not a plain dialplan extension")
+        if not DIALPLAN_CONTEXT.fullmatch(ctx):
+            raise ValueError(f"refusing to transfer into context {ctx[:80]!a}: not a dialplan context name")
+        await self.esl.api(f"uuid_transfer {self.uuid} {extension} XML {ctx}")
 
     async def set_var(self, name: str, value: str) -> None:
         await self.esl.api(f"uuid_setvar {self.uuid} {name} {value}")
