@@ -27,9 +27,14 @@ from parley.observe.timings import AUDIBLE_DBFS
 BoolArray = npt.NDArray[np.bool_]
 _FULL_SCALE_SQUARED = 32768.0 * 32768.0  # the reference of rms_dbfs: a full-scale sine is -3 dBFS
 
-# Defaults chosen by measurement (benchmarks/bench_tts_silence.py): every local voice starts a sentence
-# with 100-340 ms of silence; a 15 ms pad before the first audible window keeps soft onsets (/h/, /f/)
-# that sit just under -40 dBFS, and 250 ms is a natural pause between sentences.
+# Defaults chosen by measurement (benchmarks/bench_tts_silence.py, 8 kHz): hibari starts every sentence
+# with 305-395 ms of silence and ends it with 470-590 ms (785-915 ms between two sentences of a reply);
+# espeak-ng 0-100 ms and 330-435 ms. A 15 ms pad before the first audible window keeps soft onsets that
+# sit just under -40 dBFS (whisper's WER on hibari is unchanged for pads of 0-30 ms); 250 ms is a natural
+# pause between sentences and above most comma pauses (hibari's median is 198 ms).
+# Trim at the rate the caller hears (after resampling to the codec rate): at 24 kHz a leading /s/ or /th/
+# is above -40 dBFS but mostly above 4 kHz, so after the phone band-limit up to ~100 ms of near-silence
+# remains ahead of the first audible sample (measured: "So that's..." 110 ms at 8 kHz).
 LEAD_PAD_MS = 15.0
 MAX_GAP_MS = 250.0
 WINDOW_MS = 5.0
