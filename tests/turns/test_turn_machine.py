@@ -5,6 +5,7 @@ every audio frame is 20 ms (a frame is stamped with the time its audio ended). C
 
     speech N / silence N   N ms of VAD frames with speech=True / False
     score P                TurnScore for the pause id of the most recent ScoreTurn (stale if speech resumed)
+    hint TEXT              TranscriptHint with TEXT for the pause id of the most recent UserPaused
     agent speaking | agent done | agent takes turn | stt final
     tick N                 one Tick N ms later, with no audio in between (the audio stalled)
 
@@ -30,8 +31,10 @@ from parley.turns.events import (
     ScoreTurn,
     SttSpeechFinal,
     Tick,
+    TranscriptHint,
     TurnAction,
     TurnEvent,
+    TurnResumed,
     TurnScore,
     UserPaused,
     UserSpeechStarted,
@@ -60,6 +63,7 @@ class Script:
         self.machine = TurnMachine(policy)
         self.ms = 0
         self.last_score_id = 0
+        self.last_pause_id = 0
         self.log: list[TurnAction] = []
 
     def run(self, command: str) -> list[TurnAction]:
@@ -73,6 +77,8 @@ class Script:
                     events.append(VadFrame(self.ms / 1000, kind == "speech", 0.9 if kind == "speech" else 0.05))
             case ["score", p]:
                 events.append(TurnScore(t, self.last_score_id, float(p)))
+            case ["hint", *text]:
+                events.append(TranscriptHint(t, self.last_pause_id, " ".join(text)))
             case ["agent", "speaking"]:
                 events.append(AgentSpeaking(t))
             case ["agent", "done"]:
@@ -92,6 +98,8 @@ class Script:
         for action in out:
             if isinstance(action, ScoreTurn):
                 self.last_score_id = action.pause_id
+            if isinstance(action, UserPaused):
+                self.last_pause_id = action.pause_id
         self.log += out
         return out
 
@@ -115,6 +123,7 @@ silence 1000 ->
 speech 300   -> UserSpeechStarted
 silence 100  -> UserPaused
 silence 100  -> ScoreTurn
+hint I'd like a cleaning. ->
 score 0.8    -> EndOfTurn(smart_turn)
 silence 2000 ->
 
@@ -139,7 +148,7 @@ silence 20   -> EndOfTurn(silence)
 ## pause then resume: UserPaused/UserResumed, no EndOfTurn
 speech 300   -> UserSpeechStarted
 silence 150  -> UserPaused
-speech 100   ->
+speech 40    ->
 speech 20    -> UserResumed
 speech 200   ->
 silence 120  -> UserPaused
@@ -157,6 +166,7 @@ speech 200   -> UserResumed
 score 0.95   ->
 silence 100  -> UserPaused
 silence 100  -> ScoreTurn
+hint Tuesday. ->
 score 0.9    -> EndOfTurn(smart_turn)
 
 ## score arriving after the turn ended is ignored
@@ -168,13 +178,14 @@ score 0.9    ->
 speech 300   -> UserSpeechStarted
 silence 200  -> UserPaused, ScoreTurn
 score 0.1    ->
-speech 60    ->
-silence 520  ->
+speech 40    ->
+silence 540  ->
 silence 20   -> EndOfTurn(silence)
 
 ## a complete verdict waits while a resume candidate is in progress
 speech 300   -> UserSpeechStarted
 silence 200  -> UserPaused, ScoreTurn
+hint That's all. ->
 speech 40    ->
 score 0.9    ->
 silence 80   -> EndOfTurn(smart_turn)
@@ -189,6 +200,7 @@ agent speaking ->
 speech 240   ->
 speech 20    -> BargeIn, UserSpeechStarted
 silence 200  -> UserPaused, ScoreTurn
+hint Stop, please. ->
 score 0.7    -> EndOfTurn(smart_turn)
 
 ## backchannel (150 ms) while the agent speaks is ignored
@@ -205,11 +217,111 @@ agent speaking ->
 speech 1000  ->
 silence 1000 ->
 
-## caller keeps talking while the agent prepares its answer
+## caller keeps talking while the agent prepares its answer: the end of turn is revoked (changed in issue 9)
 speech 300   -> UserSpeechStarted
 silence 800  -> UserPaused, ScoreTurn, EndOfTurn(silence)
 agent takes turn ->
-speech 260   -> BargeIn, UserSpeechStarted
+speech 40    ->
+speech 20    -> TurnResumed
+silence 200  -> UserPaused, ScoreTurn
+
+## caller talks after the agent became audible: a barge-in, as before
+speech 300   -> UserSpeechStarted
+silence 800  -> UserPaused, ScoreTurn, EndOfTurn(silence)
+agent takes turn ->
+agent speaking ->
+speech 240   ->
+speech 20    -> BargeIn, UserSpeechStarted
+
+## revocation window over: speech over a slow reply is a barge-in  [revoke_window_ms=1000.0]
+speech 300   -> UserSpeechStarted
+silence 800  -> UserPaused, ScoreTurn, EndOfTurn(silence)
+agent takes turn ->
+silence 1020 ->
+speech 240   ->
+speech 20    -> BargeIn, UserSpeechStarted
+
+## revocation off: the old behaviour  [revoke_window_ms=0.0]
+speech 300   -> UserSpeechStarted
+silence 800  -> UserPaused, ScoreTurn, EndOfTurn(silence)
+agent takes turn ->
+speech 240   ->
+speech 20    -> BargeIn, UserSpeechStarted
+
+## speech after an end of turn the engine has not acted on yet also revokes it
+speech 300   -> UserSpeechStarted
+silence 800  -> UserPaused, ScoreTurn, EndOfTurn(silence)
+silence 500  ->
+speech 60    -> TurnResumed
+
+## a complete smart-turn verdict waits for the transcript hint
+speech 300   -> UserSpeechStarted
+silence 200  -> UserPaused, ScoreTurn
+score 0.9    ->
+silence 100  ->
+hint I'd like a cleaning. -> EndOfTurn(smart_turn)
+
+## without a hint, smart-turn decides alone after hint_wait_ms
+speech 300   -> UserSpeechStarted
+silence 200  -> UserPaused, ScoreTurn
+score 0.9    ->
+silence 280  ->
+silence 20   -> EndOfTurn(smart_turn)
+
+## hints ignored when lexical_hints is off  [lexical_hints=False]
+speech 300   -> UserSpeechStarted
+silence 200  -> UserPaused, ScoreTurn
+hint my name is ->
+score 0.9    -> EndOfTurn(smart_turn)
+
+## an unfinished sentence holds the turn: a likely-complete score is not enough
+speech 300   -> UserSpeechStarted
+silence 200  -> UserPaused, ScoreTurn
+hint My name is ->
+score 0.9    ->
+silence 1280 ->
+silence 20   -> EndOfTurn(silence)
+
+## an unfinished sentence still ends on a near-certain score
+speech 300   -> UserSpeechStarted
+silence 200  -> UserPaused, ScoreTurn
+hint my number is five five five ->
+score 0.97   -> EndOfTurn(smart_turn)
+
+## a stale hint (speech resumed) is ignored
+speech 300   -> UserSpeechStarted
+silence 200  -> UserPaused, ScoreTurn
+speech 60    -> UserResumed
+hint and ->
+silence 200  -> UserPaused, ScoreTurn
+hint Sarah Johnson. ->
+score 0.8    -> EndOfTurn(smart_turn)
+
+## adaptive wait: after a 700 ms internal pause the fallback covers 900 ms
+speech 300   -> UserSpeechStarted
+silence 700  -> UserPaused, ScoreTurn
+score 0.1    ->
+speech 60    -> UserResumed
+speech 240   ->
+silence 200  -> UserPaused, ScoreTurn
+score 0.1    ->
+silence 680  ->
+silence 20   -> EndOfTurn(silence)
+
+## adaptive wait is capped  [adaptive_max_silence_ms=900.0]
+speech 300   -> UserSpeechStarted
+silence 780  -> UserPaused, ScoreTurn
+speech 60    -> UserResumed
+silence 200  -> UserPaused, ScoreTurn
+silence 680  ->
+silence 20   -> EndOfTurn(silence)
+
+## resumed speech counts after 60 ms, a new turn after 120 ms  [resume_min_speech_ms=60.0]
+speech 100   ->
+speech 20    -> UserSpeechStarted
+silence 200  -> UserPaused, ScoreTurn
+speech 40    ->
+speech 20    -> UserResumed
 
 ## idle prompt then idle hangup
 agent speaking ->
@@ -305,6 +417,7 @@ def test_exact_times_and_ids_of_a_smart_turn_ending() -> None:
         speech 300   -> UserSpeechStarted
         silence 100  -> UserPaused
         silence 100  -> ScoreTurn
+        hint Yes, please. ->
         silence 40   ->
         score 0.8    -> EndOfTurn(smart_turn)
     """,
@@ -395,3 +508,49 @@ def test_next_deadline_tells_the_engine_when_to_tick() -> None:
     s.run("tick 580")
     assert _rounded(s.log[-1]) == EndOfTurn(t=1.1, speech_end_t=0.3, reason="silence", onset_t=0.0)
     assert s.machine.next_deadline() == pytest.approx(9.1)  # idle, counted from the end of the turn
+
+
+def test_turn_resumed_keeps_the_turn_onset_and_frees_the_floor() -> None:
+    s = run_case(
+        """
+        silence 100  ->
+        speech 300   -> UserSpeechStarted
+        silence 800  -> UserPaused, ScoreTurn, EndOfTurn(silence)
+        agent takes turn ->
+        speech 60    -> TurnResumed
+    """,
+        TurnPolicy(),
+    )
+    resumed = _rounded(s.log[-1])
+    assert resumed == TurnResumed(t=1.26, onset_t=1.2, turn_onset_t=0.1)
+    assert s.machine.phase == "speaking" and not s.machine.agent_has_floor
+    assert s.machine.remembered_pauses == pytest.approx((0.8,))  # the revoked pause counts as internal
+
+
+def test_vad_offset_lag_moves_speech_end_and_deadlines_but_not_before_the_run() -> None:
+    s = run_case(
+        """
+        speech 300   -> UserSpeechStarted
+        silence 20   -> UserPaused
+        silence 60   -> ScoreTurn
+        hint Thanks. ->
+        score 0.8    -> EndOfTurn(smart_turn)
+        silence 1000 ->
+        agent done   ->
+        silence 2000 ->
+        speech 120   -> UserSpeechStarted
+        silence 20   -> UserPaused
+    """,
+        TurnPolicy(vad_offset_lag_ms=140.0),
+    )
+    paused, end = _rounded(s.log[1]), _rounded(s.log[3])
+    assert paused == UserPaused(t=0.32, pause_id=1, speech_end_t=0.16)
+    assert end.speech_end_t == 0.16  # type: ignore[union-attr]
+    assert s.machine.next_deadline() is not None
+    # a 120 ms run: the corrected end stops at the run's own onset
+    assert _rounded(s.log[-1]).speech_end_t == 3.38  # type: ignore[union-attr]
+
+
+def test_new_defaults() -> None:
+    p = TurnPolicy()
+    assert (p.resume_min_speech_ms, p.revoke_window_ms, p.lexical_hints, p.adaptive_wait) == (60, 2000, True, True)

@@ -6,8 +6,10 @@ Must not know about audio arrays, models, asyncio or FreeSWITCH.
 
 Timeline conventions: a ``VadFrame`` is stamped with the time its audio *ended* (when it was received) and
 covers ``[t - dur, t]``. An ``onset_t`` is the start of the first speech frame; a ``speech_end_t`` is the end
-of the last speech frame. ``pause_id`` numbers every pause once per call so that late answers to a
-``ScoreTurn`` can be recognised as stale.
+of the last speech frame, moved earlier by the policy's ``vad_offset_lag_ms`` (the VAD's measured lag in
+noticing that speech stopped), but never before the start of that run of speech frames. ``pause_id``
+numbers every pause once per call so that late answers to a ``ScoreTurn`` (or a ``TranscriptHint``) can
+be recognised as stale.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class AgentTurnTaken:
 
 @dataclass(frozen=True, slots=True)
 class AgentSpeaking:
-    """Our audio started playing to the caller (PLAYBACK_START)."""
+    """The caller can hear us: ``t`` is when the first audible agent sample reaches the caller (PLAYBACK_START
+    plus the leading silence of the queued audio), not when a playback command is written. Until then an
+    ``EndOfTurn`` can still be revoked by ``TurnResumed``."""
 
     t: float
 
@@ -66,13 +70,27 @@ class SttSpeechFinal:
 
 
 @dataclass(frozen=True, slots=True)
+class TranscriptHint:
+    """The speculative transcript of the turn so far, decoded at pause ``pause_id`` (after ``UserPaused``).
+
+    ``text`` covers the turn's audio up to that pause. The machine reads it with
+    :func:`parley.turns.lexical.unfinished_reason`; a hint for any other pause is stale and ignored."""
+
+    t: float
+    pause_id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed (drive timers when no audio arrives)."""
 
     t: float
 
 
-TurnEvent = VadFrame | TurnScore | AgentTurnTaken | AgentSpeaking | AgentDone | SttSpeechFinal | Tick
+TurnEvent = (
+    VadFrame | TurnScore | TranscriptHint | AgentTurnTaken | AgentSpeaking | AgentDone | SttSpeechFinal | Tick
+)
 
 # -------------------------------------------------------------------------------------------- actions out
 
@@ -132,6 +150,19 @@ class BargeIn:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnResumed:
+    """The caller spoke again after ``EndOfTurn`` before any agent audio was audible: the end is revoked.
+
+    Cancel the not-yet-audible reply silently (nothing was heard, nothing to record as heard) and keep
+    collecting the caller's turn, which still starts at ``turn_onset_t``; ``onset_t`` is where the resumed
+    speech began. The agent no longer holds the floor; the machine is back in ``speaking``."""
+
+    t: float
+    onset_t: float
+    turn_onset_t: float
+
+
+@dataclass(frozen=True, slots=True)
 class IdlePrompt:
     """The caller has been silent too long after the agent finished ("are you still there?")."""
 
@@ -146,4 +177,14 @@ class IdleHangup:
     t: float
 
 
-TurnAction = UserSpeechStarted | UserPaused | UserResumed | ScoreTurn | EndOfTurn | BargeIn | IdlePrompt | IdleHangup
+TurnAction = (
+    UserSpeechStarted
+    | UserPaused
+    | UserResumed
+    | ScoreTurn
+    | EndOfTurn
+    | TurnResumed
+    | BargeIn
+    | IdlePrompt
+    | IdleHangup
+)

@@ -48,6 +48,34 @@ class TurnPolicy:
     idle_timeout_s: float = 8.0
     idle_max_prompts: int = 1
 
+    # ---- phone-audio turn-taking (issue 9); `parley bench turns` measures every number below ----------
+    # Speech that resumes a paused turn (or revokes an EndOfTurn) counts after this much, not min_speech_ms:
+    # the caller is mid-turn, so a continuation is the likely reading, and every 20 ms spent confirming it
+    # is 20 ms closer to the fallback deadline. With 120 ms a 700 ms pause ended the turn at 800 ms.
+    resume_min_speech_ms: float = 60.0
+    # How late the VAD notices that speech stopped (Silero's window plus the hysteresis stop threshold).
+    # speech_end_t and every silence deadline are moved earlier by it, never before the start of the last
+    # run of speech frames. PROVISIONAL: set from the bench's offset-lag p50.
+    vad_offset_lag_ms: float = 0.0
+    # Use TranscriptHint (the speculative transcript at a pause): a sentence that looks unfinished
+    # (parley.turns.lexical) holds the turn for unfinished_silence_ms and needs a smart-turn score of
+    # unfinished_smart_turn_threshold to end it.
+    lexical_hints: bool = True
+    unfinished_silence_ms: float = 1500.0
+    unfinished_smart_turn_threshold: float = 0.95
+    # A "complete" smart-turn verdict waits for the pause's TranscriptHint until this much silence; after
+    # that (no STT, or a slow decode) smart-turn decides alone. 0 never waits.
+    hint_wait_ms: float = 500.0
+    # Adaptive wait: the fallback silence grows to cover this caller's own internal pauses (the longest of
+    # the last few pauses that ended in resumed speech, plus adaptive_margin_ms), up to
+    # adaptive_max_silence_ms (a cap below the endpoint silence simply never lengthens it).
+    adaptive_wait: bool = True
+    adaptive_margin_ms: float = 200.0
+    adaptive_max_silence_ms: float = 1400.0
+    # EndOfTurn stays revocable (TurnResumed instead of BargeIn) until the agent is audible, for at most
+    # this long after it. 0 disables revocation (resumed speech is a barge-in or a new turn, as before).
+    revoke_window_ms: float = 2000.0
+
     def __post_init__(self) -> None:
         for name in ("min_speech_ms", "pause_ms", "silence_ms", "score_after_ms", "fallback_silence_ms"):
             if getattr(self, name) <= 0:
@@ -62,6 +90,15 @@ class TurnPolicy:
             raise ConfigError("turn policy: smart_turn_threshold must be in [0, 1]")
         if self.max_turn_s <= 0 or self.idle_timeout_s <= 0 or self.idle_max_prompts < 0:
             raise ConfigError("turn policy: max_turn_s and idle_timeout_s must be > 0, idle_max_prompts >= 0")
+        if self.resume_min_speech_ms <= 0 or self.unfinished_silence_ms <= 0:
+            raise ConfigError("turn policy: resume_min_speech_ms and unfinished_silence_ms must be > 0")
+        for name in ("vad_offset_lag_ms", "hint_wait_ms", "adaptive_margin_ms", "revoke_window_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"turn policy: {name} must be >= 0")
+        if self.vad_offset_lag_ms >= self.pause_ms + self.score_after_ms:
+            raise ConfigError("turn policy: vad_offset_lag_ms must be shorter than pause_ms + score_after_ms")
+        if not 0.0 <= self.unfinished_smart_turn_threshold <= 1.0:
+            raise ConfigError("turn policy: unfinished_smart_turn_threshold must be in [0, 1]")
 
     @property
     def endpoint_silence_ms(self) -> float:
