@@ -71,3 +71,12 @@ async def test_anything_but_a_plain_extension_is_refused_and_nothing_is_sent(
     with pytest.raises(ValueError, match=r"^refusing to transfer "):
         await call.transfer(extension, context=context)
     assert esl.commands == []
+
+
+async def test_only_the_xml_dialplan() -> None:
+    call, esl = make_call()
+    for dialplan in ("inline", "xml", "XML inline"):
+        with pytest.raises(ValueError, match=r"^refusing to transfer with dialplan "):
+            await call.transfer("1000", dialplan=dialplan)
+    await call.transfer("1000", dialplan="XML")
+    assert esl.commands == [f"uuid_transfer {UUID} 1000 XML public"]

@@ -149,21 +149,24 @@ class Call:
             if "No such channel" not in exc.reply:
                 raise
 
-    async def transfer(self, extension: str, *, context: str | None = None) -> None:
-        """Blind transfer to ``extension`` of the XML dialplan in ``context`` (default: the agent's own), as
-        ``uuid_transfer <uuid> <extension> XML <context>``, so the dialplan and its ``toll_allow`` decide
-        what happens next. Only a plain extension token is accepted: never a dial string (``sofia/...``,
-        ``sip:...``, ``bridge:``, ``&app``) and never the ``inline`` dialplan, whoever asks. An operator who
-        wants calls to reach an outside number writes an extension for it in their dialplan (bridging to
-        their gateway there) and names that extension in ``conversation.transfer_targets``.
+    async def transfer(self, destination: str, *, dialplan: str = "XML", context: str | None = None) -> None:
+        """Blind transfer to the extension ``destination`` of the XML dialplan in ``context`` (default: the
+        agent's own), as ``uuid_transfer <uuid> <extension> XML <context>``, so the dialplan and its
+        ``toll_allow`` decide what happens next. Only a plain extension token is accepted: never a dial
+        string (``sofia/...``, ``sip:...``, ``bridge:``, ``&app``), and ``dialplan`` must be ``XML`` (never
+        ``inline``), whoever asks. An operator who wants calls to reach an outside number writes an
+        extension for it in their dialplan (bridging to their gateway there) and names that extension in
+        ``conversation.transfer_targets``.
 
         Raises ValueError for anything else (nothing is sent)."""
         ctx = context or self.settings.dialplan.context
-        if not DIALPLAN_EXTENSION.fullmatch(extension):
-            raise ValueError(f"refusing to transfer to {extension[:80]!a}: not a plain dialplan extension")
+        if not DIALPLAN_EXTENSION.fullmatch(destination):
+            raise ValueError(f"refusing to transfer to {destination[:80]!a}: not a plain dialplan extension")
+        if dialplan != "XML":
+            raise ValueError(f"refusing to transfer with dialplan {dialplan[:80]!a}: only XML")
         if not DIALPLAN_CONTEXT.fullmatch(ctx):
             raise ValueError(f"refusing to transfer into context {ctx[:80]!a}: not a dialplan context name")
-        await self.esl.api(f"uuid_transfer {self.uuid} {extension} XML {ctx}")
+        await self.esl.api(f"uuid_transfer {self.uuid} {destination} XML {ctx}")
 
     async def set_var(self, name: str, value: str) -> None:
         await self.esl.api(f"uuid_setvar {self.uuid} {name} {value}")
