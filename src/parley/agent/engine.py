@@ -45,6 +45,8 @@ class Engine:
     smart_turn: TurnModelLike | None = None
     # the local voice that apologises when the configured providers have all failed
     emergency_tts: TTSProvider | None = None
+    # start the reply at a pause from the speculative transcript, audible only if the turn ends as guessed
+    speculate: bool = True
 
     def new_vad(self, sample_rate: int) -> FrameVadLike:
         return self.vad_factory(sample_rate)

@@ -146,6 +146,8 @@ class Utterance:
         self._timer: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self.ended_at: float | None = None
+        self.started_at: float | None = None  # PLAYBACK_START of its first chunk (our clock)
+        self._started = asyncio.Event()
 
     # ---- producer side -------------------------------------------------------------------------------
 
@@ -179,11 +181,32 @@ class Utterance:
             await self._done.wait()
         return self.report()
 
+    async def wait_started(self) -> float | None:
+        """When the caller started hearing it (PLAYBACK_START of its first chunk); None if it never did."""
+        waiter = asyncio.ensure_future(self._started.wait())
+        done = asyncio.ensure_future(self._done.wait())
+        try:
+            await asyncio.wait((waiter, done), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            done.cancel()
+        return self.started_at
+
+    def _mark_started(self, at: float) -> None:
+        if self.started_at is None:
+            self.started_at = at
+            self._started.set()
+
     # ---- state ---------------------------------------------------------------------------------------
 
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    @property
+    def first_command_at(self) -> float | None:
+        """When the first chunk's playback command was written (None before)."""
+        return self.chunks[0].queued_at if self.chunks else None
 
     def heard_ms(self) -> float:
         now = self._owner._clock()
@@ -322,19 +345,29 @@ class CallPlayback:
             self.codec_rate = rate
             self._resampler = None
 
-    async def barge_in(self, *, wait_stop_s: float = 0.5) -> BargeIn | None:
-        """Stop the caller hearing us: ``uuid_break <uuid> all``. None if nothing was playing."""
+    async def barge_in(self, *, wait_stop_s: float = 0.5, written: asyncio.Event | None = None) -> BargeIn | None:
+        """Stop the caller hearing us: ``uuid_break <uuid> all``. None if nothing was playing.
+
+        ``written`` is set as soon as the break is on the socket (before PLAYBACK_STOP is waited for), so
+        that a newer utterance can be queued behind it without being flushed by it.
+        """
         requested = self._clock()
         active = [u for u in self._utterances if not u.done]
         if not active:
+            if written is not None:
+                written.set()
             return None
         for utt in active:
             utt.cancelled = True
         if self._resampler is not None:
             self._resampler.reset()
         async with self._lock:  # let a command in flight land first, so the break flushes it
-            sent = await self._esl.send(esl.api_command(f"uuid_break {self.call_uuid} all"))
-            written = sent.written_at
+            try:
+                sent = await self._esl.send(esl.api_command(f"uuid_break {self.call_uuid} all"))
+            finally:
+                if written is not None:
+                    written.set()
+            written_at = sent.written_at
         self.stats.breaks += 1
         for chunk in self._chunks.values():
             if chunk.status == "queued" and chunk.utterance_id in {u.id for u in active}:
@@ -353,7 +386,7 @@ class CallPlayback:
         self.queue_dry_at = None
         for utt in active:
             utt._check_done()
-        return BargeIn(requested, written, stopped_at, tuple(u.report() for u in active))
+        return BargeIn(requested, written_at, stopped_at, tuple(u.report() for u in active))
 
     async def close(self) -> None:
         """The call ended: stop waiting on anything and remove this call's spool files."""
@@ -379,6 +412,7 @@ class CallPlayback:
                 chunk.status = "playing"
                 chunk.started_at = now
                 chunk.fs_start_us = event.timestamp_us
+                self._utterance(chunk.utterance_id, lambda u: u._mark_started(now))
             else:
                 if chunk.started_at is None:  # START lost (ESL outage): assume it played up to now
                     chunk.started_at = chunk.queued_at

@@ -243,7 +243,9 @@ class _Speculation:
 
 
 class WhisperSTTStream:
-    """One call's recognition session. Events: ``Transcript`` (final, speech_final) then ``Usage`` per finalize.
+    """One call's recognition session. Events: an interim ``Transcript`` (``final=False``) when a speculative
+    decode at a pause finishes and is still current; ``Transcript`` (final, speech_final) then ``Usage`` per
+    finalize.
 
     ``Transcript.t`` is stream time: seconds of (16 kHz) audio received since ``open`` up to the end of the
     utterance. Memory: an utterance keeps at most ``max_utterance_s`` of audio (the oldest is dropped and
@@ -291,8 +293,18 @@ class WhisperSTTStream:
             if self._tail_silent(audio, self._spec.samples):
                 return  # the running speculation still covers all the speech
             self._discard_speculation()
-        self._spec = _Speculation(self._pool.submit(audio, beam_size=self._provider.beam_size), self._n)
+        spec = _Speculation(self._pool.submit(audio, beam_size=self._provider.beam_size), self._n)
+        self._spec = spec
         self._count("decodes")
+        spec.future.add_done_callback(lambda fut: self._interim(spec, fut))
+
+    def _interim(self, spec: _Speculation, fut: asyncio.Future[WhisperDecode]) -> None:
+        """A speculation that is still current becomes an interim transcript (the engine may start a
+        reply from it; lexical end-of-turn cues read it). Stale or failed ones say nothing."""
+        if fut.cancelled() or fut.exception() is not None or self._spec is not spec or self._closed:
+            return
+        t = (self._position + spec.samples) / RATE
+        self._events.put_nowait(Transcript(fut.result().text, final=False, t=t))
 
     def speech_resumed(self) -> None:
         self._discard_speculation()

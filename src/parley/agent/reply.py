@@ -1,0 +1,256 @@
+"""One reply being produced: brain -> clause chunker -> TTS -> silence trim -> held back or played.
+
+Owns: the asyncio work of one reply of :class:`~parley.agent.core.ConversationCore` (``StartReply``):
+streaming the brain into the chunker, each chunk through TTS, trimming the voice's silence (leading
+silence, overlong pauses between sentences) so the caller hears the first word as soon as it exists,
+and either holding the audio back (a speculative reply, until :meth:`ReplyRunner.commit`) or writing it
+into the call's playback. It reports what happened to the core as events (stage marks, the audio of each
+text piece, the whole text, PLAYBACK_START and the first audible sample, the end of playback) through
+``emit``. Must not decide anything: cancelling, committing and breaking are the core's decisions.
+
+The first audible sample is PLAYBACK_START of the first chunk plus the silence still at the head of the
+queued audio (the trimmer leaves a ~15 ms pad): that is the figure the caller's ear gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from parley.agent import core as c
+from parley.agent.chunker import SentenceChunker
+from parley.agent.port import PlaybackPort, UtterancePort
+from parley.audio.pcm import Int16Array
+from parley.audio.trim import SpeechTrimmer, first_audible_index
+from parley.errors import CallGone, ParleyError
+from parley.observe import timings as tm
+from parley.providers.base import (
+    AudioChunk,
+    LLMProvider,
+    Message,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    TTSProvider,
+    Usage,
+)
+
+log = logging.getLogger("parley.reply")
+
+
+@dataclass(slots=True)
+class _Held:
+    """Audio produced before the reply may be heard (speculative), in order."""
+
+    pieces: list[tuple[Int16Array, int]] = field(default_factory=list)
+
+
+class ReplyRunner:
+    def __init__(
+        self,
+        reply_id: int,
+        *,
+        llm: LLMProvider,
+        tts: TTSProvider,
+        tools: Sequence[ToolSpec],
+        playback: PlaybackPort,
+        emit: Callable[[c.CoreEvent], None],
+        usage: Callable[[Usage], None],
+        clock: Callable[[], float],
+        gate: Callable[[], Awaitable[None]],
+        messages: Sequence[Message] | None,
+        fixed_text: str | None,
+        held: bool,
+    ) -> None:
+        self.id = reply_id
+        self._llm = llm
+        self._tts = tts
+        self._tools = tools
+        self._playback = playback
+        self._emit = emit
+        self._usage = usage
+        self._clock = clock
+        self._gate = gate  # resolves when no break is on its way (a break would flush what we queue)
+        self._messages = messages
+        self._fixed = fixed_text
+        self._committed = asyncio.Event()
+        if not held:
+            self._committed.set()
+        self._held = _Held()
+        self._write_lock = asyncio.Lock()
+        self._trimmer: SpeechTrimmer | None = None
+        self._lead_samples = 0  # queued samples before the first audible one
+        self._audible_found = False
+        self.utterance: UtterancePort | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def commit(self) -> None:
+        """The core found the speculative reply right: what is held is queued now, the rest as it comes."""
+        self._committed.set()
+
+    def heard_ms(self) -> float:
+        return self.utterance.heard_ms() if self.utterance is not None else 0.0
+
+    async def run(self) -> None:
+        try:
+            text, calls = await self._produce()
+            self._emit(c.ReplyText(self.id, text, tuple(calls)))
+            await self._committed.wait()
+            async with self._write_lock:
+                await self._release_held()
+                await self._finish_audio()
+            await self._played()
+        except CallGone:
+            pass  # the call ended under us: the session's teardown records what happened
+        except ParleyError as exc:
+            self._emit(c.ReplyFailed(self.id, self._clock(), str(exc)))
+        except Exception as exc:  # a bug must cost this reply, never the call's other tasks
+            log.exception("reply %d failed", self.id)
+            self._emit(c.ReplyFailed(self.id, self._clock(), repr(exc)))
+
+    # ---- production --------------------------------------------------------------------------------
+
+    async def _produce(self) -> tuple[str, list[ToolCall]]:
+        chunks: asyncio.Queue[str | None] = asyncio.Queue()
+        full: list[str] = []
+        calls: list[ToolCall] = []
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._brain(chunks, full, calls))
+            tg.create_task(self._voice(chunks))
+            if not self._committed.is_set():
+                tg.create_task(self._release_on_commit())
+        return "".join(full).strip(), calls
+
+    async def _brain(self, chunks: asyncio.Queue[str | None], full: list[str], calls: list[ToolCall]) -> None:
+        if self._fixed is not None:
+            full.append(self._fixed)
+            await chunks.put(self._fixed)
+            await chunks.put(None)
+            return
+        chunker = SentenceChunker()
+        started = self._clock()
+        first = True
+        stream = self._llm.stream(list(self._messages or ()), self._tools)
+        async with contextlib.aclosing(stream):  # a cancel closes the vendor stream at once
+            async for ev in stream:
+                match ev:
+                    case TextDelta(text=text):
+                        if first:
+                            now = self._clock()
+                            self._emit(c.ReplyMark(self.id, tm.LLM_FIRST_TOKEN, now, now - started))
+                            first = False
+                        full.append(text)
+                        for piece in chunker.push(text):
+                            self._emit(c.ReplyMark(self.id, tm.FIRST_CHUNK, self._clock()))
+                            await chunks.put(piece)
+                    case ToolCall():
+                        if first:
+                            self._emit(c.ReplyMark(self.id, tm.LLM_FIRST_TOKEN, self._clock()))
+                            first = False
+                        calls.append(ev)
+                    case Usage():
+                        self._usage(ev)
+        for piece in chunker.flush():
+            self._emit(c.ReplyMark(self.id, tm.FIRST_CHUNK, self._clock()))
+            await chunks.put(piece)
+        await chunks.put(None)
+
+    async def _voice(self, chunks: asyncio.Queue[str | None]) -> None:
+        first = True
+        while (text := await chunks.get()) is not None:
+            started = self._clock()
+            synth = self._tts.synthesize(text)
+            async with contextlib.aclosing(synth):
+                async for ev in synth:
+                    match ev:
+                        case AudioChunk(samples=samples, sample_rate=rate):
+                            if first:
+                                now = self._clock()
+                                self._emit(c.ReplyMark(self.id, tm.TTS_FIRST_AUDIO, now, now - started))
+                                first = False
+                            await self._audio(text, self._trim(rate).feed(samples), rate)
+                        case Usage():
+                            self._usage(ev)
+
+    def _trim(self, rate: int) -> SpeechTrimmer:
+        if self._trimmer is None or self._trimmer.rate != rate:
+            self._trimmer = SpeechTrimmer(rate)
+        return self._trimmer
+
+    async def _audio(self, text: str, samples: Int16Array, rate: int) -> None:
+        if not samples.size:
+            return
+        self._emit(c.ReplyAudio(self.id, text, 1000.0 * samples.size / rate))
+        async with self._write_lock:
+            if not self._committed.is_set():
+                self._held.pieces.append((samples, rate))
+                return
+            await self._release_held()
+            await self._write(samples, rate)
+
+    async def _release_on_commit(self) -> None:
+        await self._committed.wait()
+        async with self._write_lock:
+            await self._release_held()
+
+    async def _release_held(self) -> None:
+        pieces, self._held.pieces = self._held.pieces, []
+        for samples, rate in pieces:
+            await self._write(samples, rate)
+
+    async def _write(self, samples: Int16Array, rate: int) -> None:
+        if self.utterance is None:
+            await self._gate()
+            self.utterance = self._playback.utterance(rate)
+            asyncio.get_running_loop().create_task(self._watch_start(rate)).add_done_callback(_quiet)
+        if not self._audible_found:
+            at = first_audible_index(samples, rate)
+            if at is None:
+                self._lead_samples += int(samples.size)
+            else:
+                self._lead_samples += at
+                self._audible_found = True
+        await self.utterance.write(samples)
+        self._note_queued()
+
+    async def _finish_audio(self) -> None:
+        if self._trimmer is not None:
+            tail = self._trimmer.finish()
+            if tail.size:
+                await self._write(tail, self._trimmer.rate)
+        if self.utterance is not None:
+            await self.utterance.finish()
+            self._note_queued()
+
+    def _note_queued(self) -> None:
+        if self.utterance is not None and self.utterance.first_command_at is not None and not self._queued_sent:
+            self._queued_sent = True
+            self._emit(c.ReplyQueued(self.id, self.utterance.first_command_at))
+
+    _queued_sent = False
+
+    # ---- playing -----------------------------------------------------------------------------------
+
+    async def _watch_start(self, rate: int) -> None:
+        utt = self.utterance
+        if utt is None:
+            return
+        started = await utt.wait_started()
+        if started is not None:
+            self._emit(c.ReplyStarted(self.id, started, started + self._lead_samples / rate))
+
+    async def _played(self) -> None:
+        utt = self.utterance
+        if utt is None:
+            self._emit(c.ReplyPlayed(self.id, self._clock(), 0.0, complete=True))
+            return
+        report = await utt.wait_played()
+        self._emit(c.ReplyPlayed(self.id, self._clock(), report.heard_ms, report.complete))
+
+
+def _quiet(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("watching playback start failed: %s", task.exception())
