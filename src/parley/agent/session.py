@@ -31,9 +31,10 @@ from parley.agent.engine import Engine
 from parley.agent.memory import Conversation
 from parley.agent.port import CallPort
 from parley.agent.reply import ReplyRunner
-from parley.agent.tools import TERMINAL_TOOLS, tool_specs
+from parley.agent.tools import Authorized, Refused, authorize, tool_specs
 from parley.agent.turn import TurnRecord
 from parley.audio.pcm import Int16Array, from_bytes
+from parley.config import LEGACY_TRANSFER_TARGET
 from parley.errors import CallGone, ParleyError
 from parley.freeswitch.call import CallLog, Dtmf, Hangup, StreamLost
 from parley.observe import usage as usage_sink
@@ -435,24 +436,27 @@ class CallSession:
     # ---- tools, apology, records -------------------------------------------------------------------
 
     async def _run_tools(self, turn: TurnRecord, calls: tuple[ToolCall, ...], then_hangup: bool) -> None:
-        conv = self.engine.conversation
-        offered = {spec.name for spec in self._tools}
+        """Every tool call the brain returned passes :func:`~parley.agent.tools.authorize` first: a tool not
+        offered, or a transfer to anything but a target name the operator configured, is refused, logged
+        and told to the brain; nothing the brain (or a caller talking to it) chose is ever dialled."""
         try:
             for call in calls:
-                if call.name not in TERMINAL_TOOLS or call.name not in offered:
-                    self.log.warning("refused tool call %r: not offered", call.name)
-                    self.core.memory.add_tool_result(call, "refused: not an available tool")
-                    continue
-                if call.name == "hangup":
-                    self.core.memory.add_tool_result(call, "ok")
-                    self.hung_up_by_agent = True
-                    await self.call.hangup("NORMAL_CLEARING")
-                    return
-                if call.name == "transfer":
-                    dest = conv.transfer_destination  # never a destination the brain made up
-                    self.core.memory.add_tool_result(call, "transferring")
-                    await self.call.transfer(dest)
-                    return
+                match authorize(call, self._tools, self.engine.conversation):
+                    case Refused(reason=reason):
+                        self.log.warning("refused tool call %s: %s", call.name, reason)
+                        self.core.memory.add_tool_result(call, f"refused: {reason}")
+                        self.events.append((self._clock(), "tool_refused", {"tool": call.name, "reason": reason}))
+                    case Authorized(extension=ext, context=ctx, target=target) if call.name == "transfer":
+                        self.core.memory.add_tool_result(call, f"transferring to {target}")
+                        await self.call.transfer(ext, context=ctx)
+                        return
+                    case Authorized() if call.name == "hangup":
+                        self.core.memory.add_tool_result(call, "ok")
+                        self.hung_up_by_agent = True
+                        await self.call.hangup("NORMAL_CLEARING")
+                        return
+                    case Authorized():
+                        self.core.memory.add_tool_result(call, "unknown tool")
             if then_hangup:
                 self.hung_up_by_agent = True
                 await self.call.hangup("NORMAL_CLEARING")
@@ -460,6 +464,12 @@ class CallSession:
             pass
         except (ParleyError, ValueError) as exc:
             self.log.error("tool call failed: %s", exc)
+
+    def _failure_target(self) -> tuple[str, str | None] | None:
+        """Where ``on_failure: transfer`` sends the caller: the front desk target, else the first one."""
+        targets = self.engine.conversation.transfer_targets
+        target = targets.get(LEGACY_TRANSFER_TARGET) or next(iter(targets.values()), None)
+        return None if target is None else (target.extension, target.context or None)
 
     async def _apologise(self, turn: TurnRecord) -> None:
         """The providers failed: a local voice says so, then the call ends or goes to a person."""
@@ -482,9 +492,10 @@ class CallSession:
         except (ParleyError, TimeoutError) as exc:
             self.log.error("even the apology failed: %s", exc)
         await self._turn_done(turn)
-        with contextlib.suppress(ParleyError):
-            if conv.on_failure == "transfer" and conv.transfer_destination:
-                await self.call.transfer(conv.transfer_destination)
+        with contextlib.suppress(ParleyError, ValueError):
+            target = self._failure_target() if conv.on_failure == "transfer" else None
+            if target is not None:
+                await self.call.transfer(target[0], context=target[1])
             else:
                 self.hung_up_by_agent = True
                 await self.call.hangup("TEMPORARY_FAILURE")
