@@ -132,6 +132,15 @@ def cmd_bench_density(args: argparse.Namespace) -> int:
     return run_density_command(parse_sizes(args.calls), args.seconds, args.json, vad=args.vad)
 
 
+def cmd_bench_turns(args: argparse.Namespace) -> int:
+    from parley.bench.turns import Timing, run_turns_command
+
+    _setup_logging("WARNING", _settings_for_logging(args))
+    timing = Timing(score_ms=args.score_ms, stt_ms=args.stt_ms, reply_ms=args.reply_ms)
+    return run_turns_command(args.json, limit=args.limit, only=args.items, timing=timing, use_stt=not args.no_stt,
+                             cache=args.cache, verbose=args.verbose)
+
+
 def cmd_cost_estimate(args: argparse.Namespace) -> int:
     from parley.observe.cost import PriceTable
     from parley.observe.cost_cli import cost_estimate, profile_from_args
@@ -210,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Silero batched across calls (parley's live path), run per call, or both side by side")
     p.add_argument("--json", help="write the figures as JSON to this file")
     p.set_defaults(func=cmd_bench_density)
+    p = bench_sub.add_parser("turns", help="VAD + end-of-turn configurations on the phone-audio turn corpus")
+    p.add_argument("--json", help="write the figures as JSON to this file")
+    p.add_argument("--limit", type=int, help="only the first N corpus items")
+    p.add_argument("--items", nargs="+", help="only these corpus item ids")
+    p.add_argument("--score-ms", type=float, default=50.0, help="modelled smart-turn latency (default 50)")
+    p.add_argument("--stt-ms", type=float, default=150.0, help="modelled speculative-STT latency (default 150)")
+    p.add_argument("--reply-ms", type=float, default=250.0,
+                   help="modelled end of turn -> first audible agent sample (default 250)")
+    p.add_argument("--no-stt", action="store_true", help="no speculative transcripts (no lexical signal)")
+    p.add_argument("--cache", help="corpus cache folder (default ~/.cache/parley/turn-corpus)")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_bench_turns)
 
     from parley.observe.cost_cli import add_estimate_arguments, add_report_arguments
 

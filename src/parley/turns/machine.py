@@ -242,6 +242,7 @@ class TurnMachine:
         if self._agent_floor:
             out.append(BargeIn(t, onset_t))
             self._agent_floor = False
+            self._audible = False  # the engine stops playback; the next reply announces itself again
         self._phase = "speaking"
         self._turn_onset = self._run_onset = onset_t
         self._speech_end = t
@@ -274,6 +275,7 @@ class TurnMachine:
         self._pauses.append(max(0.0, onset_t - e.speech_end))
         self._ended = None
         self._agent_floor = False
+        self._audible = False
         self._phase = "speaking"
         self._turn_onset = e.turn_onset
         self._speech_end = t
