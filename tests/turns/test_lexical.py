@@ -27,6 +27,9 @@ UNFINISHED = [
     "the code is 4",
     "Yes, that works. And",
     "I’m",
+    "It",
+    "Let me check my calendar.",
+    "Hold on, one second.",
 ]
 FINISHED = [
     "",
@@ -37,7 +40,6 @@ FINISHED = [
     "Uh-huh.",
     "Thank you.",
     "I think so.",
-    "Let me check my calendar.",
     "My number is 555-123-4567.",
     "five five five one two three four five six seven",
     "My date of birth is March third, nineteen eighty five.",
@@ -45,6 +47,7 @@ FINISHED = [
     "for 2 people",
     "I'd like to book a cleaning for next Tuesday.",
     "Hi, I'd like to book an appointment.",
+    "I'll take it.",
 ]
 
 

@@ -12,6 +12,8 @@ Rules (checked in order):
   complement ("it's", "I'm") or a filler ("um", "uh");
 - the text ends in "to <verb>" for a verb that needs an object ("I'd like to book");
 - the text ends in a verb that introduces a clause or an object ("I think", "I need", "I was wondering");
+- the whole text is one word that starts sentences ("It" when the recogniser lost the "'s");
+- the last few words ask the agent to hold ("let me check my calendar", "hold on", "one moment");
 - a digit sequence is still coming: the trailing run of digits (numerals or spoken digits, "double five"
   counts two) is shorter than a phone number, and either has at least 3 digits or the text talks about a
   number ("my number is five five five").
@@ -34,6 +36,9 @@ OBJECT_VERBS = frozenset(
     "set arrange confirm leave give pay tell".split()
 )
 CLAUSE_VERBS = frozenset("think guess mean believe hope wonder wondering need want wanted would could".split())
+STARTERS = frozenset("it i so well we they he she what can could would do does is are".split())  # alone
+HOLD_PHRASES = ("let me check", "let me see", "let me think", "let me look", "hold on", "one moment",
+                "one second", "one sec", "just a second", "just a moment", "give me a second")
 NUMBER_WORDS = frozenset("number phone digits code extension".split())
 DIGIT_WORDS = {"zero": 1, "oh": 1, "o": 1, "one": 1, "two": 1, "three": 1, "four": 1, "five": 1, "six": 1,
                "seven": 1, "eight": 1, "nine": 1}
@@ -74,6 +79,11 @@ def unfinished_reason(text: str) -> str | None:
         return f"ends with 'to {last}'"
     if last in CLAUSE_VERBS and len(ws) >= 2:
         return f"ends with {last!r}"
+    if len(ws) == 1 and last in STARTERS:
+        return f"only {last!r} so far"
+    tail = " ".join(ws[-6:])
+    if hold := next((h for h in HOLD_PHRASES if h in tail), None):
+        return f"announces more: {hold!r}"
     digits = trailing_digits(ws)
     if 0 < digits < PHONE_DIGITS and (digits >= 3 or NUMBER_WORDS.intersection(ws)):
         return f"{digits} digits so far"

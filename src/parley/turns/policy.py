@@ -56,13 +56,13 @@ class TurnPolicy:
     # How late the VAD notices that speech stopped (Silero's window plus the hysteresis stop threshold).
     # speech_end_t and every silence deadline are moved earlier by it, never before the start of the last
     # run of speech frames. PROVISIONAL: set from the bench's offset-lag p50.
-    vad_offset_lag_ms: float = 0.0
+    vad_offset_lag_ms: float = 100.0
     # Use TranscriptHint (the speculative transcript at a pause): a sentence that looks unfinished
     # (parley.turns.lexical) holds the turn for unfinished_silence_ms and needs a smart-turn score of
     # unfinished_smart_turn_threshold to end it.
     lexical_hints: bool = True
-    unfinished_silence_ms: float = 1500.0
-    unfinished_smart_turn_threshold: float = 0.95
+    unfinished_silence_ms: float = 1300.0
+    unfinished_smart_turn_threshold: float = 1.0
     # A "complete" smart-turn verdict waits for the pause's TranscriptHint until this much silence; after
     # that (no STT, or a slow decode) smart-turn decides alone. 0 never waits.
     hint_wait_ms: float = 500.0
