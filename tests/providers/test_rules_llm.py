@@ -227,6 +227,9 @@ async def test_cancel_flow(brain: RulesDialogue) -> None:
     )
     assert (await call.say("sarah jones")).text == "Thanks, Sarah Jones. And what day is the appointment?"
     assert (await call.say("wednesday")).text == (
+        "Just to confirm, you'd like to cancel the Wednesday appointment for Sarah Jones?"
+    )
+    assert (await call.say("yes please")).text == (
         f"Okay, Sarah Jones, I've cancelled your Wednesday appointment. {ANYTHING_ELSE}"
     )
 
@@ -237,7 +240,7 @@ async def test_fallbacks_escalate_to_a_transfer_offer(brain: RulesDialogue) -> N
     second = await call.say("mmm fish")
     third = await call.say("zzz")
     assert first.text == "Sorry, I didn't catch that. Could you say that again?"
-    assert second.text.startswith("Sorry, I'm still not sure what you need.")
+    assert second.text == "Sorry, I still didn't catch that. Could you say it another way?"
     assert third.text == "I'm having trouble understanding. Would you like me to transfer you to the front desk?"
     fourth = await call.say("yes please")
     assert fourth.text == "Sure, I'll put you through to the front desk now. One moment, please."
@@ -267,8 +270,10 @@ async def test_fallback_during_booking_re_asks_and_understanding_resets_the_coun
 async def test_no_transfer_offer_when_transfer_is_not_offered(brain: RulesDialogue) -> None:
     call = Call(brain, tools=(TOOLS[0],))
     texts = [(await call.say(noise)).text for noise in ("blah", "blah blah", "blah blah blah")]
-    assert texts[2] == texts[1]
-    assert "transfer" not in texts[2]
+    assert texts[2] == (
+        "Sorry, I'm still not sure what you need. I can help you book, reschedule or cancel an appointment, "
+        "tell you our hours or address, or take a message for billing or the front desk."
+    )
 
 
 async def test_goodbye_emits_hangup_after_the_text(brain: RulesDialogue) -> None:
@@ -285,7 +290,10 @@ async def test_transfer_only_when_the_tool_is_offered(brain: RulesDialogue) -> N
     assert offered.tool_calls == [ToolCall("rules_1_transfer", "transfer", {"destination": "front_desk"})]
     not_offered = await Call(brain, tools=(TOOLS[0],)).say("can I speak to someone at the front desk")
     assert not_offered.tool_calls == []
-    assert not_offered.text.startswith("I'm sorry, I can't transfer calls right now.")
+    assert not_offered.text == (
+        "I can't put calls through right now, but someone can call you back. "
+        "I'll take a message for the front desk. What's your name, please?"
+    )
 
 
 async def test_dtmf(brain: RulesDialogue) -> None:
@@ -427,7 +435,7 @@ def test_base_yaml_is_valid() -> None:
         (
             "greting",
             "x",
-            "t.yaml: unknown key 'greting'; expected one of affirm, agent, deny, dtmf, fallback, "
+            "t.yaml: unknown key 'greting'; expected one of affirm, agent, capabilities, deny, dtmf, fallback, "
             "fillers, follow_up, greeting, intents, name, slots",
         ),
         ("greeting", "", "t.yaml: greeting: expected a non-empty string, got ''"),
@@ -441,8 +449,8 @@ def test_base_yaml_is_valid() -> None:
         (
             "intents.info.respone",
             "x",
-            "t.yaml: intents.info: unknown key 'respone'; expected one of action, "
-            "destination, expect, follow_up, intro, keywords, patterns, priority, prompts, "
+            "t.yaml: intents.info: unknown key 'respone'; expected one of action, confirm, declined, "
+            "destination, expect, follow_up, intro, keywords, otherwise, patterns, priority, prompts, "
             "response, slots, unavailable",
         ),
         ("intents.info.response", DELETE, "t.yaml: intents.info: missing required key 'response' (action none)"),
@@ -490,7 +498,7 @@ def test_base_yaml_is_valid() -> None:
             "(quote yes/no/on/off: YAML reads them as booleans)",
         ),
         ("intents", {}, "t.yaml: intents: needs at least one intent"),
-        ("slots.day.type", "date", "t.yaml: slots.day.type: expected one of choice, time, regex, digits, got 'date'"),
+        ("slots.day.type", "date", "t.yaml: slots.day.type: expected one of choice, time, regex, digits, text, got 'date'"),
         ("slots.day.reject", {"Funday": "No."}, "t.yaml: slots.day.reject.Funday: not one of the values (Monday)"),
         (
             "slots.time.assume_pm_before",

@@ -15,8 +15,9 @@ greeting. Caller key presses arrive as user messages ``[DTMF 1]`` (several keys:
 ``dtmf:`` maps it, else the first key; a trailing ``#`` ends an entry).
 
 The reply streams as word-group :class:`TextDelta` pieces, then at most one :class:`ToolCall`
-(``hangup`` after the goodbye, ``transfer`` with ``{"destination": ...}``; each only when offered in
-``tools``), then ``Usage(provider="rules", kind="llm")`` with whitespace-token counts of prompt and reply.
+(``hangup`` after the goodbye, ``transfer`` with ``{"destination": <target name>}``; each only when offered
+in ``tools``, a transfer only to a name in the offered ``destination`` enum), then
+``Usage(provider="rules", kind="llm")`` with whitespace-token counts of prompt and reply.
 
 YAML schema (``{slot}`` fields in texts are filled in; ``{agent}`` and ``{organization}`` everywhere)::
 
@@ -28,10 +29,12 @@ YAML schema (``{slot}`` fields in texts are filled in; ``{agent}`` and ``{organi
     fillers: [uh, um]               # dropped before slot extraction
     slots:                          # optional; name -> one of:
       day: {type: choice, values: {Monday: [monday, mon]}, reject: {Sunday: "We're closed Sundays..."}}
+      new_day: {type: choice, values: {...}, after: ["to", "move it to"]}   # only right after a cue (or asked)
       time: {type: time, assume_pm_before: 7}       # hours 1-6 without am/pm are PM
       name: {type: regex, patterns: ["my name is (?P<value>...)"], when_asked: ["^(?P<value>...)$"],
              format: title, exclude: ["yes", "no"]}
       phone: {type: digits, min_digits: 7, max_digits: 15}
+      topic: {type: text, min_words: 1}             # whatever is said right after its prompt
     intents:                        # required; name -> spec, file order breaks priority ties
       book:
         keywords: [appointment, book*, check up]  # words/phrases, plural optional, trailing * = prefix
@@ -41,24 +44,34 @@ YAML schema (``{slot}`` fields in texts are filled in; ``{agent}`` and ``{organi
         prompts: {day: "...", time: "What time on {day}?", name: "..."}   # one per slot, earlier slots only
         intro: "Sure, I can help with that."     # said when the task starts
         response: "You're booked for {day} at {time}."
+        confirm: "Cancel {day} for {name}?"      # slots only: a yes/no question once every slot is filled
+        declined: "Okay, I've left it."          # ... said on a no (a slot value in the answer re-confirms)
         action: none | hangup | transfer | repeat
-        destination: front_desk                  # transfer only (required there)
-        unavailable: "I can't transfer you..."   # transfer only: said when the tool is not offered
+        destination: front_desk                  # transfer only (required there): a transfer target name
+        unavailable: "I can't transfer you..."   # said when the transfer it needs is not offered
+        otherwise: take_message                  # ... and then run this intent instead
         follow_up: true                          # append the global follow_up question when done
         expect: {on_yes: book, on_no: goodbye}   # the response asks a yes/no question itself
     follow_up: {text: "Anything else I can help with?", on_yes: more, on_no: goodbye}   # optional
+    capabilities: {text: "I can book...", without_transfer: "..."}   # {capabilities} in any text
     fallback:
-      responses: ["Sorry, I didn't catch that.", "Sorry, I'm still not sure..."]   # required, >= 1
+      responses: ["Sorry, I can't help with that. {capabilities}", ...]   # a clear sentence; required, >= 1
+      unclear: ["Sorry, I didn't catch that."]   # garbled: at most unclear_max_words words (fillers aside)
+      unclear_max_words: 2
+      in_task: ["Sorry, I didn't get that."]     # a sentence not understood while a slot is asked
       escalate: {text: "Shall I transfer you?", on_yes: transfer, on_no: retry}   # after the last
     dtmf: {"1": book, "0": transfer}
 
-Behaviour: the highest-priority intent whose keyword or pattern matches wins; with none, a pending yes/no
-question routes an affirm/deny word, and a task in progress takes slot values. A task switch drops the old
-task's slots. An intent without slots asked mid-task (an FAQ) is answered, then the pending slot is asked
-again. ``response`` is required unless ``action: repeat`` (which says the previous reply again and keeps
-its yes/no question open). Each not-understood turn in a row says the next fallback response (plus the
-pending slot prompt); after the last one comes ``escalate``, offered only if its ``on_yes`` intent is
-usable (a transfer needs the ``transfer`` tool), else the last response again.
+Behaviour: the highest-priority intent whose keyword or pattern matches wins (while a ``text`` slot is
+asked, only repeat, hangup and transfer intents interrupt it); with none, a pending yes/no question routes
+an affirm/deny word (the first one said counts), and a task in progress takes slot values. A task switch
+drops the old task's slots. An intent without slots asked mid-task (an FAQ) is answered, then the pending
+slot is asked again. ``response`` is required unless ``action: repeat`` (which says the previous reply
+again and keeps its yes/no question open). An intent whose transfer (its own, or the one its yes/no
+question offers) is not among the offered tool's ``destination`` enum says ``unavailable`` and runs
+``otherwise``. Each not-understood turn in a row says the next ``unclear`` text for garbled input, the
+next ``in_task`` text (plus the pending prompt) mid-task, else the next ``responses`` text; after the last
+response comes ``escalate``, offered only if its ``on_yes`` intent is usable, else the last text again.
 """
 
 from __future__ import annotations
@@ -75,26 +88,14 @@ import yaml
 
 from parley.errors import ConfigError
 from parley.providers.base import LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage
-from parley.providers.rules_policy import (
-    Action,
-    ChoiceSlot,
-    DialogueConfig,
-    DigitsSlot,
-    Intent,
-    Prompted,
-    RegexSlot,
-    Reply,
-    Slot,
-    TimeSlot,
-    YesNo,
-    keyword_pattern,
-    replay,
-)
+from parley.providers.rules_language import ChoiceSlot, DigitsSlot, RegexSlot, Slot, TextSlot, TimeSlot, keyword_pattern
+from parley.providers.rules_policy import Action, DialogueConfig, Intent, Offer, Prompted, Reply, YesNo, replay
 
 __all__ = ["RulesDialogue", "load_dialogue"]
 
 _T = TypeVar("_T")
-_GLOBAL_FIELDS = frozenset({"agent", "organization"})
+_GLOBAL_FIELDS = frozenset({"agent", "organization", "capabilities"})
+_TARGET_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # a transfer target name, as the operator's config has it
 _DEFAULT_AFFIRM = ["yes", "yeah", "yep", "sure", "okay", "ok", "correct", "please", "that's right", "sounds good"]
 _DEFAULT_DENY = ["no", "nope", "nah", "not really", "that's all", "that's it", "i'm good", "all set"]
 _DEFAULT_FILLERS = ["uh", "um", "er", "erm", "hmm", "ah"]
@@ -145,14 +146,18 @@ class _Reader:
             raise self.fail(path, f"unknown field {{{unknown[0]}}}; available here: {', '.join(sorted(fields))}")
         return value
 
-    def texts(self, value: object, path: str) -> list[str]:
+    def texts(self, value: object, path: str, *, template: bool = True) -> list[str]:
         if not isinstance(value, list):
             raise self.fail(path, f"expected a list, got {type(value).__name__}")
+        if not template:  # patterns, not texts to say: braces are regex repetition, not fields
+            for n, item in enumerate(value):
+                self.text(item.replace("{", "").replace("}", "") if isinstance(item, str) else item, f"{path}[{n}]")
+            return list(value)
         return [self.text(item, f"{path}[{n}]") for n, item in enumerate(value)]
 
     def regexes(self, value: object, path: str) -> tuple[re.Pattern[str], ...]:
         out = []
-        for n, pattern in enumerate(self.texts(value, path)):
+        for n, pattern in enumerate(self.texts(value, path, template=False)):
             try:
                 out.append(re.compile(pattern))
             except re.error as exc:
@@ -173,9 +178,12 @@ class _Reader:
 def _slot(r: _Reader, name: str, spec: object, path: str) -> Slot:
     if not isinstance(spec, dict):
         raise r.fail(path, f"expected a mapping, got {type(spec).__name__}")
-    kind = r.choice(spec.get("type"), f"{path}.type", ["choice", "time", "regex", "digits"])
+    kind = r.choice(spec.get("type"), f"{path}.type", ["choice", "time", "regex", "digits", "text"])
+    if kind == "text":
+        d = r.mapping(spec, path, {"type", "min_words"})
+        return TextSlot(name, r.integer(d.get("min_words", 1), f"{path}.min_words", 1, 50))
     if kind == "choice":
-        d = r.mapping(spec, path, {"type", "values", "reject"}, frozenset({"values"}))
+        d = r.mapping(spec, path, {"type", "values", "reject", "after"}, frozenset({"values"}))
         values = r.named(d["values"], f"{path}.values")
         if not values:
             raise r.fail(f"{path}.values", "needs at least one value")
@@ -187,7 +195,11 @@ def _slot(r: _Reader, name: str, spec: object, path: str) -> Slot:
         for value in reject:
             if value not in values:
                 raise r.fail(f"{path}.reject.{value}", f"not one of the values ({', '.join(values)})")
-        return ChoiceSlot(name, pairs, {k: r.text(v, f"{path}.reject.{k}") for k, v in reject.items()})
+        after = None
+        if "after" in d:
+            cues = r.regexes(d["after"], f"{path}.after")
+            after = re.compile(r"(?<![a-z0-9'])(?:" + "|".join(c.pattern for c in cues) + r")\s+$") if cues else None
+        return ChoiceSlot(name, pairs, {k: r.text(v, f"{path}.reject.{k}") for k, v in reject.items()}, after)
     if kind == "time":
         d = r.mapping(spec, path, {"type", "assume_pm_before"})
         return TimeSlot(name, r.integer(d.get("assume_pm_before", 7), f"{path}.assume_pm_before", 1, 13))
@@ -214,7 +226,7 @@ def _yes_no(r: _Reader, d: Mapping[str, object], path: str, intents: set[str]) -
 
 
 _INTENT_KEYS = {"keywords", "patterns", "priority", "slots", "prompts", "intro", "response", "action",
-                "destination", "unavailable", "follow_up", "expect"}  # fmt: skip
+                "destination", "unavailable", "otherwise", "confirm", "declined", "follow_up", "expect"}  # fmt: skip
 
 
 def _intent(r: _Reader, name: str, spec: object, path: str, slots: Mapping[str, Slot], names: set[str]) -> Intent:
@@ -237,19 +249,34 @@ def _intent(r: _Reader, name: str, spec: object, path: str, slots: Mapping[str, 
         raise r.fail(path, f"missing required key 'response' (action {action})")
     if action == "transfer" and "destination" not in d:
         raise r.fail(path, "missing required key 'destination' (action transfer)")
-    if action != "transfer" and ("destination" in d or "unavailable" in d):
-        raise r.fail(path, "'destination' and 'unavailable' only apply to action transfer")
-    if action != "none" and slot_names:
-        raise r.fail(f"{path}.slots", f"an intent with action {action} cannot have slots")
-    follow_up = d.get("follow_up", True)
-    if not isinstance(follow_up, bool):
-        raise r.fail(f"{path}.follow_up", f"expected true or false, got {follow_up!r}")
+    if action != "transfer" and "destination" in d:
+        raise r.fail(path, "'destination' only applies to action transfer")
     expect = None
     if "expect" in d:
         expect = _yes_no(r, r.mapping(d["expect"], f"{path}.expect", {"on_yes", "on_no"}), f"{path}.expect", names)
+    if ("unavailable" in d or "otherwise" in d) and action != "transfer" and (expect is None or expect.yes is None):
+        raise r.fail(path, "'unavailable' and 'otherwise' only apply to action transfer or an expect with on_yes")
+    if action != "none" and slot_names:
+        raise r.fail(f"{path}.slots", f"an intent with action {action} cannot have slots")
+    if ("confirm" in d or "declined" in d) and not slot_names:
+        raise r.fail(path, "'confirm' and 'declined' only apply to an intent with slots")
+    if ("confirm" in d) != ("declined" in d):
+        raise r.fail(path, "'confirm' needs 'declined' (said when the caller answers no) and the other way round")
+    otherwise = d.get("otherwise", "")
+    if otherwise and (otherwise not in names or otherwise == name):
+        others = ", ".join(sorted(names - {name}))
+        raise r.fail(f"{path}.otherwise", f"unknown intent {otherwise!r}; intents are {others}")
+    destination = r.text(d["destination"], f"{path}.destination") if "destination" in d else ""
+    if destination and not _TARGET_NAME.fullmatch(destination):
+        raise r.fail(f"{path}.destination", f"{destination!r} is not a transfer target name (like front_desk)")
+    follow_up = d.get("follow_up", True)
+    if not isinstance(follow_up, bool):
+        raise r.fail(f"{path}.follow_up", f"expected true or false, got {follow_up!r}")
+    default_unavailable = "Sorry, I can't transfer calls right now." if action == "transfer" and not otherwise else ""
+    fields = frozenset(slot_names)
     return Intent(
         name=name,
-        response=r.text(d["response"], f"{path}.response", fields=frozenset(slot_names)) if "response" in d else "",
+        response=r.text(d["response"], f"{path}.response", fields=fields) if "response" in d else "",
         priority=r.integer(d.get("priority", 0), f"{path}.priority", -1000, 1000),
         keywords=tuple(keyword_pattern(k) for k in r.texts(d.get("keywords", []), f"{path}.keywords")),
         patterns=r.regexes(d.get("patterns", []), f"{path}.patterns"),
@@ -257,8 +284,11 @@ def _intent(r: _Reader, name: str, spec: object, path: str, slots: Mapping[str, 
         prompts=checked,
         intro=r.text(d["intro"], f"{path}.intro") if "intro" in d else "",
         action=action,
-        destination=r.text(d["destination"], f"{path}.destination") if "destination" in d else "",
-        unavailable=r.text(d.get("unavailable", "Sorry, I can't transfer calls right now."), f"{path}.unavailable"),
+        destination=destination,
+        unavailable=r.text(d["unavailable"], f"{path}.unavailable") if "unavailable" in d else default_unavailable,
+        otherwise=str(otherwise),
+        confirm=r.text(d["confirm"], f"{path}.confirm", fields=fields) if "confirm" in d else "",
+        declined=r.text(d["declined"], f"{path}.declined", fields=fields) if "declined" in d else "",
         follow_up=follow_up,
         expect=expect,
     )
@@ -277,7 +307,7 @@ def load_dialogue(text: str, source: str = "<dialogue>") -> DialogueConfig:
     except yaml.YAMLError as exc:
         raise r.fail("", f"not valid YAML: {exc}") from exc
     top_keys = {"name", "agent", "greeting", "affirm", "deny", "fillers", "slots", "intents", "fallback",
-                "follow_up", "dtmf"}  # fmt: skip
+                "follow_up", "dtmf", "capabilities"}  # fmt: skip
     d = r.mapping(document, "", top_keys, frozenset({"name", "greeting", "intents", "fallback"}))
     agent = r.mapping(d.get("agent", {}), "agent", {"name", "organization", "persona"})
     slots = {k: _slot(r, k, v, f"slots.{k}") for k, v in r.named(d.get("slots", {}), "slots").items()}
@@ -286,10 +316,12 @@ def load_dialogue(text: str, source: str = "<dialogue>") -> DialogueConfig:
         raise r.fail("intents", "needs at least one intent")
     names = set(specs)
     intents = tuple(_intent(r, k, v, f"intents.{k}", slots, names) for k, v in specs.items())
-    fallback = r.mapping(d["fallback"], "fallback", {"responses", "escalate"}, frozenset({"responses"}))
+    fallback_keys = {"responses", "unclear", "in_task", "unclear_max_words", "escalate"}
+    fallback = r.mapping(d["fallback"], "fallback", fallback_keys, frozenset({"responses"}))
     responses = tuple(r.texts(fallback["responses"], "fallback.responses"))
     if not responses:
         raise r.fail("fallback.responses", "needs at least one response")
+    capabilities = r.mapping(d.get("capabilities", {}), "capabilities", {"text", "without_transfer"})
     dtmf = r.named(d.get("dtmf", {}), "dtmf")
     for key, target in dtmf.items():
         if not re.fullmatch(r"[0-9A-D*#]+", key.upper()) or target not in names:
@@ -313,7 +345,28 @@ def load_dialogue(text: str, source: str = "<dialogue>") -> DialogueConfig:
         escalation=_prompted(r, fallback["escalate"], "fallback.escalate", names) if "escalate" in fallback else None,
         follow_up=_prompted(r, d["follow_up"], "follow_up", names) if "follow_up" in d else None,
         dtmf={key.upper(): cast(str, target) for key, target in dtmf.items()},
+        unclear=tuple(r.texts(fallback.get("unclear", []), "fallback.unclear")),
+        in_task=tuple(r.texts(fallback.get("in_task", []), "fallback.in_task")),
+        unclear_max_words=r.integer(fallback.get("unclear_max_words", 0), "fallback.unclear_max_words", 0, 10),
+        capabilities=r.text(capabilities["text"], "capabilities.text") if "text" in capabilities else "",
+        capabilities_without_transfer=(
+            r.text(capabilities["without_transfer"], "capabilities.without_transfer")
+            if "without_transfer" in capabilities
+            else ""
+        ),
     )
+
+
+def _offer(tools: Sequence[ToolSpec]) -> Offer:
+    """The tools as the policy sees them: names, and the transfer destinations offered (an ``enum``)."""
+    destinations: frozenset[str] | None = None
+    for tool in tools:
+        properties = tool.parameters.get("properties") if tool.name == "transfer" else None
+        spec = properties.get("destination") if isinstance(properties, dict) else None
+        enum = spec.get("enum") if isinstance(spec, dict) else None
+        if isinstance(enum, list):
+            destinations = frozenset(v for v in enum if isinstance(v, str))
+    return Offer(frozenset(tool.name for tool in tools), destinations)
 
 
 def _tokens(text: str) -> int:
@@ -354,8 +407,7 @@ class RulesDialogue:
         """The policy's reply to the conversation so far (pure)."""
         if any(m.role == "user" for m in messages) and messages[-1].role != "user":
             return Reply("")  # e.g. a tool result after a hangup or transfer: nothing to say
-        offered = frozenset(tool.name for tool in tools)
-        return replay(self.config, (m.content for m in messages if m.role == "user"), offered)[1]
+        return replay(self.config, (m.content for m in messages if m.role == "user"), _offer(tools))[1]
 
     async def stream(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
