@@ -564,6 +564,7 @@ class ConversationCore:
         turn = r.turn
         if r.held:
             return []
+        turn.agent_audio_end = ev.t
         if r.text is not None:
             turn.agent_full = r.text
         turn.agent = turn.agent_full if ev.complete else heard_text(r.spoken(), ev.heard_ms)[0]
@@ -662,6 +663,8 @@ class ConversationCore:
             r.done = True
             spoken = r.spoken()
             turn = r.turn
+            if r.queued:
+                turn.agent_audio_end = ev.stopped or ev.written
             said, _complete = heard_text(spoken, heard)
             if r.barge is not None:
                 turn.agent = said

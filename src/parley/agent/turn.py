@@ -27,6 +27,7 @@ class TurnRecord:
     resumed: int = 0
     # the reply was made before the turn ended, from the speculative transcript, and used as it was
     speculative: bool = False
+    agent_audio_end: float | None = None  # the reply's audio ended (played out or broken), our clock
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -75,7 +75,8 @@ class TurnTimings:
         return None if a is None or b is None else round((b - a) * 1000.0, 1)
 
     def stage_ms(self) -> dict[str, float]:
-        """Duration of each stage (from the previous recorded stage), in ms."""
+        """What each stage added to the wait, in ms: from the latest earlier stage to this one, 0 when it was
+        ready before (a speculative reply's first token and audio come before the final transcript)."""
         out: dict[str, float] = {}
         prev: float | None = None
         for s in TURN_STAGES:
@@ -83,8 +84,8 @@ class TurnTimings:
             if t is None:
                 continue
             if prev is not None:
-                out[s] = round((t - prev) * 1000.0, 1)
-            prev = t
+                out[s] = round(max(0.0, t - prev) * 1000.0, 1)
+            prev = t if prev is None else max(prev, t)
         return out
 
     def overhead_ms(self) -> float | None:

@@ -113,8 +113,8 @@ def stage_plans(timings: tm.TurnTimings) -> tuple[SpanPlan, ...]:
                 attrs["parley.stage.since_speech_end_ms"] = since[stage]
             if stage in provider_s:
                 attrs["parley.stage.provider_ms"] = round(provider_s[stage] * 1000.0, 1)
-            out.append(SpanPlan(stage, min(prev, t), t, attrs))
-        prev = t
+            out.append(SpanPlan(stage, prev, max(prev, t), attrs))
+        prev = t if prev is None else max(prev, t)
     return tuple(out)
 
 
@@ -122,10 +122,8 @@ def turn_plan(turn: TurnRecord, *, caller_text: bool, now: float) -> SpanPlan:
     """``turn <n>``: the caller's speech end (else the first stage) to the last agent audio heard."""
     timings = turn.timings
     times = list(timings.marks.values())
-    utt = turn.utterance
-    if utt is not None:
-        times += [t for c in utt.chunks for t in (c.started_at, c.stopped_at) if t is not None]
-        times += [utt.ended_at] if utt.ended_at is not None else []
+    if turn.agent_audio_end is not None:
+        times.append(turn.agent_audio_end)
     events: tuple[SpanEvent, ...] = ()
     if turn.barge is not None:
         b = turn.barge
