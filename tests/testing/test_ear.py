@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from parley.audio.pcm import Int16Array
-from parley.testing.ear import CallerTurnAudio, EarTurn, match_turns, measure_ear
+from parley.testing.ear import CallerTurnAudio, EarTurn, match_turns, measure_ear, silent_at_ear
 
 RATE = 8000
 ORIGIN = 1000.0  # the call timeline's sample 0, on the monotonic clock
@@ -122,6 +122,10 @@ def test_a_split_turn_is_one_cut_in_whose_answer_is_timed_from_the_true_end() ->
     assert got.talk_over_ms == 300.0  # 2300-2600
     assert got.first_audible_ms == 700.0
     assert got.as_dict(ORIGIN)["cut_in_ms_before_end"] == 900.0
+    assert got.stretches == (pytest.approx((at(1000), at(1600))), pytest.approx((at(2300), at(3000))))
+    # the caller resuming at 2300 interrupted the early reply, which fell silent at the ear at 2600
+    heard = heard_track(6000, (2100, 2600), (3700, 4500))
+    assert silent_at_ear(heard, RATE, ORIGIN, at(2300)) == pytest.approx(at(2600))
 
 
 @pytest.mark.parametrize(

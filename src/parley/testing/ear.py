@@ -60,6 +60,8 @@ class EarTurn:
     cut_in_at: float | None  # the first agent stretch that started inside the turn (None: no cut-in)
     talk_over_ms: float
     agent_silent: float | None = None  # barge-in turns: the agent's last audible sample after the onset
+    # the caller's speech stretches [start, end) (gaps under bridge_ms joined): where each resumption begins
+    stretches: tuple[tuple[float, float], ...] = ()
 
     @property
     def cut_in(self) -> bool:
@@ -169,8 +171,25 @@ def measure_ear(
         lower = silent if silent is not None else start
         cut = next((grid.time(a) for a, _ in stretches if lower < grid.time(a) < end), None)
         talk = sum(_overlap_ms(grid, a, b) for a, b in pieces)
-        out.append(EarTurn(i, start, end, turn.barge_in, first_audible, cut, round(talk, 1), silent))
+        out.append(EarTurn(i, start, end, turn.barge_in, first_audible, cut, round(talk, 1), silent, tuple(pieces)))
     return out
+
+
+def silent_at_ear(
+    heard: Int16Array,
+    rate: int,
+    origin: float,
+    onset: float,
+    *,
+    threshold_dbfs: float = AUDIBLE_DBFS,
+    window_ms: float = WINDOW_MS,
+    silent_gap_ms: float = SILENT_GAP_MS,
+) -> float:
+    """When the agent fell silent at the ear after the caller started talking at ``onset`` (an unscripted
+    barge-in: e.g. the caller resuming after a pause the agent took for the end of the turn)."""
+    win = max(1, round(rate * window_ms / 1000.0))
+    grid = _Grid(origin, win / rate, audible_windows(heard, rate, threshold_dbfs, window_ms))
+    return _agent_silent(grid, onset, silent_gap_ms)
 
 
 def _first_audible(grid: _Grid, t: float, limit: float) -> float | None:
