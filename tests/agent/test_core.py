@@ -257,3 +257,44 @@ def test_the_greeting_is_not_a_caller_turn() -> None:
 ])
 def test_same_words(a: str, b: str, same: bool) -> None:
     assert c.same_words(a, b) is same
+
+
+# ---- a false interruption ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("said", ["", "uh-huh", "Yeah.", "mm hmm okay"])
+def test_after_a_false_interruption_the_agent_resumes_the_sentence_it_was_cut_in(said: str) -> None:
+    core = make()
+    rid = answered(core, "book a cleaning")
+    audible(core, rid)
+    core.handle(turns.BargeIn(4.0, 3.75))
+    core.handle(turns.UserSpeechStarted(4.0, 3.75))
+    core.handle(c.BreakDone(4.05, 4.01, 4.04, {rid: 1300.0}))  # cut inside "What day works best for you?"
+    core.handle(turns.EndOfTurn(4.6, 4.3, "silence", 3.75))
+    out = core.handle(c.FinalText(4.7, said))
+    start = one(out, c.StartReply)
+    assert isinstance(start, c.StartReply) and start.fixed_text == "What day works best for you?"
+    # memory keeps the whole reply once it is said again, not the fragment plus a repeat
+    core.handle(c.ReplyText(start.reply_id, "What day works best for you?"))
+    assert core.memory.messages[-1].content == "Sure, I can book that. What day works best for you?"
+    assert core.turns[1].caller == said.strip()
+
+
+def test_a_real_answer_after_a_barge_in_gets_a_real_reply() -> None:
+    core = make()
+    rid = answered(core, "book a cleaning")
+    audible(core, rid)
+    core.handle(turns.BargeIn(4.0, 3.75))
+    core.handle(turns.UserSpeechStarted(4.0, 3.75))
+    core.handle(c.BreakDone(4.05, 4.01, 4.04, {rid: 1300.0}))
+    core.handle(turns.EndOfTurn(5.6, 5.3, "smart_turn", 3.75))
+    out = core.handle(c.FinalText(5.7, "Tuesday at three"))
+    start = one(out, c.StartReply)
+    assert isinstance(start, c.StartReply) and start.fixed_text is None
+    assert core.memory.messages[-2].content == "Sure, I can book that. What"  # what was heard stays
+
+
+@pytest.mark.parametrize(("text", "yes"), [("", True), ("uh-huh", True), ("Okay.", True), ("yeah right", True),
+                                            ("Tuesday", False), ("yes Tuesday", False), ("no", False)])
+def test_is_backchannel(text: str, yes: bool) -> None:
+    assert c.is_backchannel(text) is yes

@@ -265,6 +265,7 @@ class Reply:
     in_memory: bool = False
     # barge-in: the caller's onset and when it was detected
     barge: tuple[float, float] | None = None
+    remember_as: str | None = None  # the text memory keeps for it (a resumed reply: the whole sentence)
 
     def spoken(self) -> list[SpokenSegment]:
         out = list(self.segments)
@@ -274,6 +275,17 @@ class Reply:
 
 
 _WORD = re.compile(r"[a-z0-9']+")
+# What a listener says without taking the turn; after a barge-in, a turn of only these (or no words at all:
+# a cough, a door) was a false interruption and the agent resumes its sentence.
+BACKCHANNELS = frozenset({
+    "uh", "huh", "uh-huh", "mm", "mhm", "hmm", "mm-hmm", "mmhmm", "um", "ah", "oh",
+    "yeah", "yep", "yes", "ok", "okay", "right", "sure", "alright",
+})
+
+
+def is_backchannel(text: str) -> bool:
+    """No words, or only backchannel words ("uh-huh", "yeah", "okay")."""
+    return all(w.strip("'") in BACKCHANNELS for w in re.findall(r"[a-z'-]+|[0-9]+", text.lower()))
 
 
 def same_words(a: str, b: str) -> bool:
@@ -299,6 +311,8 @@ class ConversationCore:
         self._spec: Reply | None = None  # the held speculative reply
         self._current: Reply | None = None  # the reply that has the floor
         self._recorded: set[int] = set()
+        # the reply a barge-in just cut mid-sentence, what to say to resume it, and what was said before it
+        self._cut: tuple[Reply, str, str] | None = None
 
     # ---- queries ---------------------------------------------------------------------------------
 
@@ -440,6 +454,9 @@ class ConversationCore:
         self._parts = []
         turn.caller = text
         spec, self._spec = self._spec, None
+        cut, self._cut = self._cut, None
+        if cut is not None and is_backchannel(text) and turn.resumed == 0:
+            return [*([CancelReply(spec.id)] if spec is not None else []), *self._resume_cut(ev.t, turn, cut)]
         if not text:
             if turn in self.turns:
                 self.turns.remove(turn)
@@ -464,6 +481,21 @@ class ConversationCore:
             spec.done = True
             out.append(CancelReply(spec.id))
         return [*out, *self._start(ev.t, turn, messages=tuple(self.memory.for_llm()), answers=text)]
+
+    def _resume_cut(self, t: float, turn: TurnRecord, cut: tuple[Reply, str, str]) -> list[Command]:
+        """A barge-in that was only a cough or an "uh-huh": say the interrupted sentence again, and the rest."""
+        r, resume, before = cut
+        msgs = self.memory.messages
+        if msgs and msgs[-1].role == "assistant" and msgs[-1].content == r.turn.agent:
+            msgs.pop()  # the heard part goes; the whole reply comes back when it is said
+        if turn.caller:
+            self.memory.add_user(turn.caller)
+        turn.endpoint_reason = turn.endpoint_reason or "false_interruption"
+        cmds = self._start(t, turn, fixed_text=resume)
+        start = cmds[-1]
+        assert isinstance(start, StartReply)
+        self.replies[start.reply_id].remember_as = f"{before} {resume}".strip()
+        return cmds
 
     def _drop_speculation(self) -> list[Command]:
         spec, self._spec = self._spec, None
@@ -521,7 +553,7 @@ class ConversationCore:
 
     def _remember(self, r: Reply) -> None:
         if not r.in_memory:
-            self.memory.add_assistant(r.text or "", r.tool_calls)
+            self.memory.add_assistant(r.remember_as or r.text or "", r.tool_calls)
             r.in_memory = True
 
     def _break(self, *replies: Reply) -> BreakPlayback:
@@ -677,6 +709,7 @@ class ConversationCore:
                 onset, detected = r.barge
                 turn.barge = tm.BargeInTimings(onset, detected, ev.written, ev.stopped, heard, agent_silent=ev.stopped)
                 out += self._record(turn, "", r)
+                self._cut = _resumable(r, spoken, heard)
             elif id(r) not in self._recorded:
                 # superseded or taken back while queued: only what reached the caller counts
                 if r.in_memory:
@@ -753,6 +786,24 @@ class ConversationCore:
             return []
         self._recorded.add(id(turn))
         return [RecordTurn(turn, outcome)]
+
+
+def _resumable(r: Reply, spoken: Sequence[SpokenSegment], heard_ms: float) -> tuple[Reply, str, str] | None:
+    """Where to pick ``r`` up again if its interruption was false: from the start of the sentence the caller
+    cut into (never mid-sentence), to the end of the reply. None when it was heard to the end."""
+    before: list[str] = []
+    remaining = heard_ms
+    for i, seg in enumerate(spoken):
+        if remaining >= seg.audio_ms - 1e-6:
+            before.append(seg.text)
+            remaining -= seg.audio_ms
+            continue
+        rest = [s.text for s in spoken[i:]]
+        said = " ".join([*before, *rest])
+        if r.text is not None and r.text.startswith(said.strip()) and len(r.text) > len(said.strip()):
+            rest.append(r.text[len(said.strip()):].strip())  # what the brain said that was not yet voiced
+        return r, " ".join(x for x in rest if x).strip(), " ".join(before).strip()
+    return None
 
 
 def heard_of(replies: Sequence[Reply], heard_ms: Mapping[int, float]) -> dict[int, str]:
