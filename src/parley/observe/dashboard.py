@@ -48,6 +48,7 @@ STAGE_LABELS: Mapping[str, str] = {
     tm.TTS_FIRST_AUDIO: "TTS first audio",
     tm.PLAYBACK_COMMAND: "playback command",
     tm.PLAYBACK_START: "playback start",
+    tm.FIRST_AUDIBLE: "first audible (ear)",
 }
 _NICE_STEPS_MS = (50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000, 20000, 50000)
 

@@ -39,9 +39,11 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (
     50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 1000, 1250, 1500, 2000, 3000, 5000, 10000,
 )
 COST_BUCKETS_USD: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-# Stages reported as "ms after the caller stopped speaking"; voice_to_voice is playback_start's twin
+# Stages reported as "ms after the caller stopped speaking"; voice_to_voice is first_audible's twin (the ear)
 # under its own name so a dashboard query need not know the stage list.
-LATENCY_STAGES: tuple[str, ...] = (tm.ENDPOINT, tm.STT_FINAL, tm.LLM_FIRST_TOKEN, tm.TTS_FIRST_AUDIO, tm.PLAYBACK_START)
+LATENCY_STAGES: tuple[str, ...] = (
+    tm.ENDPOINT, tm.STT_FINAL, tm.LLM_FIRST_TOKEN, tm.TTS_FIRST_AUDIO, tm.PLAYBACK_START, tm.FIRST_AUDIBLE,
+)
 VOICE_TO_VOICE = "voice_to_voice"
 CAPABILITIES: tuple[str, ...] = ("stt", "llm", "tts")
 Labels = tuple[tuple[str, str], ...]
@@ -198,7 +200,7 @@ class Metrics:
         self._max_label_values = max_label_values
         f = _Family
         self.turn_latency = f("parley_turn_latency_ms", "Time from the caller's speech end to each stage of a turn "
-                              "(ms); stage=voice_to_voice is speech end to the agent's audio.", "histogram",
+                              "(ms); stage=voice_to_voice is speech end to the first audible agent sample.", "histogram",
                               buckets=LATENCY_BUCKETS_MS)
         self.stage_duration = f("parley_turn_stage_duration_ms", "Duration of each stage of a turn, from the previous "
                                 "recorded stage (ms): llm_first_token is the LLM's time to first token.", "histogram",
