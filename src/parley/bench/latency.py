@@ -4,6 +4,9 @@ Owns: running scenarios through :func:`parley.testing.simulate.run_scenario` (th
 and providers against the fake FreeSWITCH over real sockets), aggregating every caller turn's stage
 offsets, voice-to-voice, engine overhead and barge-in timings into p50/p95 (:func:`latency_report`, a
 pure function over the turns' ``as_dict()`` form), and printing them with the endpoint setting in force.
+The headline is what the caller heard (:mod:`parley.testing.ear`): the caller's true speech end -> the
+first audible agent sample in the rendered audio, p50/p90/p95 over every scripted caller turn, with the
+cut-ins and talk-over; parley's own figures and PLAYBACK_START follow as stages.
 It reports figures; it never judges them. Must not know how the timings are taken (that is the session
 and :mod:`parley.observe.timings`).
 """
@@ -15,7 +18,7 @@ import math
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -34,11 +37,13 @@ STAGES: tuple[str, ...] = (
     tm.TTS_FIRST_AUDIO,
     tm.PLAYBACK_COMMAND,
     tm.PLAYBACK_START,
+    tm.FIRST_AUDIBLE,
 )
 BARGE_KEYS: tuple[tuple[str, str], ...] = (
     ("onset_to_detect", "onset_to_detect_ms"),
     ("onset_to_break", "onset_to_break_ms"),
     ("onset_to_stop", "onset_to_stop_ms"),
+    ("onset_to_silent", "onset_to_silent_ms"),
     ("heard", "heard_ms"),
 )
 ENDPOINT_KEYS = ("smart_turn", "smart_turn_threshold", "score_after_ms", "fallback_silence_ms", "silence_ms")
@@ -57,6 +62,46 @@ def _p(values: list[float]) -> dict[str, float | None]:
     return {**percentiles(values), "n": len(values)}
 
 
+def _p3(values: list[float]) -> dict[str, float | None]:
+    """p50/p90/p95 (None when there is nothing) and the sample count."""
+    if not values:
+        return {"p50": None, "p90": None, "p95": None, "n": 0}
+    return {**percentiles(values, (50.0, 90.0, 95.0)), "n": len(values)}
+
+
+def ear_report(
+    caller_turns: Sequence[Mapping[str, object]], turns: Sequence[Mapping[str, object]] = ()
+) -> dict[str, object]:
+    """Aggregate the ear's caller turns (``EarTurn.as_dict()``, optionally with ``scenario``) and the ``ear``
+    blocks of the session turns (parley's disagreement with the ear, and where it comes from)."""
+    v2v: list[float] = []
+    by_scenario: dict[str, list[float]] = {}
+    silent: list[float] = []
+    for e in caller_turns:
+        if (v := _num(e.get("first_audible_ms"))) is not None:
+            v2v.append(v)
+            by_scenario.setdefault(str(e.get("scenario", "")), []).append(v)
+        if (v := _num(e.get("onset_to_silent_ms"))) is not None:
+            silent.append(v)
+    blocks = [b for t in turns if isinstance(b := t.get("ear"), Mapping) and b.get("answered_here")]
+    diff = [v for b in blocks if (v := _num(b.get("disagreement_ms"))) is not None]
+    end_lag = [v for b in blocks if (v := _num(b.get("speech_end_offset_ms"))) is not None]
+    audible_lag = [v for b in blocks if (v := _num(b.get("first_audible_offset_ms"))) is not None]
+    return {
+        "voice_to_voice_ms": _p3(v2v),
+        "by_scenario_ms": {k: _p3(v) for k, v in sorted(by_scenario.items()) if k},
+        "caller_turns": len(caller_turns),
+        "unanswered": sum(1 for e in caller_turns if e.get("first_audible_ms") is None),
+        "cut_ins": sum(1 for e in caller_turns if e.get("cut_in")),
+        "talk_over_ms": round(sum(_num(e.get("talk_over_ms")) or 0.0 for e in caller_turns
+                                  if not e.get("barge_in")), 1),
+        "barge_in_silent_ms": _p3(silent),
+        "disagreement_ms": {**_p3(diff), "max": max(diff) if diff else None},
+        "speech_end_offset_ms": _p3(end_lag),  # parley's speech end - the true one
+        "first_audible_offset_ms": _p3(audible_lag),  # parley's FIRST_AUDIBLE mark - the ear's
+    }
+
+
 def policy_summary(policy: TurnPolicy) -> dict[str, object]:
     """The endpoint settings of a turn policy, and the silence that ends a turn without a model verdict."""
     out: dict[str, object] = {k: getattr(policy, k) for k in ENDPOINT_KEYS}
@@ -65,11 +110,17 @@ def policy_summary(policy: TurnPolicy) -> dict[str, object]:
 
 
 def latency_report(
-    turns: Sequence[Mapping[str, object]], *, runs: int, policy: Mapping[str, object] | None = None
+    turns: Sequence[Mapping[str, object]],
+    *,
+    runs: int,
+    policy: Mapping[str, object] | None = None,
+    ear_turns: Sequence[Mapping[str, object]] = (),
 ) -> dict[str, object]:
-    """Aggregate turn dicts (``TurnRecord.as_dict()``, optionally with a ``scenario`` key).
+    """Aggregate turn dicts (``TurnRecord.as_dict()``, optionally with a ``scenario`` key and the simulation's
+    ``ear`` block) and the ear's caller turns (``SimulationResult.as_dict()["caller_turns"]``).
 
     Turns without stage timings (idle prompts: the caller said nothing) are not counted.
+    ``voice_to_voice_ms`` is parley's own figure per turn; the caller's is ``ear.voice_to_voice_ms``.
     """
     caller_turns = [t for t in turns if isinstance(t.get("timings_ms"), Mapping) and t["timings_ms"]]
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -97,6 +148,7 @@ def latency_report(
                 if (v := _num(b.get(key))) is not None:
                     barge[name].append(v)
     return {
+        "ear": ear_report(ear_turns, caller_turns),
         "stages_ms": {s: _p(vals) for s, vals in stages.items()},
         "voice_to_voice_ms": _p(v2v),
         "overhead_ms": _p(overhead),
@@ -132,12 +184,13 @@ def print_latency(report: Mapping[str, object], out: TextIO) -> None:
         if isinstance(overrides, Mapping) and overrides:
             w(f"  scenario overrides of the turn policy: {dict(overrides)}\n")
     w(f"stack: {pol.get('stack', '?')}\n\n")
-    w(f"  {'ms after the caller stopped speaking':<38}{'p50':>8}{'p95':>8}{'n':>6}\n")
+    _print_ear(report.get("ear"), w)
+    w(f"\n  {'ms after parley noticed the speech end':<38}{'p50':>8}{'p95':>8}{'n':>6}\n")
     stages = report["stages_ms"]
     assert isinstance(stages, Mapping)
     for stage, d in stages.items():
         w(f"  {stage:<38}{_cell(d)}{d.get('n', 0):>6}\n")
-    for label, key in (("voice-to-voice (-> PLAYBACK_START)", "voice_to_voice_ms"),
+    for label, key in (("voice-to-voice, parley's own", "voice_to_voice_ms"),
                        ("engine overhead", "overhead_ms")):
         d = report[key]
         assert isinstance(d, Mapping)
@@ -146,7 +199,8 @@ def print_latency(report: Mapping[str, object], out: TextIO) -> None:
     barge = report["barge_in_ms"]
     assert isinstance(barge, Mapping)
     labels = {"onset_to_detect": "onset -> detected", "onset_to_break": "onset -> uuid_break written",
-              "onset_to_stop": "onset -> PLAYBACK_STOP", "heard": "agent audio heard before the cut"}
+              "onset_to_stop": "onset -> PLAYBACK_STOP", "onset_to_silent": "onset -> agent silent (parley)",
+              "heard": "agent audio heard before the cut"}
     for name, d in barge.items():
         w(f"  {labels.get(name, name):<38}{_cell(d)}{d.get('n', 0):>6}\n")
     w(f"\n  endpoint reasons: {report['endpoint_reasons']}\n")
@@ -154,6 +208,29 @@ def print_latency(report: Mapping[str, object], out: TextIO) -> None:
     if isinstance(by, Mapping):
         for name, d in by.items():
             w(f"  voice-to-voice, {name:<23}{_cell(d)}{d.get('n', 0):>6}\n")
+
+
+def _print_ear(ear: object, w: Callable[[str], object]) -> None:
+    if not isinstance(ear, Mapping):
+        return
+
+    def cells(d: object, keys: tuple[str, ...] = ("p50", "p90", "p95")) -> str:
+        m = d if isinstance(d, Mapping) else {}
+        return "".join(f"{v:8.0f}" if isinstance(v := m.get(k), int | float) else f"{'-':>8}" for k in keys) + (
+            f"{m.get('n', 0):>6}")
+
+    w(f"  {'AT THE CALLER EAR (from the rendered audio)':<46}{'p50':>8}{'p90':>8}{'p95':>8}{'n':>6}\n")
+    w(f"  {'true speech end -> first audible agent sample':<46}{cells(ear.get('voice_to_voice_ms'))}\n")
+    by = ear.get("by_scenario_ms")
+    if isinstance(by, Mapping):
+        for name, d in by.items():
+            w(f"    {name:<44}{cells(d)}\n")
+    w(f"  {'barge-in: caller onset -> agent silent':<46}{cells(ear.get('barge_in_silent_ms'))}\n")
+    w(f"  {'parley - ear, |diff| per answered turn':<46}{cells(ear.get('disagreement_ms'))}\n")
+    w(f"  {'  from: speech end (parley - true)':<46}{cells(ear.get('speech_end_offset_ms'))}\n")
+    w(f"  {'  from: FIRST_AUDIBLE mark (parley - ear)':<46}{cells(ear.get('first_audible_offset_ms'))}\n")
+    w(f"  cut-ins (agent audible inside a caller turn): {ear.get('cut_ins')} of {ear.get('caller_turns')} caller "
+      f"turns; talk-over {ear.get('talk_over_ms')} ms outside scripted barge-ins; unanswered {ear.get('unanswered')}\n")
 
 
 def resolve_scenarios(names: Sequence[str] | None) -> list[Path]:
@@ -180,8 +257,9 @@ def _chain(value: object) -> str:
 
 async def collect_turns(
     settings: Settings, scenario_paths: Sequence[Path], runs: int, err: TextIO
-) -> tuple[list[dict[str, object]], dict[str, object]]:
-    """Run every scenario ``runs`` times on one engine; return the turn dicts and the policy in force."""
+) -> tuple[list[dict[str, object]], dict[str, object], list[dict[str, object]]]:
+    """Run every scenario ``runs`` times on one engine; return the session turn dicts (with their ``ear``
+    blocks), the policy in force and the ear's caller turns."""
     from parley.app import build_engine
     from parley.providers.base import TTSProvider
     from parley.testing.caller_voice import caller_voice
@@ -193,21 +271,27 @@ async def collect_turns(
     engine = await asyncio.to_thread(build_engine, settings)
     voices: dict[str, TTSProvider] = {}
     turns: list[dict[str, object]] = []
+    ear: list[dict[str, object]] = []
     for run in range(1, runs + 1):
         for sc in scenarios:
             if sc.caller_voice not in voices:
                 voices[sc.caller_voice] = caller_voice(sc.caller_voice, engine.tts)
             with tempfile.TemporaryDirectory(prefix="parley-bench-") as spool:
                 result = await run_scenario(sc, engine, voices[sc.caller_voice], Path(spool))
-            got = [{**t.as_dict(), "scenario": sc.name, "run": run} for t in result.session.turns]
-            err.write(f"  run {run}/{runs} {sc.name}: {len(got)} turns, ended {result.session.call.hangup_cause}\n")
+            d = result.as_dict()
+            rows, callers = d["turns"], d["caller_turns"]
+            assert isinstance(rows, list) and isinstance(callers, list)
+            got = [{**t, "scenario": sc.name, "run": run} for t in rows]
+            err.write(f"  run {run}/{runs} {sc.name}: {len(got)} turns, ended {result.fake_call.hangup_cause}; "
+                      f"at the ear v2v {d['voice_to_voice_ms']}, cut-ins {d['cut_ins']}\n")
             turns.extend(got)
+            ear.extend({**e, "scenario": sc.name, "run": run} for e in callers)
     policy = policy_summary(engine.policy)
     policy["scenarios"] = [sc.name for sc in scenarios]
     policy["scenario_overrides"] = {sc.name: dict(sc.conversation.get("turn", {})) for sc in scenarios
                                     if isinstance(sc.conversation.get("turn"), Mapping)}
     policy["stack"] = f"stt {engine.stt.name}, llm {engine.llm.name}, tts {engine.tts.name}"
-    return turns, policy
+    return turns, policy, ear
 
 
 def run_latency_command(
@@ -225,10 +309,10 @@ def run_latency_command(
     if runs < 1:
         raise ConfigError("--runs must be at least 1")
     paths = resolve_scenarios(scenarios)
-    turns, policy = asyncio.run(collect_turns(settings, paths, runs, err))
-    report = latency_report(turns, runs=runs, policy=policy)
+    turns, policy, ear = asyncio.run(collect_turns(settings, paths, runs, err))
+    report = latency_report(turns, runs=runs, policy=policy, ear_turns=ear)
     print_latency(report, out)
     if json_path:
-        write_json(Path(json_path), {**report, "turn_records": turns})
+        write_json(Path(json_path), {**report, "turn_records": turns, "caller_turns": ear})
         out.write(f"\n  json: {json_path}\n")
     return 0
