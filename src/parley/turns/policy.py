@@ -48,32 +48,45 @@ class TurnPolicy:
     idle_timeout_s: float = 8.0
     idle_max_prompts: int = 1
 
-    # ---- phone-audio turn-taking (issue 9); `parley bench turns` measures every number below ----------
-    # Speech that resumes a paused turn (or revokes an EndOfTurn) counts after this much, not min_speech_ms:
-    # the caller is mid-turn, so a continuation is the likely reading, and every 20 ms spent confirming it
-    # is 20 ms closer to the fallback deadline. With 120 ms a 700 ms pause ended the turn at 800 ms.
+    # ---- phone-audio turn-taking (issue 9). Measured with `parley bench turns` (57 items: 32 turns with
+    # 300-1000 ms internal pauses, 12 complete/short turns, 4 barge-ins, 9 cough/click/breath bursts; hibari
+    # and espeak voices, G.711 mu/A-law, 15-30 dB SNR). Old defaults: 26/32 turns cut in, delay p50 370 ms.
+    # Resumed speech in a pause (or right after EndOfTurn) counts after this much, not min_speech_ms: the
+    # caller is mid-turn, so a continuation is the likely reading, and every 20 ms spent confirming it is
+    # 20 ms closer to the fallback deadline (with 120 ms a 700 ms pause ended the turn at 800 ms). 60 ms =
+    # 3 frames, still longer than a click; the bench's bursts gave 0 false barge-ins (those need 250 ms).
     resume_min_speech_ms: float = 60.0
-    # How late the VAD notices that speech stopped (Silero's window plus the hysteresis stop threshold).
-    # speech_end_t and every silence deadline are moved earlier by it, never before the start of the last
-    # run of speech frames. PROVISIONAL: set from the bench's offset-lag p50.
+    # How late the VAD notices that speech stopped (Silero's 32 ms window at 8 kHz plus the 0.35 stop
+    # threshold). The bench measured an offset lag of p50 110 / p90 165 ms on 86 phrase ends (onset lag
+    # p50 40 ms); 100 ms, just under the median, so a corrected end is rarely before the true end.
+    # speech_end_t and every silence deadline move earlier by it, never before the start of the last run
+    # of speech frames. It took 80 ms off the decision delay p50 (370 -> 290 ms).
     vad_offset_lag_ms: float = 100.0
-    # Use TranscriptHint (the speculative transcript at a pause): a sentence that looks unfinished
-    # (parley.turns.lexical) holds the turn for unfinished_silence_ms and needs a smart-turn score of
-    # unfinished_smart_turn_threshold to end it.
+    # Use TranscriptHint (the speculative transcript at a pause). smart-turn v3.2 scored 0.97-0.99
+    # "complete" on nearly every mid-turn pause of the phone corpus ("My name is.", "I'd like to book."),
+    # so when the text looks unfinished (parley.turns.lexical) smart-turn is ignored
+    # (threshold 1.0) and the turn is held for unfinished_silence_ms: 1300 covers the corpus's longest
+    # pause (1000 ms) plus the VAD onset lag p90 (120 ms) and the 60 ms resume, with a little margin.
+    # This took the cut-ins from 27/32 (smart-turn alone) to 5/32 before revocation.
     lexical_hints: bool = True
     unfinished_silence_ms: float = 1300.0
     unfinished_smart_turn_threshold: float = 1.0
     # A "complete" smart-turn verdict waits for the pause's TranscriptHint until this much silence; after
-    # that (no STT, or a slow decode) smart-turn decides alone. 0 never waits.
+    # that (no STT, or a slow decode) smart-turn decides alone. With the hint modelled at 150 ms after
+    # UserPaused, the wait costs ~50 ms on complete turns; 500 ms bounds the cost of a late decode. 0 never
+    # waits. A session without speculative STT should set lexical_hints=False.
     hint_wait_ms: float = 500.0
     # Adaptive wait: the fallback silence grows to cover this caller's own internal pauses (the longest of
-    # the last few pauses that ended in resumed speech, plus adaptive_margin_ms), up to
-    # adaptive_max_silence_ms (a cap below the endpoint silence simply never lengthens it).
+    # the last 4 pauses that ended in resumed speech, revoked ends included, plus adaptive_margin_ms), up to
+    # adaptive_max_silence_ms (a cap below the endpoint silence simply never lengthens it). 1400 = the
+    # longest corpus pause + margin + onset lag; it only stretches callers who have paused that long.
     adaptive_wait: bool = True
     adaptive_margin_ms: float = 200.0
     adaptive_max_silence_ms: float = 1400.0
     # EndOfTurn stays revocable (TurnResumed instead of BargeIn) until the agent is audible, for at most
-    # this long after it. 0 disables revocation (resumed speech is a barge-in or a new turn, as before).
+    # this long after it. With the reply audible 250 ms after EndOfTurn (modelled) it turned 2 of 5
+    # remaining cut-ins into silent cancels. 2 s: a reply slower than that is a stall; speech then is a
+    # new sentence. 0 disables revocation (resumed speech is a barge-in or a new turn, as before).
     revoke_window_ms: float = 2000.0
 
     def __post_init__(self) -> None:
