@@ -330,8 +330,9 @@ class CallSession:
                 match ev:
                     case Transcript(final=False, text=text):
                         pid = self.core.pause_id
-                        if pid is not None and text.strip():
-                            self._handle(c.SpeculativeText(self._clock(), pid, " ".join([*self._finals, text])))
+                        if pid is not None:  # even empty: the turn machine waits for each pause's hint
+                            joined = " ".join(s for s in [*self._finals, text] if s)
+                            self._handle(c.SpeculativeText(self._clock(), pid, joined))
                     case Transcript(final=True, text=text, speech_final=sf):
                         self._finals.append(text)
                         if sf and self._finals_due > 0:
