@@ -12,12 +12,16 @@ import pytest
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import itertools
+
 from parley.agent.engine import Engine
 from parley.config import Settings
+from parley.errors import ConfigError
 from parley.observe import timings as tm
 from parley.observe.metrics import Metrics
+from parley.providers.base import AudioChunk
 from parley.testing.caller_voice import caller_voice
-from parley.testing.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios
+from parley.testing.simulate import Pause, SimulationResult, load_scenario, run_scenario, shipped_scenarios
 
 pytest.importorskip("faster_whisper")
 pytest.importorskip("hibari")
@@ -80,8 +84,16 @@ def test_every_answered_turn_has_every_stage_timed(booking: SimulationResult) ->
         ms = turn.timings.ms()
         for stage in tm.TURN_STAGES:
             assert stage in ms, (turn.index, stage, ms)
-        stages = [ms[s] for s in tm.TURN_STAGES]
-        assert stages == sorted(stages)  # the stages happened in order
+        # the reply's own stages happen in order, and nothing is queued before the turn ended; a reply made
+        # speculatively at a pause (turn.speculative) has its LLM/TTS stages before the endpoint
+        reply = [ms[s] for s in (tm.LLM_FIRST_TOKEN, tm.FIRST_CHUNK, tm.TTS_FIRST_AUDIO, tm.PLAYBACK_COMMAND)]
+        assert reply == sorted(reply), (turn.index, ms)
+        heard = [ms[s] for s in (tm.SPEECH_END, tm.ENDPOINT, tm.PLAYBACK_COMMAND, tm.PLAYBACK_START,
+                                 tm.FIRST_AUDIBLE)]
+        assert heard == sorted(heard), (turn.index, ms)
+        if not turn.speculative:
+            stages = [ms[s] for s in tm.TURN_STAGES]
+            assert stages == sorted(stages), (turn.index, ms)  # the stages happened in order
         assert turn.timings.voice_to_voice_ms is not None and turn.timings.voice_to_voice_ms > 0
         assert turn.timings.overhead_ms() is not None
 
@@ -96,9 +108,100 @@ def test_usage_is_reported_for_every_provider(booking: SimulationResult) -> None
 
 def test_result_json_shape(booking: SimulationResult) -> None:
     d = booking.as_dict()
-    assert set(d["voice_to_voice_ms"]) == {"p50", "p95"}  # type: ignore[arg-type]
+    assert {"p50", "p95"} <= set(d["voice_to_voice_ms"])  # type: ignore[arg-type]
     for turn in d["turns"]:  # type: ignore[attr-defined]
-        assert {"caller", "agent", "barge_in", "timings_ms", "voice_to_voice_ms"} <= set(turn)
+        assert {"caller", "agent", "barge_in", "timings_ms", "voice_to_voice_ms", "ear"} <= set(turn)
+    assert {"parley_voice_to_voice_ms", "playback_start_ms", "cut_ins", "talk_over_ms", "agreement",
+            "caller_turns"} <= set(d)
+
+
+def test_every_caller_turn_is_measured_at_the_ear_after_playback_started(booking: SimulationResult) -> None:
+    """The ear block: one scripted turn per session turn, answered audibly after PLAYBACK_START (the ear
+    cannot hear a file before FreeSWITCH starts it), no cut-ins on the plain booking call."""
+    d = booking.as_dict()
+    caller_turns = d["caller_turns"]
+    assert isinstance(caller_turns, list) and len(caller_turns) == 5  # the script's five say steps
+    assert d["cut_ins"] == 0 and d["split_turns"] == 0 and d["dropped_turns"] == 0
+    answered = [(rec, row) for rec, row in zip(booking.session.turns, d["turns"], strict=True)  # type: ignore[call-overload]
+                if isinstance(row["ear"], dict) and row["ear"]["answered_here"]]
+    assert [row["ear"]["caller_turn"] for _, row in answered] == [0, 1, 2, 3, 4]
+    for rec, row in answered:
+        ear = row["ear"]
+        assert ear["first_audible_ms"] is not None and ear["first_audible_ms"] > 0, ear
+        assert ear["speech_end_s"] > ear["speech_start_s"] > 0
+        heard_at = booking.origin + ear["first_audible_s"]
+        assert heard_at >= rec.timings.marks[tm.PLAYBACK_START] - 0.005, (ear, rec.timings.ms())
+        assert not ear["cut_in"] and ear["talk_over_ms"] == 0.0
+    ear_v2v = d["voice_to_voice_ms"]
+    assert isinstance(ear_v2v, dict) and ear_v2v["n"] == 5 and ear_v2v["p50"] > 0
+
+
+def test_a_scripted_barge_in_has_a_silent_at_the_ear_figure(barge: SimulationResult) -> None:
+    d = barge.as_dict()
+    callers = d["caller_turns"]
+    assert isinstance(callers, list)
+    (scripted,) = [c for c in callers if c["barge_in"]]
+    assert scripted["onset_to_silent_ms"] is not None and 0 < scripted["onset_to_silent_ms"] < 2000
+    assert scripted["talk_over_ms"] > 0  # the caller talked over the agent until it stopped
+    (row,) = [t for t in d["turns"] if t["barge_in"]]  # type: ignore[attr-defined]
+    block = row["ear_barge_in"]
+    assert block is not None and block["scripted"] and block["caller_turn"] == scripted["caller_turn"]
+    assert block["onset_to_silent_ms"] == scripted["onset_to_silent_ms"]
+    assert d["barge_in_silent_at_ear_ms"] == [scripted["onset_to_silent_ms"]]
+
+
+@pytest.mark.xfail(strict=False, reason="parley's speech end trails the caller's true end by ~100-190 ms (the VAD's "
+                   "offset lag); its FIRST_AUDIBLE mark already agrees with the ear within a few ms")
+def test_parley_voice_to_voice_agrees_with_the_ear_within_30_ms(booking: SimulationResult) -> None:
+    d = booking.as_dict()
+    agreement = d["agreement"]
+    assert isinstance(agreement, dict) and len(agreement["per_turn_ms"]) == 5
+    assert agreement["max_ms"] <= 30.0, [t["ear"] for t in d["turns"]]  # type: ignore[attr-defined]
+
+
+def test_a_say_list_is_one_turn_with_its_designed_pauses(tmp_path: Path) -> None:
+    scenario_file = tmp_path / "s.yaml"
+    scenario_file.write_text("name: p\nsteps:\n  - say: ['My name is', {pause_ms: 600}, 'Sarah Johnson']\n"
+                             "  - say: plain text\n")
+    steps = load_scenario(scenario_file).steps
+    assert steps[0].say_pieces() == ("My name is", Pause(600.0), "Sarah Johnson")
+    assert steps[1].say_pieces() == ("plain text",)
+    for bad in ("[{pause_ms: 300}]", "[]", "['a', {pause: 3}]", "['a', {pause_ms: x}]", "{a: 1}"):
+        scenario_file.write_text(f"name: p\nsteps:\n  - say: {bad}\n")
+        with pytest.raises(ConfigError, match=r"steps\[0\]"):
+            load_scenario(scenario_file)
+    hesitant = load_scenario(next(p for p in shipped_scenarios() if p.stem == "hesitant"))
+    pauses = [p.ms for s in hesitant.steps for p in s.say_pieces() if isinstance(p, Pause)]
+    assert pauses and min(pauses) >= 400 and max(pauses) <= 700
+
+
+class ToneVoice:
+    """A TTS that says every text as 300 ms of silence, a 500 ms tone and 400 ms of silence (at 16 kHz)."""
+
+    name = "tone"
+    sample_rate = 16000
+
+    async def synthesize(self, text: str):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        t = np.arange(8000) / 16000
+        tone = (8000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
+        yield AudioChunk(np.concatenate([np.zeros(4800, np.int16), tone, np.zeros(6400, np.int16)]), 16000, text)
+
+
+def test_say_list_pieces_are_joined_at_their_audible_edges() -> None:
+    from parley.audio.trim import audible_windows
+    from parley.testing.scripted_caller import ScriptedCaller
+
+    voice: object = ToneVoice()
+    caller = ScriptedCaller(None, voice)  # type: ignore[arg-type]
+    audio = asyncio.run(caller.render(("one", Pause(600.0), "two")))
+    flags = audible_windows(audio, 8000)
+    loud = [i for i, f in enumerate(flags) if f]
+    gaps = [(b - a - 1) * 5 for a, b in itertools.pairwise(loud) if b - a > 1]
+    assert gaps == [600]  # exactly the designed pause between the audible parts
+    assert loud[0] * 5 == 300  # the first piece keeps its own leading silence
+    assert audio.size == (300 + 500 + 600 + 500 + 400) * 8  # and the last its trailing silence
 
 
 def test_barge_in_cuts_the_reply_to_what_was_heard(barge: SimulationResult) -> None:
