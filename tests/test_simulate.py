@@ -21,7 +21,8 @@ from parley.observe import timings as tm
 from parley.observe.metrics import Metrics
 from parley.providers.base import AudioChunk
 from parley.testing.caller_voice import caller_voice
-from parley.testing.simulate import Pause, SimulationResult, load_scenario, run_scenario, shipped_scenarios
+from parley.testing.scripted_caller import Pause
+from parley.testing.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios
 
 pytest.importorskip("faster_whisper")
 pytest.importorskip("hibari")
@@ -108,7 +109,7 @@ def test_usage_is_reported_for_every_provider(booking: SimulationResult) -> None
 
 def test_result_json_shape(booking: SimulationResult) -> None:
     d = booking.as_dict()
-    assert {"p50", "p95"} <= set(d["voice_to_voice_ms"])  # type: ignore[arg-type]
+    assert {"p50", "p95"} <= set(d["voice_to_voice_ms"])  # type: ignore[call-overload]
     for turn in d["turns"]:  # type: ignore[attr-defined]
         assert {"caller", "agent", "barge_in", "timings_ms", "voice_to_voice_ms", "ear"} <= set(turn)
     assert {"parley_voice_to_voice_ms", "playback_start_ms", "cut_ins", "talk_over_ms", "agreement",
