@@ -22,6 +22,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from parley.agent.reply import ReplyRunner
 from parley.agent.tools import Authorized, Refused, authorize, tool_specs
 from parley.agent.turn import TurnRecord
 from parley.audio.pcm import Int16Array, from_bytes
+from parley.audio.speech_end import refine_speech_end
 from parley.config import LEGACY_TRANSFER_TARGET
 from parley.errors import CallGone, ParleyError
 from parley.freeswitch.call import CallLog, Dtmf, Hangup, StreamLost
@@ -85,6 +87,7 @@ class CallSession:
         self._rate = call.stream_rate
         self._vad = engine.new_vad(self._rate)
         self._ring: deque[Int16Array] = deque(maxlen=int(CONTEXT_S * 50))
+        self._ring_end_t = 0.0  # when the last frame in the ring ended
         self._tools = tool_specs(conv)
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -206,6 +209,7 @@ class CallSession:
             seq0, t0 = self._first_frame
             self.frame_lag_ms.append(1000.0 * (self._clock() - (t0 + (frame.seq - seq0) * dur)))
             self._ring.append(samples)
+            self._ring_end_t = frame.t
             if self._stt_open:
                 self._put_stt(("audio", samples))
             result = await self._vad.aprocess(samples)  # Silero batched with the other calls' frames
@@ -213,7 +217,14 @@ class CallSession:
 
     def _feed(self, event: _MachineEvent) -> None:
         for action in self._machine.feed(event):
+            if isinstance(action, turns.EndOfTurn) and self._ring:
+                action = replace(action, speech_end_t=self._true_speech_end(action.speech_end_t))
             self._execute(self.core.handle(action))
+
+    def _true_speech_end(self, vad_end: float) -> float:
+        """Where the caller's speech ended by the audio itself (timings only; the machine has decided)."""
+        audio = np.concatenate(list(self._ring))
+        return refine_speech_end(audio, self._rate, self._ring_end_t, vad_end)
 
     def _handle(self, event: c.CoreEvent) -> None:
         self._execute(self.core.handle(event))
