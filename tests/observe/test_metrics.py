@@ -110,7 +110,7 @@ def timings(**ms: float) -> tm.TurnTimings:
 
 
 FULL = {tm.ENDPOINT: 420, tm.STT_FINAL: 510, tm.LLM_FIRST_TOKEN: 830, tm.FIRST_CHUNK: 900,
-        tm.TTS_FIRST_AUDIO: 1080, tm.PLAYBACK_COMMAND: 1095, tm.PLAYBACK_START: 1130}
+        tm.TTS_FIRST_AUDIO: 1080, tm.PLAYBACK_COMMAND: 1095, tm.PLAYBACK_START: 1115, tm.FIRST_AUDIBLE: 1130}
 
 
 class Clock:
@@ -156,7 +156,7 @@ def test_an_empty_registry_is_valid_exposition() -> None:
 def test_turn_latencies_land_in_the_right_buckets() -> None:
     m = Metrics()
     m.observe_turn(timings(**FULL))
-    m.observe_turn(timings(**{**FULL, tm.PLAYBACK_START: 2600}))
+    m.observe_turn(timings(**{**FULL, tm.PLAYBACK_START: 2585, tm.FIRST_AUDIBLE: 2600}))
     m.observe_turn(timings(**{tm.ENDPOINT: 300}))  # a turn that never got a reply: only its endpoint
     f = parse_exposition(m.render())
     v2v = {"stage": "voice_to_voice"}
@@ -169,7 +169,8 @@ def test_turn_latencies_land_in_the_right_buckets() -> None:
     assert value_of(f, "parley_turn_latency_ms_bucket", stage="endpoint", le="300") == 1
     assert value_of(f, "parley_turn_latency_ms_count", stage="playback_start") == 2
     assert {lab["stage"] for n, lab, _ in f["parley_turn_latency_ms"].samples} == {
-        "endpoint", "stt_final", "llm_first_token", "tts_first_audio", "playback_start", "voice_to_voice"}
+        "endpoint", "stt_final", "llm_first_token", "tts_first_audio", "playback_start", "first_audible",
+        "voice_to_voice"}
     # durations: the LLM's time to first token is its own series
     assert value_of(f, "parley_turn_stage_duration_ms_sum", stage="llm_first_token") == pytest.approx(2 * 320)
     assert value_of(f, "parley_turns_total") == 3

@@ -251,7 +251,7 @@ def test_redact_number() -> None:
 
 async def test_from_session_objects(tmp_path: Path) -> None:
     timings = tm.TurnTimings()
-    for stage, t in ((tm.SPEECH_END, 10.0), (tm.ENDPOINT, 10.5), (tm.PLAYBACK_START, 11.25)):
+    for stage, t in ((tm.SPEECH_END, 10.0), (tm.ENDPOINT, 10.5), (tm.PLAYBACK_START, 11.25), (tm.FIRST_AUDIBLE, 11.26)):
         timings.mark(stage, t)
     turn = TurnRecord(
         index=4,
@@ -265,12 +265,13 @@ async def test_from_session_objects(tmp_path: Path) -> None:
         tool_calls=[ToolCall(id="c1", name="hangup", arguments={})],
     )
     row = TurnRow.from_record(turn)
-    assert row.timings_ms == {"speech_end": 0.0, "endpoint": 500.0, "playback_start": 1250.0}
-    assert row.voice_to_voice_ms == 1250.0 and row.overhead_ms is None
+    assert row.timings_ms == {"speech_end": 0.0, "endpoint": 500.0, "playback_start": 1250.0, "first_audible": 1260.0}
+    assert row.voice_to_voice_ms == 1260.0 and row.overhead_ms is None  # the ear's figure, not PLAYBACK_START
     assert row.barge_in_timings == {
         "onset_to_detect_ms": 300.0,
         "onset_to_break_ms": 310.0,
         "onset_to_stop_ms": None,
+        "onset_to_silent_ms": None,
         "heard_ms": 400.0,
     }
     assert row.tool_calls == [{"name": "hangup", "arguments": {}}]

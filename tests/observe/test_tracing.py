@@ -200,7 +200,7 @@ def test_barge_in_fallbacks_and_failure_become_events_and_status(receiver: OtlpR
     t0 = now - 8.0
     for stage, dt in ((tm.SPEECH_END, 0.0), (tm.ENDPOINT, 0.5), (tm.STT_FINAL, 0.62), (tm.LLM_FIRST_TOKEN, 0.9),
                       (tm.FIRST_CHUNK, 1.0), (tm.TTS_FIRST_AUDIO, 1.2), (tm.PLAYBACK_COMMAND, 1.21),
-                      (tm.PLAYBACK_START, 1.3)):
+                      (tm.PLAYBACK_START, 1.3), (tm.FIRST_AUDIBLE, 1.315)):
         turn.timings.mark(stage, t0 + dt)
     turn.barge = tm.BargeInTimings(t0 + 2.0, t0 + 2.25, t0 + 2.26, t0 + 2.3, 700.0)
     fallback = {"capability": "llm", "from": "openai", "to": "rules", "error": "HTTP 503"}
