@@ -200,7 +200,7 @@ class ConversationSettings:
     # Deprecated: one extension, offered as the target "front_desk" (transfer_targets wins if it names it).
     transfer_destination: str = ""
     # When every provider of a capability has failed: a local voice says this, then the call ends
-    # (or is transferred to transfer_destination when on_failure is "transfer"). Never dead air.
+    # (or is transferred to the front_desk target, else the first target, when on_failure is "transfer").
     apology: str = "I'm sorry, I'm having technical difficulties. Please call again in a little while."
     on_failure: Literal["hangup", "transfer"] = "hangup"
     dtmf_gap_s: float = 1.0  # digits typed within this gap form one input ('#' ends it at once)
