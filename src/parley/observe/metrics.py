@@ -200,8 +200,8 @@ class Metrics:
         self._max_label_values = max_label_values
         f = _Family
         self.turn_latency = f("parley_turn_latency_ms", "Time from the caller's speech end to each stage of a turn "
-                              "(ms); stage=voice_to_voice is speech end to the first audible agent sample.", "histogram",
-                              buckets=LATENCY_BUCKETS_MS)
+                              "(ms); stage=voice_to_voice is speech end to the first audible agent sample.",
+                              "histogram", buckets=LATENCY_BUCKETS_MS)
         self.stage_duration = f("parley_turn_stage_duration_ms", "Duration of each stage of a turn, from the previous "
                                 "recorded stage (ms): llm_first_token is the LLM's time to first token.", "histogram",
                                 buckets=LATENCY_BUCKETS_MS)
