@@ -24,7 +24,8 @@ def test_ear_report_aggregates_caller_turns_and_disagreement() -> None:
         _caller(400.0), _caller(600.0, cut_in=True, talk=300.0), _caller(800.0, scenario="s2"),
         _caller(500.0, barge=True, talk=250.0, silent=290.0), _caller(None),
     ]
-    turns = [_turn(100.0, 110.0), _turn(150.0, 140.0), _turn(900.0, 0.0, answered=False), {"ear": None}]
+    turns = [_turn(100.0, 110.0), _turn(150.0, 140.0), _turn(900.0, 0.0, answered=False), {"ear": None},
+             {"ear": None, "ear_barge_in": {"onset_to_silent_ms": 270.0}}, {"ear_barge_in": None}]
     r = ear_report(callers, turns)
     assert r["voice_to_voice_ms"] == {"p50": 550.0, "p90": 740.0, "p95": 770.0, "n": 4}
     assert r["by_scenario_ms"] == {"s1": {"p50": 500.0, "p90": 580.0, "p95": 590.0, "n": 3},
@@ -32,6 +33,7 @@ def test_ear_report_aggregates_caller_turns_and_disagreement() -> None:
     assert (r["caller_turns"], r["unanswered"], r["cut_ins"]) == (5, 1, 1)
     assert r["talk_over_ms"] == 300.0  # scripted barge-ins talk over by design: not counted
     assert r["barge_in_silent_ms"] == {"p50": 290.0, "p90": 290.0, "p95": 290.0, "n": 1}
+    assert r["interruption_silent_ms"] == {"p50": 270.0, "p90": 270.0, "p95": 270.0, "n": 1}
     # only the session turn that answered a caller turn is compared
     assert r["disagreement_ms"] == {"p50": 125.0, "p90": 145.0, "p95": 147.5, "n": 2, "max": 150.0}
     assert r["speech_end_offset_ms"]["p50"] == 125.0  # type: ignore[index]

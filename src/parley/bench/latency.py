@@ -83,6 +83,8 @@ def ear_report(
             by_scenario.setdefault(str(e.get("scenario", "")), []).append(v)
         if (v := _num(e.get("onset_to_silent_ms"))) is not None:
             silent.append(v)
+    cuts = [v for t in turns if isinstance(b := t.get("ear_barge_in"), Mapping)
+            and (v := _num(b.get("onset_to_silent_ms"))) is not None]
     blocks = [b for t in turns if isinstance(b := t.get("ear"), Mapping) and b.get("answered_here")]
     diff = [v for b in blocks if (v := _num(b.get("disagreement_ms"))) is not None]
     end_lag = [v for b in blocks if (v := _num(b.get("speech_end_offset_ms"))) is not None]
@@ -95,7 +97,8 @@ def ear_report(
         "cut_ins": sum(1 for e in caller_turns if e.get("cut_in")),
         "talk_over_ms": round(sum(_num(e.get("talk_over_ms")) or 0.0 for e in caller_turns
                                   if not e.get("barge_in")), 1),
-        "barge_in_silent_ms": _p3(silent),
+        "barge_in_silent_ms": _p3(silent),  # scripted barge-ins
+        "interruption_silent_ms": _p3(cuts),  # every reply parley stopped for caller speech (resumes too)
         "disagreement_ms": {**_p3(diff), "max": max(diff) if diff else None},
         "speech_end_offset_ms": _p3(end_lag),  # parley's speech end - the true one
         "first_audible_offset_ms": _p3(audible_lag),  # parley's FIRST_AUDIBLE mark - the ear's
@@ -226,6 +229,7 @@ def _print_ear(ear: object, w: Callable[[str], object]) -> None:
         for name, d in by.items():
             w(f"    {name:<44}{cells(d)}\n")
     w(f"  {'barge-in: caller onset -> agent silent':<46}{cells(ear.get('barge_in_silent_ms'))}\n")
+    w(f"  {'  any reply stopped by caller speech':<46}{cells(ear.get('interruption_silent_ms'))}\n")
     w(f"  {'parley - ear, |diff| per answered turn':<46}{cells(ear.get('disagreement_ms'))}\n")
     w(f"  {'  from: speech end (parley - true)':<46}{cells(ear.get('speech_end_offset_ms'))}\n")
     w(f"  {'  from: FIRST_AUDIBLE mark (parley - ear)':<46}{cells(ear.get('first_audible_offset_ms'))}\n")
