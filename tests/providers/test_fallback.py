@@ -164,6 +164,33 @@ async def test_stt_switches_mid_turn_and_replays_the_turn_audio() -> None:
     await stream.close()
 
 
+async def test_a_switch_in_the_next_turn_replays_only_that_turn_and_does_not_finalize_it() -> None:
+    # Deepgram may close a turn by itself (speech_final) and answer the Finalize with nothing: the next turn's
+    # audio must not be finalized halfway when the provider then drops (whisper heard "two." + "stay").
+    cloud, local = ScriptedSTT("deepgram", fail_on_send=6), ScriptedSTT("whisper")
+    chain = FallbackSTT([cloud, local])
+    stream = await chain.open(sample_rate=16000)
+    for _ in range(4):  # turn 1
+        await stream.send_audio(np.zeros(320, np.int16))
+    await cloud.streams[0].queue.put(Transcript("turn one", final=True, t=0.0, speech_final=True))  # closed early
+    it = aiter(stream)
+    assert (await anext(it)).text == "turn one"  # type: ignore[union-attr]
+    cloud.streams[0].finalize = _answer_nothing  # type: ignore[method-assign]
+    await stream.finalize()
+    for _ in range(4):  # turn 2: the 3rd frame of it fails on Deepgram
+        await stream.send_audio(np.zeros(320, np.int16))
+    whisper = local.streams[0]
+    assert whisper.samples == 4 * 320  # only turn 2's audio, in order, once
+    assert whisper.queue.empty()  # and not finalized: the turn is not over
+    await stream.finalize()
+    assert (await anext(it)).text == "whisper heard 1280"  # type: ignore[union-attr]
+    await stream.close()
+
+
+async def _answer_nothing() -> None:
+    return None
+
+
 async def test_stt_with_every_provider_down() -> None:
     class Down:
         name = "down"

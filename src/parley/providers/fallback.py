@@ -84,6 +84,14 @@ class Health:
         self._failed_at.pop(i, None)
 
 
+@dataclass(frozen=True, slots=True)
+class _PumpFailure:
+    """A provider stream failed; ``generation`` says which provider (a switch since makes it stale)."""
+
+    error: BaseException
+    generation: int
+
+
 class _Named(Protocol):
     name: str
 
@@ -198,10 +206,20 @@ class FallbackSTTStream:
         self._inner: STTStream | None = None
         self._index = -1
         self._turn_audio: list[Int16Array] = []
-        self._events: asyncio.Queue[STTEvent | BaseException | None] = asyncio.Queue()
+        self._events: asyncio.Queue[STTEvent | _PumpFailure | None] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
         self._closed = False
         self._finalize_pending = False
+        # Audio goes out in order, also across a switch: the replay of the turn and live frames must not
+        # interleave (whisper heard "two. stay" for "Tuesday" when they did), and two failures noticed at
+        # once (the reader and a send) switch once, not twice.
+        self._lock = asyncio.Lock()
+        self._generation = 0  # bumped by every switch
+        # audio after a finalize belongs to the next turn. A provider may close a turn by itself (Deepgram
+        # speech_final) and answer the Finalize with nothing, so the answer cannot be what ends the turn here:
+        # a switch during the next turn once replayed the old turn's "finalize" halfway through the new one
+        # (whisper heard "Tuesday, please" as "two." + "stay").
+        self._after_finalize = False
 
     async def start(self, exclude: set[int] | None = None) -> None:
         errors: list[BaseException] = []
@@ -217,22 +235,32 @@ class FallbackSTTStream:
                 tried.add(i)
                 continue
             self._inner, self._index = inner, i
-            self._pump = asyncio.create_task(self._pump_events(inner), name=f"stt-{self._chain.health.names[i]}")
+            self._pump = asyncio.create_task(
+                self._pump_events(inner, self._generation), name=f"stt-{self._chain.health.names[i]}"
+            )
             return
         raise AllProvidersFailed("stt", errors)
 
-    async def _pump_events(self, inner: STTStream) -> None:
+    async def _pump_events(self, inner: STTStream, generation: int) -> None:
         try:
             async for ev in inner:
                 await self._events.put(ev)
         except ParleyError as exc:
-            await self._events.put(exc)
+            await self._events.put(_PumpFailure(exc, generation))
             return
         if not self._closed:  # the provider ended the stream on its own: treat it as a failure
             name = self._chain.health.names[self._index]
-            await self._events.put(ProviderError(f"{name} stream ended unexpectedly", provider=name, retryable=True))
+            ended = ProviderError(f"{name} stream ended unexpectedly", provider=name, retryable=True)
+            await self._events.put(_PumpFailure(ended, generation))
 
-    async def _switch(self, exc: BaseException) -> None:
+    async def _switch(self, exc: BaseException, generation: int | None = None) -> None:
+        async with self._lock:
+            if generation is not None and generation != self._generation:
+                return  # another failure of the same provider already switched
+            await self._switch_locked(exc)
+            self._generation += 1
+
+    async def _switch_locked(self, exc: BaseException) -> None:
         failed = self._index
         self._chain._failed(failed, None, exc)
         if self._pump is not None:
@@ -257,12 +285,19 @@ class FallbackSTTStream:
             await self._inner.finalize()
 
     async def send_audio(self, samples: Int16Array) -> None:
-        self._turn_audio.append(samples.copy() if isinstance(samples, np.ndarray) else samples)
-        assert self._inner is not None
-        try:
-            await self._inner.send_audio(samples)
-        except ParleyError as exc:
-            await self._switch(exc)
+        async with self._lock:
+            if self._after_finalize:
+                self._turn_audio.clear()
+                self._finalize_pending = self._after_finalize = False
+            self._turn_audio.append(samples.copy() if isinstance(samples, np.ndarray) else samples)
+            assert self._inner is not None
+            generation = self._generation
+            try:
+                await self._inner.send_audio(samples)
+                return
+            except ParleyError as exc:
+                failure = exc
+        await self._switch(failure, generation)
 
     def pause_hint(self) -> None:
         if self._inner is not None:
@@ -273,12 +308,16 @@ class FallbackSTTStream:
             self._inner.speech_resumed()
 
     async def finalize(self) -> None:
-        self._finalize_pending = True
-        assert self._inner is not None
-        try:
-            await self._inner.finalize()
-        except ParleyError as exc:
-            await self._switch(exc)
+        async with self._lock:
+            self._finalize_pending = self._after_finalize = True
+            assert self._inner is not None
+            generation = self._generation
+            try:
+                await self._inner.finalize()
+                return
+            except ParleyError as exc:
+                failure = exc
+        await self._switch(failure, generation)
 
     async def close(self) -> None:
         """Close the current provider's stream and pass on what it says last (vendors report usage then)."""
@@ -301,8 +340,8 @@ class FallbackSTTStream:
             item = await self._events.get()
             if item is None:
                 return
-            if isinstance(item, BaseException):
-                await self._switch(item)
+            if isinstance(item, _PumpFailure):
+                await self._switch(item.error, item.generation)
                 continue
             if getattr(item, "speech_final", False):
                 self._turn_audio.clear()  # the turn is transcribed: nothing to replay any more
