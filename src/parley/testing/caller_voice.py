@@ -34,10 +34,18 @@ class PitchShifted:
                 yield ev
 
 
-def caller_voice(kind: str, agent_tts: TTSProvider | None = None) -> TTSProvider:
-    from parley.app import build_tts
+CALLER_SEED = 0  # hibari samples noise: an unseeded caller says each line a little differently every run
 
-    if kind == "hibari-low":
-        inner = agent_tts if agent_tts is not None and agent_tts.name.startswith("hibari") else build_tts("hibari")
-        return PitchShifted(inner)
+
+def caller_voice(kind: str, agent_tts: TTSProvider | None = None) -> TTSProvider:
+    """The simulated caller's voice. hibari is seeded, so a scenario's caller audio is the same every run
+    (whisper heard "two stay" for "Tuesday" in some unseeded runs: a flaky test, not a flaky agent)."""
+    from parley.app import build_tts
+    from parley.providers.hibari_tts import HibariTTS
+
+    if kind in ("hibari-low", "hibari"):
+        base = agent_tts if isinstance(agent_tts, HibariTTS) else build_tts("hibari")
+        if isinstance(base, HibariTTS):
+            base = HibariTTS(base.model, speed=base.speed, seed=CALLER_SEED)
+        return PitchShifted(base) if kind == "hibari-low" else base
     return build_tts(kind)
