@@ -109,6 +109,8 @@ class AudioStream:
         self.frames_sent = 0
         self.first_frame_at: float | None = None
         self.closed = asyncio.Event()
+        self._t0: float | None = None  # media time of the first frame's first sample
+        self._k = 0  # frames taken from the caller buffer so far (the one being filled is frame _k)
 
     @property
     def samples_per_frame(self) -> int:
@@ -191,8 +193,13 @@ class AudioStream:
     # ---- caller audio ---------------------------------------------------------------------------
 
     def inject(self, samples: Int16Array) -> None:
-        """The caller says ``samples`` (at the stream rate) from the next frame on, over any scripted audio."""
+        """The caller says ``samples`` (at the stream rate) from now on, over any scripted audio: placed at
+        the current position inside the frame being filled, so the audio's media time is the moment it
+        was said (see ``_pace`` for when that frame leaves)."""
         start = self._pos
+        if self._t0 is not None:
+            into = round((self._clock() - (self._t0 + self._k * self.frame_s)) * self.rate)
+            start += 2 * max(0, min(self.samples_per_frame - 1, into))
         end = start + 2 * samples.size
         if len(self._caller) < end:
             self._caller.extend(bytes(end - len(self._caller)))
@@ -205,10 +212,15 @@ class AudioStream:
         nbytes = 2 * n
         silence = bytes(nbytes)
         t0 = self._clock() + FIRST_FRAME_DELAY_S
+        self._t0 = t0
         k = 0
         try:
             while not self._fs_closing:
-                target = t0 + k * self.frame_s
+                # Frame k carries the caller's audio of [t0 + k*f, t0 + (k+1)*f] and leaves when that audio
+                # has been read, at its end: mod_audio_stream's media bug runs on SWITCH_ABC_TYPE_READ, after
+                # FreeSWITCH read a whole frame. (Sending it at its start would hand parley audio 20 ms
+                # before a real line can: a kinder fake, and every latency figure 20 ms too good.)
+                target = t0 + (k + 1) * self.frame_s
                 if self._jitter:
                     target += self._rng.uniform(0.0, self._jitter)
                 delay = target - self._clock()
@@ -218,6 +230,7 @@ class AudioStream:
                 self._pos += nbytes
                 frame_t0 = t0 + k * self.frame_s
                 k += 1
+                self._k = k
                 if self.mix == "mono":
                     frame: bytes | None = chunk + silence[len(chunk) :] if len(chunk) < nbytes else chunk
                 else:

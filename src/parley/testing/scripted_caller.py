@@ -112,14 +112,10 @@ class ScriptedCaller:
         await asyncio.sleep(max(0.0, start + audio.size / PHONE_RATE - time.monotonic()))
 
     def media_time(self) -> float:
-        """When audio given to the call now is spoken: the start of the next frame the fake will send
-        (frame k goes out at its media time first_frame + k * frame; the session stamps it on receipt)."""
-        now = time.monotonic()
-        stream = self.call.audio_stream
-        if stream is None or stream.first_frame_at is None or stream.paused:
-            return now
-        t = stream.first_frame_at + stream.frames_sent * stream.frame_s
-        return t if now - stream.frame_s <= t <= now + 2 * stream.frame_s else now
+        """When audio given to the call now is spoken: now. The fake stream places injected audio at the
+        current position inside the frame being filled, and sends each frame when its audio has been read
+        (at its end, as FreeSWITCH's media bug does), so the session stamps it about one frame later."""
+        return time.monotonic()
 
     def timeline(self, origin: float, n: int) -> Int16Array:
         out = np.zeros(n, dtype=np.int32)
