@@ -105,10 +105,11 @@ def test_the_caller_going_on_before_the_reply_is_audible_cancels_it_silently_and
     core.handle(c.ReplyAudio(rid, "Sorry, I didn't catch that.", 400.0))
     out = core.handle(turns.TurnResumed(2.6, 2.5, 1.0))
     assert kinds(out) == ["CancelReply", "SttOpen"]  # not queued yet: nothing to break, nothing recorded
+    assert one(out, c.SttOpen) == c.SttOpen(1.0)  # STT hears the whole turn again, from its first word
     assert core.caller_turn_open and core.turns[0].resumed == 1
     assert core.memory.messages == []  # the premature user message is taken back too
     core.handle(turns.EndOfTurn(4.0, 3.8, "smart_turn", 1.0))
-    out = core.handle(c.FinalText(4.1, "Sarah Johnson"))
+    out = core.handle(c.FinalText(4.1, "my name is Sarah Johnson"))
     assert core.turns[0].caller == "my name is Sarah Johnson"
     assert [m.content for m in core.memory.messages] == ["my name is Sarah Johnson"]
     assert "StartReply" in kinds(out) and "RecordTurn" not in kinds(out)
@@ -124,15 +125,15 @@ def test_a_queued_but_unheard_reply_is_flushed_and_not_recorded_when_the_turn_go
     assert kinds(out) == ["Feed:AgentDone"]  # the turn is still open: recorded when it is answered
 
 
-def test_a_final_transcript_still_on_its_way_joins_the_resumed_turn() -> None:
+def test_a_final_transcript_still_on_its_way_for_a_resumed_turn_is_dropped() -> None:
     core = make()
     caller_turn(core, text=None)
     core.handle(turns.EndOfTurn(2.2, 2.0, "smart_turn", 1.0))
     out = core.handle(turns.BargeIn(2.5, 2.25))  # old-style: no reply yet, the final not back
     assert kinds(out) == ["SttOpen"]
-    assert core.handle(c.FinalText(2.6, "my name is")) == []
+    assert core.handle(c.FinalText(2.6, "my name is")) == []  # the fragment's final: dropped
     core.handle(turns.EndOfTurn(4.0, 3.8, "silence", 1.0))
-    core.handle(c.FinalText(4.1, "Sarah"))
+    core.handle(c.FinalText(4.1, "my name is Sarah"))  # the whole turn, transcribed again
     assert core.turns[0].caller == "my name is Sarah"
 
 

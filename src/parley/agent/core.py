@@ -171,6 +171,9 @@ class ConversationCore:
         self._recorded: set[int] = set()
         # the reply a barge-in just cut mid-sentence, what to say to resume it, and what was said before it
         self._cut: tuple[Reply, str, str] | None = None
+        self._onset: dict[int, float] = {}  # each caller turn's first speech (by id of its record)
+        self._final_pending = False  # an ended turn's final transcript has been asked for, not received
+        self._stale_finals = 0  # finals still on their way for turns whose end was taken back
 
     # ---- queries ---------------------------------------------------------------------------------
 
@@ -207,6 +210,7 @@ class ConversationCore:
                     return []
                 self._caller = self.new_turn()
                 self._parts = []
+                self._onset[id(self._caller)] = onset
                 return [SttOpen(onset)]
             case turns.UserPaused(pause_id=pid):
                 self._pause = pid
@@ -284,6 +288,7 @@ class ConversationCore:
         turn.timings.mark(tm.SPEECH_END, speech_end)
         turn.timings.mark(tm.ENDPOINT, t)
         self._ending = turn
+        self._final_pending = True
         return [FeedMachine(turns.AgentTurnTaken(t)), SttFinalize()]
 
     def _speculative(self, ev: SpeculativeText) -> list[Command]:
@@ -303,9 +308,12 @@ class ConversationCore:
     def _final(self, ev: FinalText) -> list[Command]:
         turn = self._ending
         if turn is None:
-            if ev.text and self._caller is not None:  # a late final for a turn that was taken back
+            if self._stale_finals > 0:
+                self._stale_finals -= 1  # a fragment of a turn that went on: STT hears the whole turn again
+            elif ev.text and self._caller is not None:  # the last words, finalized as the call ends
                 self._parts.append(ev.text)
             return []
+        self._final_pending = False
         self._ending = None
         turn.timings.mark(tm.STT_FINAL, ev.t)
         text = " ".join([*self._parts, ev.text]).strip()
@@ -530,7 +538,13 @@ class ConversationCore:
             return []
         out = self._drop_speculation()
         turn.resumed += 1
-        self._parts = [turn.caller] if turn.caller else []
+        if self._final_pending:
+            self._stale_finals += 1
+            self._final_pending = False
+        # STT hears the whole turn again from its first word: a fragment transcribed on its own loses words
+        # ("Tues-" / "-day, please" came back as "two." / "stay"), and the new final covers all of it
+        self._parts = []
+        onset = self._onset.get(id(turn), onset)
         turn.caller = ""
         turn.agent = turn.agent_full = ""
         turn.timings = tm.TurnTimings()

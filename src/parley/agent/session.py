@@ -100,6 +100,9 @@ class CallSession:
         self._stt_open = False
         self._finals: list[str] = []
         self._finals_due = 0  # finalizes sent whose final transcript has not come back
+        # the provider closed the turn by itself (Deepgram speech_final) while the caller was in a pause: its
+        # Finalize answer may bring nothing more, so the turn's text is complete without waiting for it
+        self._closed_early = False
         self._final_timer: asyncio.TimerHandle | None = None
         self._final_seen = asyncio.Event()
         # breaks on their way: a new reply's audio waits for them (uuid_break all would flush it)
@@ -240,12 +243,17 @@ class CallSession:
                 case c.SttSpeculate():
                     self._put_stt(("hint", None))
                 case c.SttResume():
+                    self._closed_early = False  # words after the provider's own close: wait for Finalize
                     self._put_stt(("resumed", None))
                 case c.SttFinalize():
                     self._stt_open = False
                     self._put_stt(("finalize", None))
                     self._finals_due += 1
-                    self._arm_final_timer()
+                    if self._closed_early:
+                        self._closed_early = False
+                        self._deliver_final()
+                    else:
+                        self._arm_final_timer()
                 case c.Score(pause_id=pid):
                     if self.engine.smart_turn is not None:
                         self._spawn(self._score(pid))
@@ -348,6 +356,8 @@ class CallSession:
                         self._finals.append(text)
                         if sf and self._finals_due > 0:
                             self._deliver_final()
+                        elif sf:
+                            self._closed_early = self.core.pause_id is not None
                     case Usage():
                         self.usage.append(ev)
                     case _:
