@@ -151,9 +151,9 @@ def test_a_scripted_barge_in_has_a_silent_at_the_ear_figure(barge: SimulationRes
     assert d["barge_in_silent_at_ear_ms"] == [scripted["onset_to_silent_ms"]]
 
 
-@pytest.mark.xfail(strict=False, reason="parley's speech end is still up to ~130 ms off the caller's true end on some "
-                   "turns (VAD offset lag); its FIRST_AUDIBLE mark already agrees with the ear within ~6 ms")
 def test_parley_voice_to_voice_agrees_with_the_ear_within_30_ms(booking: SimulationResult) -> None:
+    """Two measurements of the same moments agree: parley's (its audio-refined speech end, PLAYBACK_START plus
+    the silence queued) and the ear's (the rendered audio against the script). Not a speed figure."""
     d = booking.as_dict()
     agreement = d["agreement"]
     assert isinstance(agreement, dict) and len(agreement["per_turn_ms"]) == 5

@@ -42,3 +42,14 @@ def test_a_lone_click_after_the_speech_is_not_its_end() -> None:
 
 def test_too_little_audio_keeps_the_vad_end() -> None:
     assert refine_speech_end(np.zeros(10, np.int16), RATE, 1.0, 0.9) == 0.9
+
+
+def test_a_decay_that_flickers_around_the_threshold_ends_at_its_last_audible_window() -> None:
+    audio = clip(1000, 600)
+    win = RATE * 5 // 1000
+    tail = int(RATE * 1.0)
+    for k, loud in enumerate([1, 0, 1, 0, 1]):  # 25 ms of decay: loud, quiet, loud, quiet, loud
+        if loud:
+            audio[tail + k * win : tail + (k + 1) * win] = 1000
+    got = refine_speech_end(audio, RATE, 11.6, 11.12)
+    assert got == pytest.approx(11.0 + 0.025, abs=0.001)

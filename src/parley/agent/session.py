@@ -87,7 +87,8 @@ class CallSession:
         self._rate = call.stream_rate
         self._vad = engine.new_vad(self._rate)
         self._ring: deque[Int16Array] = deque(maxlen=int(CONTEXT_S * 50))
-        self._ring_end_t = 0.0  # when the last frame in the ring ended
+        self._ring_end_t = 0.0  # when the last frame in the ring ended (media time)
+        self._media_t0 = float("inf")  # min over frames of (received at - seq * frame duration)
         self._tools = tool_specs(conv)
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -212,7 +213,10 @@ class CallSession:
             seq0, t0 = self._first_frame
             self.frame_lag_ms.append(1000.0 * (self._clock() - (t0 + (frame.seq - seq0) * dur)))
             self._ring.append(samples)
-            self._ring_end_t = frame.t
+            # media time: anchored on the frame that arrived with the least delay, so a frame delayed by a
+            # busy loop or network does not move where the caller's words are placed in time
+            self._media_t0 = min(self._media_t0, frame.t - frame.seq * dur)
+            self._ring_end_t = self._media_t0 + frame.seq * dur
             if self._stt_open:
                 self._put_stt(("audio", samples))
             result = await self._vad.aprocess(samples)  # Silero batched with the other calls' frames

@@ -17,6 +17,10 @@ from parley.observe.timings import AUDIBLE_DBFS
 
 WINDOW_MS = 5.0
 MIN_RUN = 2  # windows in a row above the threshold: a click or a single noisy window is not speech
+# The run then extends over dips of up to 30 ms: the decay of a last "-ller" or "-bye" flickers around the
+# threshold (measured on the booking call: a lone -37 dBFS window 25 ms after the run). A click 100 ms on
+# is not part of the speech.
+MAX_DIP = 6
 NOISE_MARGIN_DB = 10.0  # on a noisy line, speech is what stands this far above the noise floor
 
 
@@ -27,7 +31,7 @@ def refine_speech_end(
     vad_end_t: float,
     *,
     back_ms: float = 300.0,
-    ahead_ms: float = 200.0,
+    ahead_ms: float = 400.0,
 ) -> float:
     """The end of the last run of audible windows within ``[vad_end_t - back_ms, vad_end_t + ahead_ms]``.
 
@@ -51,8 +55,12 @@ def refine_speech_end(
     for i in range(last - 1, first - 1, -1):
         run = run + 1 if loud[i] else 0
         if run >= MIN_RUN:
-            end = i + run  # loud[i .. i+run-1] are the run's windows, seen from its end
-            while end < last and loud[end]:
-                end += 1
+            end = i + run  # one past the run's last window (scanning backwards, the run ends at i+run-1)
+            # a decaying last sound flickers around the threshold: carry on over dips of up to MAX_DIP
+            j = end
+            while j < last and j - end <= MAX_DIP:
+                if loud[j]:
+                    end = j + 1
+                j += 1
             return start_t + end * win / rate
     return vad_end_t

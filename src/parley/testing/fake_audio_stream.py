@@ -198,8 +198,9 @@ class AudioStream:
         was said (see ``_pace`` for when that frame leaves)."""
         start = self._pos
         if self._t0 is not None:
+            # its place on the media clock, which may lie a frame or two ahead of a sender running late
             into = round((self._clock() - (self._t0 + self._k * self.frame_s)) * self.rate)
-            start += 2 * max(0, min(self.samples_per_frame - 1, into))
+            start += 2 * max(0, into)
         end = start + 2 * samples.size
         if len(self._caller) < end:
             self._caller.extend(bytes(end - len(self._caller)))
