@@ -202,6 +202,9 @@ class ConversationSettings:
     # When every provider of a capability has failed: a local voice says this, then the call ends
     # (or is transferred to the front_desk target, else the first target, when on_failure is "transfer").
     apology: str = "I'm sorry, I'm having technical difficulties. Please call again in a little while."
+    # When parley cannot write its spool (disk full, read-only), the apology cannot be a WAV it writes: it is
+    # this file as FreeSWITCH sees it (e.g. a recording of the apology in its sounds directory), else a tone.
+    apology_fs_file: str = ""
     on_failure: Literal["hangup", "transfer"] = "hangup"
     dtmf_gap_s: float = 1.0  # digits typed within this gap form one input ('#' ends it at once)
     # Overrides of the turn policy (parley.turns.policy.TurnPolicy holds the defaults and validates),

@@ -22,6 +22,7 @@ never a guess made from the class name by the caller.
     └── CallError                    something about one call
         ├── CallGone                 the call hung up / is unknown to FreeSWITCH
         └── PlaybackError            audio could not be queued for the caller
+            └── SpoolError           the spool directory cannot be written (disk full, read-only, gone)
 """
 
 from __future__ import annotations
@@ -103,3 +104,8 @@ class CallGone(CallError):
 
 class PlaybackError(CallError):
     """Agent audio could not be queued for the caller."""
+
+
+class SpoolError(PlaybackError):
+    """The WAV spool cannot be written (disk full, read-only, missing): nothing written there will play, so
+    an apology must come from somewhere else (a FreeSWITCH-side file or a tone)."""

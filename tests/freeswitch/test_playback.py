@@ -260,3 +260,33 @@ async def test_a_low_water_flush_that_finds_the_audio_already_sent_does_nothing(
     await asyncio.gather(task)  # used to fail with IndexError on the emptied pending list
     assert "low-water flush failed" not in caplog.text
     assert sum(c.samples for c in utt.chunks) == 800  # every sample queued exactly once
+
+
+async def test_a_spool_that_cannot_be_written_is_a_spool_error_and_nothing_is_queued(tmp_path: Path) -> None:
+    from parley.errors import SpoolError
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the spool directory should be")
+    rec = RecordingEsl()
+    pb = CallPlayback(UUID, rec, PlaybackSettings(spool_dir=str(blocker)), codec_rate=8000)
+    utt = pb.utterance(8000)
+    with pytest.raises(SpoolError, match=r"cannot write .* to the spool"):
+        await utt.write(tone(0.5, 8000))
+    assert rec.sent == [] and pb.stats.failed == 1
+    assert isinstance(SpoolError("x"), PlaybackError)  # the session's apology path catches it as such
+
+
+async def test_play_file_plays_freeswitchs_own_file_and_never_removes_it(tmp_path: Path) -> None:
+    theirs = tmp_path / "sounds" / "apology.wav"
+    theirs.parent.mkdir()
+    theirs.write_bytes(b"RIFF")
+    rec = RecordingEsl()
+    pb = CallPlayback(UUID, rec, PlaybackSettings(spool_dir=str(tmp_path / "spool")), codec_rate=8000)
+    utt = await pb.play_file(str(theirs))
+    [arg] = play_args(rec)
+    assert arg.endswith(str(theirs)) and "parley_utterance=" in arg
+    pb.handle_event(event("PLAYBACK_START", arg, 1_000_000))
+    pb.handle_event(event("PLAYBACK_STOP", arg, 3_000_000, **{"Playback-Status": "done"}))
+    report = await utt.wait_played(timeout=1)
+    assert report.complete and utt.started_at is not None
+    assert theirs.exists()

@@ -103,11 +103,13 @@ class ReplyRunner:
                 await self._release_held()
                 await self._finish_audio()
             await self._played()
-        except CallGone:
-            pass  # the call ended under us: the session's teardown records what happened
-        except ParleyError as exc:
-            self._emit(c.ReplyFailed(self.id, self._clock(), str(exc)))
         except Exception as exc:  # a bug must cost this reply, never the call's other tasks
+            err = _first_error(exc)
+            if isinstance(err, CallGone):
+                return  # the call ended under us: the session's teardown records what happened
+            if isinstance(err, ParleyError):
+                self._emit(c.ReplyFailed(self.id, self._clock(), str(err)))
+                return
             log.exception("reply %d failed", self.id)
             self._emit(c.ReplyFailed(self.id, self._clock(), repr(exc)))
 
@@ -249,6 +251,13 @@ class ReplyRunner:
             return
         report = await utt.wait_played()
         self._emit(c.ReplyPlayed(self.id, self._clock(), report.heard_ms, report.complete))
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The error inside the brain/voice TaskGroup's ExceptionGroup (the first one), or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _quiet(task: asyncio.Task[None]) -> None:

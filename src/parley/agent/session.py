@@ -37,7 +37,7 @@ from parley.agent.turn import TurnRecord
 from parley.audio.pcm import Int16Array, from_bytes
 from parley.audio.speech_end import refine_speech_end
 from parley.config import LEGACY_TRANSFER_TARGET
-from parley.errors import CallGone, ParleyError
+from parley.errors import CallGone, ParleyError, SpoolError
 from parley.freeswitch.call import CallLog, Dtmf, Hangup, StreamLost
 from parley.observe import usage as usage_sink
 from parley.observe.redact import CallerText
@@ -54,6 +54,9 @@ CONTEXT_S = 8.0  # audio kept for the end-of-turn model
 STT_QUEUE_FRAMES = 500  # 10 s of 20 ms frames waiting for a slow STT socket; the oldest audio drops past it
 STT_FINAL_TIMEOUT_S = 5.0
 HANGUP_FINAL_TIMEOUT_S = 1.5  # a caller who hangs up mid-sentence: how long their last words may take
+# When nothing can be written for FreeSWITCH to play and no apology recording is configured: three short
+# beeps (teletone syntax: 250 ms of 480+620 Hz, 250 ms of silence, three times), not silence.
+APOLOGY_TONE = "tone_stream://%(250,250,480,620);loops=3"
 
 _SttItem = tuple[str, Int16Array | None]
 _MachineEvent = (
@@ -498,23 +501,24 @@ class CallSession:
         return None if target is None else (target.extension, target.context or None)
 
     async def _apologise(self, turn: TurnRecord) -> None:
-        """The providers failed: a local voice says so, then the call ends or goes to a person."""
+        """The providers or the spool failed: the caller hears an apology, then the call ends or goes to a
+        person. Never silence: a local voice through the spool; if the spool cannot be written, a file
+        FreeSWITCH already has (``apology_fs_file``), else a tone."""
         conv = self.engine.conversation
-        tts = self.engine.emergency_tts or self.engine.tts
         turn.agent_full = turn.agent = conv.apology
         self.core.failed = True
+        await self._no_break.wait()
         try:
-            utt = None
-            await self._no_break.wait()
-            gen = tts.synthesize(conv.apology)
-            async with contextlib.aclosing(gen):
-                async for ev in gen:
-                    if isinstance(ev, AudioChunk):
-                        utt = utt or self.call.playback.utterance(ev.sample_rate)
-                        await utt.write(ev.samples)
-            if utt is not None:
-                await utt.finish()
+            await self._say_apology()
+        except SpoolError as exc:
+            self.log.error("cannot write the spool (%s): apologising with %s", exc, conv.apology_fs_file or "a tone")
+            self.events.append((self._clock(), "spool_failed", {"error": str(exc)}))
+            fallback = conv.apology_fs_file or APOLOGY_TONE
+            try:
+                utt = await self.call.playback.play_file(fallback)
                 await utt.wait_played(timeout=15)
+            except (ParleyError, TimeoutError) as again:
+                self.log.error("even the apology from FreeSWITCH's side failed: %s", again)
         except (ParleyError, TimeoutError) as exc:
             self.log.error("even the apology failed: %s", exc)
         await self._turn_done(turn)
@@ -525,6 +529,19 @@ class CallSession:
             else:
                 self.hung_up_by_agent = True
                 await self.call.hangup("TEMPORARY_FAILURE")
+
+    async def _say_apology(self) -> None:
+        tts = self.engine.emergency_tts or self.engine.tts
+        utt = None
+        gen = tts.synthesize(self.engine.conversation.apology)
+        async with contextlib.aclosing(gen):
+            async for ev in gen:
+                if isinstance(ev, AudioChunk):
+                    utt = utt or self.call.playback.utterance(ev.sample_rate)
+                    await utt.write(ev.samples)
+        if utt is not None:
+            await utt.finish()
+            await utt.wait_played(timeout=15)
 
     async def _turn_done(self, turn: TurnRecord, outcome: str = "") -> None:
         if id(turn) in self._logged:

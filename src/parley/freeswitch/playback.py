@@ -45,7 +45,7 @@ from parley.audio.pcm import Int16Array, samples_for_ms
 from parley.audio.resample import StreamResampler
 from parley.audio.wav import wav_bytes, write_wav_atomic
 from parley.config import PlaybackSettings
-from parley.errors import CallGone, EslCommandError, PlaybackError
+from parley.errors import CallGone, EslCommandError, PlaybackError, SpoolError
 from parley.freeswitch import esl_protocol as esl
 from parley.freeswitch.esl_client import Sent
 
@@ -76,6 +76,7 @@ class Chunk:
     stopped_at: float | None = None
     fs_start_us: int | None = None  # FreeSWITCH's own event times
     fs_stop_us: int | None = None
+    owned: bool = True  # parley wrote it (and removes it); False for FreeSWITCH's own files and tones
 
     @property
     def duration_ms(self) -> float:
@@ -461,7 +462,7 @@ class CallPlayback:
         return self._chunks.get((utt, int(idx)))
 
     def _unlink(self, chunk: Chunk) -> None:
-        if self.settings.mode != "remote":
+        if self.settings.mode != "remote" and chunk.owned:
             chunk.path.unlink(missing_ok=True)
 
     async def _queue_chunk(self, utt: Utterance, data: Int16Array) -> None:
@@ -480,8 +481,7 @@ class CallPlayback:
                 if self.settings.mode == "remote":
                     fs_path = await self._send_remote(chunk, data)
                 else:
-                    self._dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-                    write_wav_atomic(chunk.path, data, self.codec_rate, mode=0o644)
+                    self._write_spool(chunk, data)
                     fs_path = f"{self._fs_dir}/{name}"
                 self.stats.bytes_written += int(data.size) * 2
                 chunk.queued_at = await self._send_play(tag + fs_path, chunk.event_uuid)
@@ -495,6 +495,36 @@ class CallPlayback:
             self.stats.chunks += 1
             start = max(self._clock(), self.queue_dry_at or 0.0)
             self.queue_dry_at = start + chunk.duration_ms / 1000.0
+
+    def _write_spool(self, chunk: Chunk, data: Int16Array) -> None:
+        """Write one chunk where FreeSWITCH reads it; a full, read-only or missing spool is a SpoolError."""
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+            write_wav_atomic(chunk.path, data, self.codec_rate, mode=0o644)
+        except OSError as exc:
+            chunk.status = "failed"
+            self.stats.failed += 1
+            raise SpoolError(
+                f"call {self.call_uuid}: cannot write {chunk.path.name} to the spool {self._dir}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+
+    async def play_file(self, fs_path: str, utterance_id: str | None = None) -> Utterance:
+        """Play a file FreeSWITCH already has (its own sounds, a ``tone_stream://``), writing nothing here:
+        the way to reach the caller when the spool cannot be written. Tracked like any utterance."""
+        utt = self.utterance(self.codec_rate, utterance_id)
+        chunk = Chunk(utt.id, 0, Path(fs_path), 0, self.codec_rate, str(uuidlib.uuid4()), owned=False)
+        tag = f"{{parley_utterance={utt.id},parley_chunk=0}}"
+        async with self._lock:
+            utt.chunks.append(chunk)
+            self._chunks[(utt.id, 0)] = chunk
+            try:
+                chunk.queued_at = await self._send_play(tag + fs_path, chunk.event_uuid)
+            except EslCommandError as exc:
+                chunk.status = "failed"
+                raise PlaybackError(f"call {self.call_uuid}: could not play {fs_path}: {exc.reply}") from exc
+        utt.finished = True
+        return utt
 
     async def _send_play(self, arg: str, event_uuid: str) -> float:
         self.stats.commands += 1

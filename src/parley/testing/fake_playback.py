@@ -3,7 +3,8 @@
 Owns: :class:`PlaybackRecord` (one ``playback`` execution as the caller experienced it), splitting a
 playback argument into its ``{k=v,...}`` file parameters and path, and loading a file the way
 ``mod_sndfile`` would (WAV of any PCM width/channels, ``.r8``/``.r16`` raw 16-bit, plus
-``silence_stream://<ms>``), resampled to the channel's codec rate. No asyncio, no sockets.
+``silence_stream://<ms>`` and ``tone_stream://`` segments), resampled to the channel's codec rate.
+No asyncio, no sockets.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def load_audio(path: str, rate: int) -> LoadedAudio | None:
             return None
         duration = math.inf if ms < 0 else ms / 1000
         return LoadedAudio(np.zeros(0, dtype=np.int16), duration, rate)
+    if path.startswith("tone_stream://"):
+        return tone_stream(path.removeprefix("tone_stream://"), rate)
     p = Path(path)
     suffix = p.suffix.lower()
     try:
@@ -100,6 +103,34 @@ def load_audio(path: str, rate: int) -> LoadedAudio | None:
         return None
     duration = len(mono) / file_rate
     return LoadedAudio(resample(mono, file_rate, rate), duration, file_rate)
+
+
+def tone_stream(spec: str, rate: int) -> LoadedAudio | None:
+    """``tone_stream://`` in mod_tone_stream's teletone syntax, the part parley uses: ``%(on,off,f1[,f2..])``
+    segments (ms on, ms off, Hz) separated by ``;``, and ``loops=N`` (or ``L=N``) to repeat them. Played at
+    about -10 dBFS per tone. Anything else is not understood: None (FreeSWITCH would fail the playback)."""
+    segments: list[Int16Array] = []
+    loops = 1
+    for item in (x.strip() for x in spec.split(";") if x.strip()):
+        if item.startswith(("loops=", "L=")):
+            try:
+                loops = int(item.split("=", 1)[1])
+            except ValueError:
+                return None
+            continue
+        if not (item.startswith("%(") and item.endswith(")")):
+            return None
+        try:
+            on, off, *freqs = (float(v) for v in item[2:-1].split(","))
+        except ValueError:
+            return None
+        t = np.arange(int(rate * on / 1000)) / rate
+        tone = sum((np.sin(2 * np.pi * f * t) for f in freqs), np.zeros_like(t)) * (10000.0 / max(1, len(freqs)))
+        segments += [tone.astype(np.int16), np.zeros(int(rate * off / 1000), np.int16)]
+    if not segments or loops < 1 or loops > 100:
+        return None
+    samples: Int16Array = np.concatenate(segments * loops)
+    return LoadedAudio(samples, samples.size / rate, rate)
 
 
 def _to_mono16(frames: bytes, width: int, channels: int) -> Int16Array:
