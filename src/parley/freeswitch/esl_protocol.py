@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 from urllib.parse import unquote
 
+from parley import wire_json
 from parley.errors import EslProtocolError
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
@@ -112,8 +113,7 @@ class Event:
     @property
     def timestamp_us(self) -> int | None:
         """FreeSWITCH's own event time (``Event-Date-Timestamp``, microseconds since the epoch)."""
-        raw = self.headers.get("Event-Date-Timestamp")
-        return int(raw) if raw is not None and raw.isdigit() else None
+        return _small_int(self.headers.get("Event-Date-Timestamp"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,18 +286,33 @@ def parse_header_block(block: bytes, *, where: str, url_decoded: bool = False) -
     return headers
 
 
+_MAX_INT_DIGITS = 19  # anything FreeSWITCH counts (bytes, microseconds since the epoch) fits in 19 digits
+
+
+def _small_int(raw: str | None) -> int | None:
+    """A header value of ASCII digits (at most 19 significant ones) as an int, else None.
+
+    ``str.isdigit`` alone lets through ``'²'`` or Arabic-Indic digits, and ``int()`` refuses 4301+ digits.
+    """
+    if raw is None or not raw.isascii() or not raw.isdigit():
+        return None
+    digits = raw.lstrip("0")
+    return int(digits or "0") if len(digits) <= _MAX_INT_DIGITS else None
+
+
 def _content_length(headers: Mapping[str, str], limit: int, offset: int) -> int:
     raw = headers.get("Content-Length")
     if raw is None:
         return 0
-    if not raw.isdigit() or not raw.isascii():
+    if not raw.isascii() or not raw.isdigit():
         raise EslProtocolError(
-            f"ESL Content-Length {raw!r} is not a non-negative integer (message at stream offset {offset})"
+            f"ESL Content-Length {raw[:40]!r} is not a non-negative integer (message at stream offset {offset})"
         )
-    n = int(raw)
-    if n > limit:
+    n = _small_int(raw)
+    if n is None or n > limit:
+        shown = str(n) if n is not None else f"{len(raw.lstrip('0'))}-digit"
         raise EslProtocolError(
-            f"ESL body of {n} bytes exceeds the limit of {limit} bytes (message at stream offset {offset})"
+            f"ESL body of {shown} bytes exceeds the limit of {limit} bytes (message at stream offset {offset})"
         )
     return n
 
@@ -358,8 +373,8 @@ def parse_plain_event(payload: bytes, *, offset: int = 0) -> Event:
 def parse_json_event(payload: bytes, *, offset: int = 0) -> Event:
     """Parse the payload of a ``text/event-json`` message."""
     try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
+        obj = wire_json.loads(payload)
+    except wire_json.WireJsonError as exc:
         raise EslProtocolError(f"ESL JSON event is not valid JSON (stream offset {offset}): {exc}") from None
     if not isinstance(obj, dict):
         raise EslProtocolError(f"ESL JSON event is a {type(obj).__name__}, not an object (stream offset {offset})")

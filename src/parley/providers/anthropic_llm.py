@@ -38,6 +38,7 @@ from types import TracebackType
 
 import httpx
 
+from parley import wire_json
 from parley.providers.base import LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage
 from parley.providers.errors import (
     ProviderAuthError,
@@ -49,7 +50,7 @@ from parley.providers.errors import (
     redact,
 )
 from parley.providers.http_session import HttpSession
-from parley.providers.openai_llm import SSEDecoder
+from parley.providers.openai_llm import SSEDecoder, decode_event
 
 __all__ = ["AnthropicLLM", "MessageStreamAssembler", "request_body", "wire_messages"]
 
@@ -225,8 +226,8 @@ class MessageStreamAssembler:
             raise ProviderProtocolError(f"{PROVIDER}: tool_use block without a name", provider=PROVIDER)
         text = "".join(block.fragments).strip()
         try:
-            arguments: object = json.loads(text) if text else dict(block.initial)
-        except json.JSONDecodeError as exc:
+            arguments: object = wire_json.loads(text) if text else dict(block.initial)
+        except wire_json.WireJsonError as exc:
             raise ProviderProtocolError(
                 f"{PROVIDER}: input of tool_use {block.name!r} is not valid JSON: {exc}", provider=PROVIDER
             ) from exc
@@ -241,8 +242,8 @@ def _error_details(body: bytes) -> tuple[str, str | None]:
     """The message and error type of an error response body."""
     text = body.decode("utf-8", "replace").strip()
     try:
-        parsed: object = json.loads(text)
-    except json.JSONDecodeError:
+        parsed: object = wire_json.loads(text)
+    except wire_json.WireJsonError:
         return text[:300], None
     error = _obj(_obj(parsed).get("error"))
     kind = error.get("type")
@@ -383,22 +384,13 @@ class AnthropicLLM:
             data = decoder.line(line)
             if data is None or assembler.done:
                 continue
-            for event in assembler.feed(self._json(data)):
+            for event in assembler.feed(decode_event(data, PROVIDER, [self._api_key])):
                 yield event
         if (data := decoder.end()) is not None and not assembler.done:
-            for event in assembler.feed(self._json(data)):
+            for event in assembler.feed(decode_event(data, PROVIDER, [self._api_key])):
                 yield event
         if not assembler.done:
             raise ProviderConnectionError(f"{PROVIDER}: the stream ended before message_stop", provider=PROVIDER)
-
-    def _json(self, data: str) -> object:
-        try:
-            parsed: object = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise ProviderProtocolError(
-                f"{PROVIDER}: stream event is not JSON ({exc}): {self._redact(data[:120])!r}", provider=PROVIDER
-            ) from exc
-        return parsed
 
     def _redact(self, text: str) -> str:
         return redact(text, [self._api_key])

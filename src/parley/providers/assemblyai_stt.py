@@ -50,6 +50,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
+from parley import wire_json
 from parley.audio.pcm import Int16Array, rms_dbfs, to_bytes
 from parley.providers.base import SpeechStarted, STTEvent, Transcript, Usage
 from parley.providers.errors import (
@@ -63,7 +64,7 @@ from parley.providers.errors import (
 )
 from parley.providers.ws_connect import QuietWsLog
 
-__all__ = ["AssemblyAISTT", "AssemblyAISTTStream", "AudioBatcher", "TurnAssembler", "close_error"]
+__all__ = ["AssemblyAISTT", "AssemblyAISTTStream", "AudioBatcher", "TurnAssembler", "close_error", "parse_message"]
 
 PROVIDER = "assemblyai"
 MIN_MESSAGE_MS = 50
@@ -228,6 +229,26 @@ class TurnAssembler:
         return Transcript(text, final=True, t=t, speech_final=speech_final, confidence=confidence)
 
 
+# ---- sans-I/O: decoding one server message ----------------------------------------------------------------
+
+
+def parse_message(text: str, redact_text: Callable[[str], str] = str) -> dict[str, object]:
+    """One JSON text frame as an object (``type`` says which); anything else breaks the protocol.
+
+    Depth and number sizes are bounded (:mod:`parley.wire_json`); ``redact_text`` cleans the snippet of a
+    bad frame that goes into the error message.
+    """
+    try:
+        msg: object = wire_json.loads(text)
+    except wire_json.WireJsonError as exc:
+        raise ProviderProtocolError(
+            f"{PROVIDER}: message is not JSON ({exc}): {redact_text(text[:120])!r}", provider=PROVIDER
+        ) from None
+    if not isinstance(msg, dict):
+        raise ProviderProtocolError(f"{PROVIDER}: message is not a JSON object", provider=PROVIDER)
+    return msg
+
+
 # ---- errors ---------------------------------------------------------------------------------------------------
 
 _AUTH_CODES = frozenset({1008, 4001, 4002, 4003})
@@ -252,8 +273,8 @@ def _handshake_error(exc: InvalidStatus, secrets: Sequence[str | None]) -> Provi
     response = exc.response
     body = response.body.decode("utf-8", "replace").strip() if response.body else ""
     try:
-        parsed: object = json.loads(body)
-    except json.JSONDecodeError:
+        parsed: object = wire_json.loads(body)
+    except wire_json.WireJsonError:
         parsed = body
     if isinstance(parsed, dict):
         parsed = parsed.get("error") or parsed.get("message") or body
@@ -523,14 +544,7 @@ class AssemblyAISTTStream:
         """Queue the events of one server message; True: ``ForceEndpoint`` should be sent again."""
         if isinstance(message, bytes):
             return False  # the server sends JSON only; ignore anything else
-        try:
-            msg: object = json.loads(message)
-        except json.JSONDecodeError as exc:
-            raise ProviderProtocolError(
-                f"{PROVIDER}: message is not JSON ({exc}): {self._p._redact(message[:120])!r}", provider=PROVIDER
-            ) from exc
-        if not isinstance(msg, dict):
-            raise ProviderProtocolError(f"{PROVIDER}: message is not a JSON object", provider=PROVIDER)
+        msg = parse_message(message, self._p._redact)
         match msg.get("type"):
             case "Begin":
                 self.session_id = str(msg.get("id") or "")

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -53,6 +52,7 @@ from typing import TypeAlias
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from parley import wire_json
 from parley.audio.pcm import from_bytes
 from parley.errors import ConfigError
 from parley.providers.base import AudioChunk, TTSEvent, Usage
@@ -113,8 +113,8 @@ def parse_message(raw: str | bytes) -> ServerMessage:
     if isinstance(raw, bytes):
         raise ProviderProtocolError(f"{PROVIDER}: unexpected binary frame", provider=PROVIDER)
     try:
-        data: object = json.loads(raw)
-    except ValueError as exc:
+        data: object = wire_json.loads(raw)
+    except wire_json.WireJsonError as exc:
         raise ProviderProtocolError(f"{PROVIDER}: message is not JSON ({exc})", provider=PROVIDER) from exc
     if not isinstance(data, dict):
         raise ProviderProtocolError(f"{PROVIDER}: message is not a JSON object", provider=PROVIDER)
@@ -172,8 +172,8 @@ def error_for_handshake(status: int, body: bytes) -> ProviderError:
     text = body.decode("utf-8", "replace").strip()
     code: str | None = None
     try:
-        data = json.loads(text) if text else None
-    except ValueError:
+        data = wire_json.loads(text) if text else None
+    except wire_json.WireJsonError:
         data = None
     if isinstance(data, dict):
         code = str(data["error_code"]) if data.get("error_code") else None

@@ -47,6 +47,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 
+from parley import wire_json
 from parley.audio.pcm import Int16Array, to_bytes
 from parley.errors import ConfigError
 from parley.providers.base import SpeechStarted, STTEvent, Transcript, Usage, UtteranceEnd
@@ -448,8 +449,8 @@ def handshake_error(status: int, headers: Headers, body: bytes | bytearray | Non
     """The error for a refused upgrade: ``{err_code, err_msg}`` or ``{category, message}`` body, ``dg-error``."""
     text = (body or b"").decode("utf-8", "replace").strip()
     try:
-        parsed: object = json.loads(text) if text else {}
-    except json.JSONDecodeError:
+        parsed: object = wire_json.loads(text) if text else {}
+    except wire_json.WireJsonError:
         parsed = {}
     info = parsed if isinstance(parsed, dict) else {}
     message = str(info.get("err_msg") or info.get("message") or headers.get("dg-error") or text[:300])
@@ -498,12 +499,13 @@ def in_band_error(message: Mapping[str, object]) -> ProviderError:
 
 
 def parse_message(text: str, api_key: str) -> dict[str, object]:
-    """One JSON text frame; anything but a JSON object breaks the documented protocol."""
+    """One JSON text frame; anything but a JSON object breaks the documented protocol (depth and number
+    sizes bounded by :mod:`parley.wire_json`)."""
     try:
-        parsed: object = json.loads(text)
-    except json.JSONDecodeError as exc:
+        parsed: object = wire_json.loads(text)
+    except wire_json.WireJsonError as exc:
         snippet = redact(text[:120], [api_key])
-        raise ProviderProtocolError(f"deepgram: message is not JSON ({exc}): {snippet!r}", provider=PROVIDER) from exc
+        raise ProviderProtocolError(f"deepgram: message is not JSON ({exc}): {snippet!r}", provider=PROVIDER) from None
     if not isinstance(parsed, dict):
         raise ProviderProtocolError("deepgram: message is not a JSON object", provider=PROVIDER)
     return parsed

@@ -34,7 +34,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -50,7 +50,7 @@ from parley.providers.base import AudioChunk, TTSEvent, Usage
 from parley.providers.deepgram_stt import PROVIDER, close_error, in_band_error, open_socket, parse_message
 from parley.providers.errors import ProviderConnectionError, ProviderError, ProviderTimeout, redact
 
-__all__ = ["DeepgramTTS"]
+__all__ = ["DeepgramTTS", "speak_control"]
 
 log = logging.getLogger("parley.providers.deepgram")
 
@@ -216,7 +216,7 @@ class DeepgramTTS:
                             request.produced = True
                             yield AudioChunk(samples, self.sample_rate, request.text if first else None)
                         continue
-                    if self._control(parse_message(message, self._api_key)) == "Flushed":
+                    if speak_control(parse_message(message, self._api_key)) == "Flushed":
                         break
             except ConnectionClosed as exc:
                 if reused and not request.produced and (exc.rcvd is None or exc.rcvd.code not in (1008, 1009)):
@@ -239,14 +239,6 @@ class DeepgramTTS:
             raise
         request.done = True
         self._release(sock)
-
-    def _control(self, message: dict[str, object]) -> str:
-        kind = str(message.get("type") or "")
-        if kind == "Error" or "err_code" in message:
-            raise in_band_error(message)
-        if kind == "Warning":
-            log.warning("deepgram speak warning %s: %s", message.get("code"), message.get("description"))
-        return kind
 
     # ---- the socket pool ------------------------------------------------------------------------------
 
@@ -306,6 +298,17 @@ class DeepgramTTS:
         task = asyncio.create_task(coro, name=name)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+
+def speak_control(message: Mapping[str, object]) -> str:
+    """The ``type`` of one ``/v1/speak`` JSON message; an in-band error raises, a warning is logged."""
+    kind = message.get("type")
+    kind = kind if isinstance(kind, str) else ""
+    if kind == "Error" or "err_code" in message:
+        raise in_band_error(message)
+    if kind == "Warning":
+        log.warning("deepgram speak warning %.80s: %.300s", message.get("code"), message.get("description"))
+    return kind
 
 
 def _pieces(text: str, limit: int) -> list[str]:

@@ -45,6 +45,7 @@ from typing import Literal
 
 import httpx
 
+from parley import wire_json
 from parley.providers.base import LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage
 from parley.providers.errors import (
     ProviderConnectionError,
@@ -56,7 +57,7 @@ from parley.providers.errors import (
 )
 from parley.providers.http_session import HttpSession
 
-__all__ = ["ChatStreamAssembler", "OpenAICompatLLM", "SSEDecoder", "request_body", "wire_message"]
+__all__ = ["ChatStreamAssembler", "OpenAICompatLLM", "SSEDecoder", "decode_event", "request_body", "wire_message"]
 
 log = logging.getLogger("parley.providers.openai_llm")
 
@@ -90,6 +91,16 @@ class SSEDecoder:
         data = "\n".join(self._data)
         self._data = []
         return data
+
+
+def decode_event(data: str, provider: str, secrets: Sequence[str | None] = ()) -> object:
+    """The JSON value of one SSE event's data (depth and number sizes bounded by :mod:`parley.wire_json`)."""
+    try:
+        return wire_json.loads(data)
+    except wire_json.WireJsonError as exc:
+        raise ProviderProtocolError(
+            f"{provider}: stream event is not JSON ({exc}): {redact(data[:120], secrets)!r}", provider=provider
+        ) from None
 
 
 def _obj(value: object) -> Mapping[str, object]:
@@ -185,8 +196,8 @@ class ChatStreamAssembler:
             raise ProviderProtocolError(f"{self.provider}: tool call without a function name", provider=self.provider)
         text = "".join(partial.arguments).strip()
         try:
-            arguments = json.loads(text) if text else {}
-        except json.JSONDecodeError as exc:
+            arguments = wire_json.loads(text) if text else {}
+        except wire_json.WireJsonError as exc:
             raise ProviderProtocolError(
                 f"{self.provider}: arguments of tool call {partial.name!r} are not valid JSON: {exc}",
                 provider=self.provider,
@@ -267,8 +278,8 @@ def _error_message(body: bytes) -> tuple[str, str | None]:
     """The vendor's error message and code from an error response body."""
     text = body.decode("utf-8", "replace").strip()
     try:
-        parsed: object = json.loads(text)
-    except json.JSONDecodeError:
+        parsed: object = wire_json.loads(text)
+    except wire_json.WireJsonError:
         return text[:300], None
     error = _obj(parsed).get("error", _obj(parsed).get("detail"))
     if isinstance(error, str):
@@ -409,10 +420,10 @@ class OpenAICompatLLM:
             if data.strip() == "[DONE]":
                 done = True
                 break
-            for event in assembler.feed(self._json(data)):
+            for event in assembler.feed(decode_event(data, self.name, [self._api_key])):
                 yield event
         if not done and (data := decoder.end()) is not None and data.strip() != "[DONE]":
-            for event in assembler.feed(self._json(data)):
+            for event in assembler.feed(decode_event(data, self.name, [self._api_key])):
                 yield event
         if not done and assembler.finish_reason is None:
             raise ProviderConnectionError(
@@ -420,15 +431,6 @@ class OpenAICompatLLM:
             )
         for call in assembler.take_tool_calls():  # a server that never sent a finish chunk for them
             yield call
-
-    def _json(self, data: str) -> object:
-        try:
-            parsed: object = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise ProviderProtocolError(
-                f"{self.name}: stream event is not JSON ({exc}): {self._redact(data[:120])!r}", provider=self.name
-            ) from exc
-        return parsed
 
     def _redact(self, text: str) -> str:
         return redact(text, [self._api_key])

@@ -32,6 +32,7 @@ from types import TracebackType
 
 import httpx
 
+from parley import wire_json
 from parley.audio.pcm import from_bytes
 from parley.providers.base import AudioChunk, TTSEvent, Usage
 from parley.providers.errors import (
@@ -82,8 +83,8 @@ class _Request:
 def _error_details(body: bytes) -> tuple[str, str | None]:
     text = body.decode("utf-8", "replace").strip()
     try:
-        parsed: object = json.loads(text)
-    except json.JSONDecodeError:
+        parsed: object = wire_json.loads(text)
+    except wire_json.WireJsonError:
         return text[:300], None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if not isinstance(error, dict):
