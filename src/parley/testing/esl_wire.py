@@ -28,6 +28,11 @@ _HEX_UPPER = frozenset(b"0123456789ABCDEF")
 AUTH_REQUEST = b"Content-Type: auth/request\n\n"
 _GOODBYE = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 DISCONNECT_NOTICE = b"Content-Type: text/disconnect-notice\nContent-Length: %d\n\n" % len(_GOODBYE) + _GOODBYE
+_SHUTTING_DOWN = b"The system is being shut down.\n"
+# a restart (`freeswitch -stop`) and `reload mod_event_socket` both send exactly this, then EOF (recorded)
+SHUTDOWN_NOTICE = (
+    b"Content-Type: text/disconnect-notice\nContent-Length: %d\n\n" % len(_SHUTTING_DOWN) + _SHUTTING_DOWN
+)
 _DENIED = b"Access Denied, go away.\n"
 RUDE_REJECTION = b"Content-Type: text/rude-rejection\nContent-Length: %d\n\n" % len(_DENIED) + _DENIED
 

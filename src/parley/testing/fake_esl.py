@@ -78,6 +78,11 @@ class EslConnection:
         self.closed = True
         self._writer.transport.abort()
 
+    def say_goodbye(self, notice: bytes) -> None:
+        """Send a disconnect notice, then close (FIN): what a shutting-down FreeSWITCH does to a listener."""
+        self._send(notice)
+        self.close()
+
     def deliver(self, event: FsEvent) -> None:
         if self.authed and not self.closed and self.sub.wants(event):
             self._send(event.serialize(self.sub.fmt))

@@ -28,7 +28,9 @@ Reproduced from the recordings (and checked by ``tests/testing/test_fake_fidelit
 bytes, every reply text, event names / header names and order / static values / variable order,
 plain and JSON serialization, the dialplan event sequence (``agent``: answer, set x4, log, park; without a
 WS URL ``park``: answer, park), WS-before-ESL ordering, playback/break/flush/DTMF-``*`` semantics,
-``Playback-Status: done`` on hangup, BACKGROUND_JOB, mod_audio_stream connect/error/play/disconnect.
+``Playback-Status: done`` on hangup, BACKGROUND_JOB, mod_audio_stream connect/error/play/disconnect, a
+restart (:meth:`FakeFreeSwitch.restart`: calls hung up with ``SYSTEM_SHUTDOWN``, the shutdown
+disconnect notice, ESL refused for a while) and ``reload mod_event_socket`` (:meth:`FakeFreeSwitch.reload_esl`).
 
 Modelled from FreeSWITCH / mod_audio_stream source knowledge, not recorded: ``-ERR command not found``
 before auth (the connection stays open); ``filter``/``nixevent``/``noevents``/``myevents`` replies and
@@ -62,7 +64,7 @@ from types import MappingProxyType, TracebackType
 import numpy as np
 import numpy.typing as npt
 
-from parley.testing.esl_wire import FsEvent
+from parley.testing.esl_wire import SHUTDOWN_NOTICE, FsEvent
 from parley.testing.fake_api import ApiCommands, SessionStats
 from parley.testing.fake_call import CallContext, FakeCall
 from parley.testing.fake_channel import ChannelState, EventFactory, Templates
@@ -272,6 +274,37 @@ class FakeFreeSwitch:
             self._pending_sock = None
 
         self._serve_task = asyncio.get_running_loop().create_task(serve())
+
+    async def restart(self, *, esl_down_s: float, notice_after_s: float = 1.2) -> None:
+        """FreeSWITCH restarts, as ``fs-shutdown`` recorded it; returns once ESL accepts connections again.
+
+        Every live call is hung up by FreeSWITCH with ``SYSTEM_SHUTDOWN`` (CHANNEL_HANGUP, its park's
+        EXECUTE_COMPLETE, CHANNEL_HANGUP_COMPLETE; the streams close with 1000); ``notice_after_s`` later
+        each ESL listener gets ``text/disconnect-notice`` "The system is being shut down." and EOF; then
+        connects are refused for ``esl_down_s`` (about 6.5 s on the recorded box). The new instance
+        reports a fresh uptime in ``status``.
+        """
+        live = [c for c in self._calls.values() if not c.hungup]
+        for call in live:
+            call.kill("SYSTEM_SHUTDOWN")
+        await asyncio.gather(*(c.wait_hungup() for c in live), return_exceptions=True)
+        await asyncio.sleep(notice_after_s)
+        await self._esl_goes_away(esl_down_s)
+        self._stats.started_at = time.monotonic()
+
+    async def reload_esl(self, *, down_s: float = 0.25) -> None:
+        """``reload mod_event_socket`` (``esl-reload``): the same notice and EOF, calls untouched; the
+        first reconnect ~250 ms later is refused. Returns once ESL accepts connections again."""
+        await self._esl_goes_away(down_s)
+
+    async def _esl_goes_away(self, down_s: float) -> None:
+        self.refuse_esl(True)
+        for conn in list(self._conns):
+            conn.say_goodbye(SHUTDOWN_NOTICE)
+        await asyncio.sleep(down_s)
+        self.refuse_esl(False)
+        if self._serve_task is not None:
+            await asyncio.gather(self._serve_task, return_exceptions=True)
 
     # ---- internals ------------------------------------------------------------------------------
 
