@@ -381,11 +381,30 @@ class Metrics:
         return families
 
     def health(self) -> HealthReport:
-        """``degraded`` when ESL is down or some capability has no provider that has not failed recently."""
+        """``degraded`` when ESL is down or some capability has no provider that has not failed recently.
+
+        Once the ESL link has failed at least once, ``providers["esl"]`` says what is wrong: its state
+        (connecting, connected, down, refused), for how long, the last error, the failed connect attempts
+        since it was last up and the reconnections so far (a link that never failed adds nothing)."""
         self._poll_chains()
         now = self._clock()
         providers: dict[str, list[dict[str, object]]] = {}
         degraded = self._esl is None or not self._esl.connected
+        if self._esl is not None:
+            st = self._esl.stats
+            if st.last_error is not None or st.attempts:
+                providers["esl"] = [{
+                    "name": "freeswitch",
+                    "status": "ok" if self._esl.connected else "failing",
+                    "state": st.state,
+                    "for_s": None if st.state_since is None else round(max(0.0, now - st.state_since), 1),
+                    "last_error": st.last_error,
+                    "last_error_s_ago": (
+                        None if st.last_error_at is None else round(max(0.0, now - st.last_error_at), 1)
+                    ),
+                    "failed_attempts": st.attempts,
+                    "reconnects": st.reconnects,
+                }]
         for capability in CAPABILITIES:
             names = self._chains.get(capability, ())
             items: list[dict[str, object]] = []
