@@ -28,7 +28,7 @@ def test_leading_zeros_do_not_make_a_small_content_length_big() -> None:
 def test_json_event_nested_1000_deep() -> None:
     body = b'{"Event-Name":"CUSTOM","x":' + DEEP.encode() + b"}"
     frame = b"Content-Type: text/event-json\nContent-Length: %d\n\n" % len(body) + body
-    with pytest.raises(EslProtocolError, match="not valid JSON .*nested deeper than 64 levels"):
+    with pytest.raises(EslProtocolError, match=r"not valid JSON .*nested deeper than 64 levels"):
         esl.EslParser().feed(frame)
 
 
