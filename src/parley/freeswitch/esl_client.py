@@ -40,6 +40,9 @@ When a command is re-sent (the one rule per command, see :func:`command_is_repea
   a caller later whether an ``Event-UUID`` ran.
 - A written command that times out raises :class:`~parley.errors.EslTimeout`; for a command that is not
   repeatable it says so and is not retryable (it may still run).
+
+Size: over the 400-line aim because the link's whole life (connect, handshake, reader, supervisor) and the
+re-send rules share one connection object and its pending-reply FIFO; splitting them would expose it.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 import uuid as uuidlib
@@ -467,8 +471,9 @@ class EslClient:
             raise self._failed(EslConnectError(
                 f"ESL connect to {self._where} timed out after {s.connect_timeout_s} s")) from None
         except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
             raise self._failed(EslConnectError(
-                f"ESL connect to {self._where} failed: {exc.strerror or exc} "
+                f"ESL connect to {self._where} failed: {why} "
                 "(is FreeSWITCH running with mod_event_socket listening there?)"
             )) from exc
         conn = _Connection(reader, writer, self._clock())

@@ -15,7 +15,7 @@ Usage::
         ...
         proxy.reset_all()            # RST both sides of every connection
         proxy.refuse(True)           # new connects are refused until refuse(False)
-        proxy.stall = True           # nothing is forwarded (bytes wait) until stall = False
+        proxy.set_stall(True)        # nothing is forwarded (bytes wait) until set_stall(False)
         proxy.delay_s = 0.05         # every chunk waits 50 ms
         proxy.inject(b"garbage\\n\\n")  # to the client, on every live connection
 """
@@ -28,6 +28,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Literal
 
 _CHUNK = 64 * 1024
 
@@ -69,7 +70,6 @@ class FaultProxy:
         self.upstream = (upstream_host, upstream_port)
         self.host = host
         self.port = port
-        self.stall = False
         self.delay_s = 0.0
         self.reset_new_after_up_bytes: int | None = None  # reset new links once the client sent this many
         self.reset_new_count = 0  # ... for this many new links (then pass-through)
@@ -78,8 +78,9 @@ class FaultProxy:
         self._links: set[_Link] = set()
         self._server: asyncio.Server | None = None
         self._reopening: asyncio.Task[None] | None = None
-        self._unstalled = asyncio.Event()
-        self._unstalled.set()
+        self._flowing = {"up": asyncio.Event(), "down": asyncio.Event()}  # cleared: that direction stalls
+        for ev in self._flowing.values():
+            ev.set()
 
     async def start(self) -> None:
         await self._listen()
@@ -138,12 +139,14 @@ class FaultProxy:
         self.reset_new_count = count
         self.reset_new_after_up_bytes = after_up_bytes
 
-    def set_stall(self, on: bool) -> None:
-        self.stall = on
-        if on:
-            self._unstalled.clear()
-        else:
-            self._unstalled.set()
+    def set_stall(self, on: bool, direction: Literal["up", "down", "both"] = "both") -> None:
+        """Stop (True) or resume forwarding: ``up`` is client -> server, ``down`` server -> client. Sockets
+        stay open and bytes wait in the proxy, as behind a hung peer or a black-holed route."""
+        for name in ("up", "down") if direction == "both" else (direction,):
+            if on:
+                self._flowing[name].clear()
+            else:
+                self._flowing[name].set()
 
     def inject(self, data: bytes) -> None:
         """Write ``data`` to the client on every live connection, between whole forwarded chunks."""
@@ -206,7 +209,7 @@ class FaultProxy:
                         self.stats.handshake_resets += 1
                         self._close_link(link, reset=True)
                         return
-                await self._unstalled.wait()
+                await self._flowing["up" if up else "down"].wait()
                 if self.delay_s > 0:
                     await asyncio.sleep(self.delay_s)
                 if dst.is_closing():
