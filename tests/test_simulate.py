@@ -381,3 +381,32 @@ def test_a_caller_who_hangs_up_mid_sentence_leaves_what_they_said_in_the_records
             return [(t.caller_text, t.endpoint_reason) for t in detail.turns]
 
     assert (turn.caller, "hangup") in asyncio.run(read())
+
+
+def test_a_superseded_reply_is_stopped_before_the_newer_one_plays(engine: Engine, tmp_path: Path) -> None:
+    """A key press while the agent answers: the answer is broken (uuid_break) before the reply to the key is
+    queued, so nothing of the old reply is heard once the new one starts (it used to play to its end)."""
+    scenario_file = tmp_path / "s.yaml"
+    scenario_file.write_text(
+        "name: supersede\nsteps:\n  - wait_agent: true\n  - say: 'Hi, I would like to book a cleaning.'\n"
+        "  - pause_ms: 900\n  - dtmf: '1#'\n  - wait_agent: true\n  - hangup: true\n"
+    )
+    result = asyncio.run(run_scenario(load_scenario(scenario_file), engine,
+                                      caller_voice("hibari-low", engine.tts), tmp_path / "spool"))
+
+    def utterance(path: str) -> str:
+        return path.split("parley_utterance=", 1)[1].split(",", 1)[0]
+
+    plays = [p for p in result.fake_call.playbacks if "parley_utterance=" in p.path]
+    order = list(dict.fromkeys(utterance(p.path) for p in plays))
+    assert len(order) >= 3  # greeting, the answer, the reply to the key
+    answer, newer = order[1], order[2]
+    newer_start = min(p.started_at for p in plays if utterance(p.path) == newer and p.started_at is not None)
+    for p in plays:
+        if utterance(p.path) == answer and p.started_at is not None:
+            assert p.stopped_at is not None and p.stopped_at <= newer_start + 1e-3  # silent before the newer
+    breaks = [i for i, c in enumerate(result.commands) if b"uuid_break" in c]
+    first_newer = next(i for i, c in enumerate(result.commands) if newer.encode() in c)
+    assert breaks and breaks[0] < first_newer  # the break left before the newer reply was queued
+    answered = next(t for t in result.session.turns if t.caller.startswith("Hi"))
+    assert answered.agent and len(answered.agent) < len(answered.agent_full)  # recorded as heard: cut short
