@@ -1,7 +1,9 @@
 """The composition root: the only place that picks concrete parts and wires them together.
 
-Owns: building the ESL client, the mod_audio_stream server, the bridge and the agent from settings, and
-running them until asked to stop (SIGINT/SIGTERM). Nothing else in parley constructs these.
+Owns: building the ESL client, the mod_audio_stream server, the bridge and the agent from settings, the
+stream token secret's resolution (configured, else the shared secret file; `parley serve` refuses to run
+without one unless streams may be unauthenticated), the apology rendered once at start with the local
+voice, and running them until asked to stop (SIGINT/SIGTERM). Nothing else in parley constructs these.
 """
 
 from __future__ import annotations
@@ -14,20 +16,23 @@ import time
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
+
 from parley.agent.engine import Engine
 from parley.agent.session import CallSession, TurnRecord
 from parley.compose import Providers
 from parley.config import Settings
-from parley.errors import ConfigError, EslConnectError
+from parley.errors import ConfigError, EslConnectError, ParleyError
 from parley.freeswitch.audio_stream import AudioStreamServer
-from parley.freeswitch.bridge import Agent, Bridge
+from parley.freeswitch.bridge import Agent, Apology, Bridge
 from parley.freeswitch.call import Call
 from parley.freeswitch.esl_client import EslClient
+from parley.freeswitch.stream_token import read_secret_file
 from parley.observe.http import HttpServer
 from parley.observe.metrics import Metrics
 from parley.observe.records import CallEnd, CallRecorder, CallStart, RecordStore, TurnRow
 from parley.observe.tracing import CallOutcome, CallTrace, CallTracer
-from parley.providers.base import TTSProvider
+from parley.providers.base import AudioChunk, TTSProvider
 from parley.providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS
 
 log = logging.getLogger("parley.app")
@@ -100,6 +105,23 @@ class ConversationAgent:
         self.sessions: dict[str, CallSession] = {}
         self._keep = keep_sessions
 
+    async def record_unserved(self, call: Call) -> None:
+        """The record of a call no session ran for (its stream was refused or never came): the bridge has
+        concluded it (apology, fallback) by the time this runs."""
+        if self.store is None:
+            return
+        rec = await self.store.start_call(CallStart.from_call(
+            call, providers=provider_chains(self.engine), mono_now=time.monotonic()))
+        cause = await call.wait_hangup_cause(1.0)
+        if call.media_refused:
+            await rec.add_event("stream_refused", {"reason": call.media_failure or "refused"})
+        end = _call_end(call, cause, call.media_failure or "no media stream")
+        if call.fallback_by_dialplan and not call.hungup.is_set():  # the Lua helper took it: parley cannot tell
+            end = replace(end, outcome=None, hangup_by="system")    # whether it transferred or hung up
+        await rec.finish(end)
+        if self.metrics is not None:
+            self.metrics.call_ended(cause or "UNKNOWN", rec.cost_usd)
+
     async def __call__(self, call: Call) -> None:
         rec = None
         chains = provider_chains(self.engine)  # the whole fallback chain, in order
@@ -129,17 +151,28 @@ class ConversationAgent:
             self.sessions.pop(next(iter(self.sessions)))
         if self.metrics is not None:
             self.metrics.call_started()
+        error: str | None = None
         try:
             await session.run()
+        except Exception as exc:
+            error = f"agent failed: {type(exc).__name__}: {exc}"[:300]
+            raise
         finally:
+            error = error or call.media_failure
             try:
-                await self._finish(call, session, rec, written)
+                if not call.hungup.is_set():  # the ending (apology, fallback) happens before the record says it
+                    with contextlib.suppress(ParleyError, ValueError, TimeoutError):
+                        async with asyncio.timeout(30):
+                            await call.conclude(error)
+                with contextlib.suppress(Exception):
+                    await call.wait_hangup_cause(1.0)
+                await self._finish(call, session, rec, written, error)
             finally:
                 if trace is not None:
                     trace.end(CallOutcome(
                         hangup_cause=call.hangup_cause,
-                        hangup_by=_hangup_by(session),
-                        failed=session.failed,
+                        hangup_by=_hangup_by(call, session),
+                        failed=session.failed or error is not None,
                         turns=len(session.turns),
                         barge_ins=sum(t.barge_in for t in session.turns),
                         events=list(session.events),
@@ -151,7 +184,9 @@ class ConversationAgent:
                             self.metrics.fallback(detail["capability"], detail["from"], detail["to"])
                     self.metrics.call_ended(call.hangup_cause or "UNKNOWN", rec.cost_usd if rec is not None else None)
 
-    async def _finish(self, call: Call, session: CallSession, rec: CallRecorder | None, written: int) -> None:
+    async def _finish(
+        self, call: Call, session: CallSession, rec: CallRecorder | None, written: int, error: str | None
+    ) -> None:
         if rec is not None:
             await rec.add_usage(session.usage[written:])
             for _t, kind, detail in session.events:
@@ -159,17 +194,87 @@ class ConversationAgent:
                     await rec.add_fallback(detail["capability"], detail["from"], detail["to"], detail["error"])
                 else:
                     await rec.add_event(kind, detail)
-            await rec.finish(CallEnd(
-                hangup_cause=call.hangup_cause,
-                hangup_by=_hangup_by(session),
-                status="failed" if session.failed else "completed",
-                failed=session.failed,
-                dtmf="".join(call.dtmf_digits),
-            ))
+            if error is None and session.failed:
+                error = next((f"{d.get('capability', '')} failed: {d.get('error', '')}".strip()
+                              for _t, kind, d in reversed(session.events) if kind == "fallback"),
+                             "the providers failed; the caller heard the apology")
+            await rec.finish(_call_end(call, call.hangup_cause, error, failed=session.failed))
 
 
-def _hangup_by(session: CallSession) -> Literal["agent", "caller"]:
-    return "agent" if session.hung_up_by_agent else "caller"
+def _call_end(call: Call, cause: str | None, error: str | None, *, failed: bool = False) -> CallEnd:
+    """What the record says about how the call ended, from what the call really did (the ESL commands
+    FreeSWITCH accepted for it, its media failure, CHANNEL_HANGUP_COMPLETE's cause)."""
+    outcome = call.outcome
+    failed = failed or error is not None
+    return CallEnd(
+        hangup_cause=None if outcome == "transferred" and not call.hangup_complete.is_set() else cause,
+        hangup_by=_HANGUP_BY[outcome],
+        status="failed" if failed else "completed",
+        failed=failed,
+        error=error,
+        outcome=outcome,
+        dtmf="".join(call.dtmf_digits),
+    )
+
+
+_HANGUP_BY: dict[str, Literal["agent", "caller", "system"]] = {
+    "caller_hangup": "caller", "agent_hangup": "agent", "transferred": "agent", "shutdown": "system",
+}
+
+
+def _hangup_by(call: Call, session: CallSession) -> Literal["agent", "caller", "system"]:
+    if call.outcome == "caller_hangup" and session.hung_up_by_agent:
+        return "agent"
+    return _HANGUP_BY[call.outcome]
+
+
+async def render_apology(engine: Engine, *, timeout_s: float = 30.0) -> Apology:
+    """The apology in the local emergency voice, rendered once at start and kept in memory, so a caller can
+    hear it when the TTS, the spool or the stream has failed. A FreeSWITCH-side tone is the last resort."""
+    tone = "tone_stream://%(250,250,480,620);loops=2"
+    tts = engine.emergency_tts or engine.tts
+    chunks: list[np.ndarray] = []
+    rate = 8000
+    try:
+        async with asyncio.timeout(timeout_s):
+            gen = tts.synthesize(engine.conversation.apology)
+            async with contextlib.aclosing(gen):
+                async for ev in gen:
+                    if isinstance(ev, AudioChunk) and ev.samples.size:
+                        if chunks and ev.sample_rate != rate:
+                            break
+                        rate = ev.sample_rate
+                        chunks.append(ev.samples)
+    except (ParleyError, TimeoutError, OSError) as exc:
+        log.error("cannot render the apology with %s (%s): callers will hear only a tone", tts.name, exc)
+    if not chunks:
+        return Apology(fs_path=tone)
+    return Apology(np.concatenate(chunks).astype(np.int16), rate, fs_path=tone)
+
+
+def stream_secret(settings: Settings) -> Settings:
+    """Settings with the stream token secret resolved for `parley serve`: configured (the YAML or
+    PARLEY_STREAM_TOKEN_SECRET), else read from ``token_secret_file`` (written by `parley freeswitch
+    config`). Without one: ConfigError, unless ``allow_unauthenticated_streams`` (then a loud log line)."""
+    stream = settings.freeswitch.audio_stream
+    if not stream.token_secret:
+        stored = read_secret_file(stream.secret_file)
+        if stored is not None:
+            stream = replace(stream, token_secret=stored)
+            settings = replace(settings, freeswitch=replace(settings.freeswitch, audio_stream=stream))
+    if stream.token_secret:
+        return settings
+    if stream.allow_unauthenticated_streams:
+        log.error("STREAM TOKENS ARE OFF (allow_unauthenticated_streams: true): any process that can reach "
+                  "ws://%s:%d and knows a call's UUID can take over or end that call's audio",
+                  stream.listen_host, stream.listen_port)
+        return settings
+    raise ConfigError(
+        f"no stream token secret: run `parley freeswitch config` (it stores one in {stream.secret_file} "
+        "and puts the same one in FreeSWITCH's vars.parley.xml), or set PARLEY_STREAM_TOKEN_SECRET to the "
+        "value of parley_stream_secret in FreeSWITCH. To run without tokens (a lab), set "
+        "freeswitch.audio_stream.allow_unauthenticated_streams: true"
+    )
 
 
 async def open_records(settings: Settings, stack: contextlib.AsyncExitStack) -> RecordStore | None:
@@ -220,11 +325,14 @@ def _check_hosting(settings: Settings) -> None:
             raise ConfigError(f"records.hosting: no entry {box!r} in the price table (known: {names})")
 
 
-async def start(settings: Settings, agent: Agent | None = None) -> Running:
+async def start(settings: Settings, agent: Agent | None = None, *, apology: Apology | None = None) -> Running:
     """Start the WebSocket server and the ESL client; raise at once on a wrong ESL password or ACL.
 
     If FreeSWITCH is simply not up yet, keep retrying in the background (a refused connection is not fatal).
+    With ``agent`` given (tests, tools), ``apology`` is what the bridge plays when it gives a call up.
     """
+    if not settings.freeswitch.audio_stream.token_secret:  # serve() resolved the secret file already
+        log.warning("no stream token secret: mod_audio_stream connections are not authenticated")
     fs = settings.freeswitch
     _check_hosting(settings)
     esl = EslClient(fs.esl)
@@ -239,8 +347,10 @@ async def start(settings: Settings, agent: Agent | None = None) -> Running:
         tracer = CallTracer.open(settings.observe)
         resources.push_async_callback(tracer.aclose)  # after the calls: Running.close() closes the bridge first
         agent = ConversationAgent(engine, store, metrics=metrics, tracer=tracer)
-    bridge = Bridge(fs, esl, agent)
-    server = AudioStreamServer(fs.audio_stream, bridge.on_stream)
+        apology = await render_apology(engine)
+    unserved = agent.record_unserved if isinstance(agent, ConversationAgent) else None
+    bridge = Bridge(fs, esl, agent, apology=apology, unserved=unserved)
+    server = AudioStreamServer(fs.audio_stream, bridge.on_stream, on_refused=bridge.on_refused)
     await server.start()
     try:
         await esl.start(wait=True)
@@ -274,6 +384,7 @@ async def start(settings: Settings, agent: Agent | None = None) -> Running:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     """Run until SIGINT/SIGTERM (or ``stop``); return a process exit code."""
+    settings = stream_secret(settings)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

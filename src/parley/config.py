@@ -49,12 +49,30 @@ class AudioStreamSettings:
     sample_rate: int = 16000
     mix: MixType = "mono"
     heartbeat_s: int = 15
-    token_secret: str = field(default="", repr=False)  # enables the per-call token check
+    token_secret: str = field(default="", repr=False)  # the per-call token secret (PARLEY_STREAM_TOKEN_SECRET)
+    # Where `parley freeswitch config` stores the secret it generates (mode 600) and `parley serve` reads it
+    # when token_secret is empty; empty: default_token_secret_file(). Both commands then agree by themselves.
+    token_secret_file: str = ""
+    # `parley serve` refuses to start without a token secret unless this is true (any local process that
+    # knows a call's UUID could then replace or end the call's audio stream). Logged loudly at start.
+    allow_unauthenticated_streams: bool = False
     queue_frames: int = 50  # inbound frames buffered per call (50 x 20 ms = 1 s); oldest dropped beyond
     unidentified_timeout_s: float = 3.0  # how long a connection may stay unbound to a call
     # Streams with no call UUID in the path or metadata (e.g. a hand-written dialplan) are paired with a
     # call by its mod_audio_stream::connect event, only when exactly one of each is waiting.
     allow_anonymous: bool = True
+    # A lost or replaced stream is restarted over ESL while the call lives: up to restart_attempts in a row
+    # (waits restart_backoff_s, doubling), at most max_restarts per call; then the apology and the fallback.
+    restart_attempts: int = 3
+    restart_backoff_s: float = 0.25
+    max_restarts: int = 10
+    # A mono stream that sends no frame for this long while its connection stays open is restarted (0: never).
+    # mixed/stereo streams are silent by design while nothing plays, so they are never judged stalled.
+    stall_timeout_s: float = 2.0
+
+    @property
+    def secret_file(self) -> Path:
+        return Path(self.token_secret_file).expanduser() if self.token_secret_file else default_token_secret_file()
 
     @property
     def dial_url(self) -> str:
@@ -81,8 +99,30 @@ class DialplanSettings:
     context: str = "public"
     extension_name: str = "parley_agent"
     destination_pattern: str = r"^(parley|agent)$"
-    fallback_extension: str = ""  # where the Lua helper transfers a call when the stream cannot start
+    # Where a call goes when the agent cannot take it (the stream cannot start, or is lost for good):
+    # "<extension> [XML [<context>]]" (default context: the agent's). Empty: the call is hung up.
+    fallback_extension: str = ""
     record_sessions: bool = False
+
+    def fallback(self) -> tuple[str, str, str] | None:
+        """``fallback_extension`` as (extension, dialplan, context); None when unset. ConfigError if malformed."""
+        parts = self.fallback_extension.split()
+        if not parts:
+            return None
+        if len(parts) > 3:
+            raise ConfigError(
+                f"freeswitch.dialplan.fallback_extension: {self.fallback_extension!r} is not "
+                "'<extension> [<dialplan> [<context>]]'"
+            )
+        extension = check_extension(parts[0], "freeswitch.dialplan.fallback_extension")
+        dialplan = parts[1] if len(parts) > 1 else "XML"
+        context = parts[2] if len(parts) > 2 else self.context
+        if dialplan != "XML" or not DIALPLAN_CONTEXT.fullmatch(context):
+            raise ConfigError(
+                f"freeswitch.dialplan.fallback_extension: {self.fallback_extension!r}: parley transfers only "
+                "within the XML dialplan, to a context name of letters, digits, '_', '.' and '-'"
+            )
+        return extension, dialplan, context
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +262,13 @@ class ConversationSettings:
             check_extension(self.transfer_destination, "conversation.transfer_destination")
             targets.setdefault(LEGACY_TRANSFER_TARGET, TransferTarget(self.transfer_destination))
         object.__setattr__(self, "transfer_targets", targets)
+
+
+def default_token_secret_file() -> Path:
+    """``$XDG_CONFIG_HOME/parley/stream-token.secret`` (``~/.config/...``): shared by `parley freeswitch
+    config` (which writes it once, mode 600) and `parley serve` (which reads it)."""
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "parley" / "stream-token.secret"
 
 
 def default_records_url() -> str:
@@ -403,6 +450,12 @@ def validate(settings: Settings) -> Settings:
         )
     if stream.queue_frames < 1:
         raise ConfigError("freeswitch.audio_stream.queue_frames must be at least 1")
+    if stream.restart_attempts < 0 or stream.max_restarts < 0 or stream.restart_backoff_s < 0:
+        raise ConfigError("freeswitch.audio_stream: restart_attempts, max_restarts and restart_backoff_s "
+                          "must not be negative")
+    if stream.stall_timeout_s < 0:
+        raise ConfigError("freeswitch.audio_stream.stall_timeout_s must be 0 (off) or more")
+    settings.freeswitch.dialplan.fallback()  # raises on a malformed fallback_extension
     pb = settings.freeswitch.playback
     if not 20 <= pb.first_chunk_ms <= pb.max_chunk_ms or not 20 <= pb.chunk_ms <= pb.max_chunk_ms:
         raise ConfigError("freeswitch.playback: need 20 <= first_chunk_ms, chunk_ms <= max_chunk_ms")

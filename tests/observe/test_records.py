@@ -74,7 +74,7 @@ async def test_migrations_create_the_file_run_twice_and_match_the_models(tmp_pat
     con = sqlite3.connect(db)
     try:
         assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent in the file
-        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
         con.close()

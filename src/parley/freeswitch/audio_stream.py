@@ -57,6 +57,11 @@ GARBAGE_LOG_INTERVAL_S = 1.0
 OPEN_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
 POLICY_VIOLATION, INTERNAL_ERROR = 1008, 1011
+# Text frames from FreeSWITCH are only the start metadata (a few hundred bytes): anything longer, deeper or
+# with longer numbers is garbage, refused before the JSON parser (whose recursion a deep frame would exhaust).
+MAX_TEXT_CHARS = 16 * 1024
+MAX_JSON_DEPTH = 16
+MAX_INT_DIGITS = 32
 _RATE_RE = re.compile(r"^(\d{1,6})(k?)$")
 _METADATA_UUID_KEYS = ("uuid", "call_uuid", "callId")
 
@@ -460,9 +465,12 @@ class AudioStream:
 
     @staticmethod
     def _json_object(text: str) -> dict[str, object] | None:
+        """A JSON object, or None for anything else: not JSON, too long, nested too deep, a huge number."""
+        if len(text) > MAX_TEXT_CHARS or json_depth(text) > MAX_JSON_DEPTH:
+            return None
         try:
-            value = json.loads(text)
-        except ValueError:
+            value = json.loads(text, parse_int=_bounded_int)
+        except (ValueError, RecursionError):
             return None
         return value if isinstance(value, dict) else None
 
@@ -504,6 +512,34 @@ class AudioStream:
         self._log.info("closed %d %r after %.1f s: %s", self.close_code, self.close_reason, age, self.stats)
 
 
+def json_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in ``text`` outside strings (a linear scan; no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError("integer too long")
+    return int(digits)
+
+
 def _remote(ws: ServerConnection) -> str:
     try:
         host, port = ws.remote_address[:2]
@@ -522,10 +558,12 @@ class AudioStreamServer:
         *,
         clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
+        on_refused: Callable[[str | None, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.stats = ServerStats()
         self._on_stream = on_stream
+        self._on_refused = on_refused  # (call uuid from the path or None, stats key) per refused upgrade
         self._clock = clock
         self._log = logger or logging.getLogger(__name__)
         self._streams: dict[int, AudioStream] = {}
@@ -582,6 +620,7 @@ class AudioStreamServer:
 
     def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
         """websockets' process_request hook: refuse bad paths, formats and tokens before the upgrade."""
+        uuid: str | None = None
         try:
             _, uuid, query = _parse_target(self.settings, request.path)
             try:
@@ -594,6 +633,12 @@ class AudioStreamServer:
         except _Refused as refused:
             self.stats.rejected[refused.key] = self.stats.rejected.get(refused.key, 0) + 1
             self._log.warning("refused upgrade from %s (%d): %s", _remote(ws), refused.status, refused.reason)
+            if self._on_refused is not None:
+                try:
+                    self._on_refused(uuid, refused.key)
+                except Exception:
+                    self.stats.callback_errors += 1
+                    self._log.exception("on_refused failed")
             return ws.respond(refused.status, f"{refused.status.phrase}: {refused.reason}\n")
         return None
 

@@ -1,10 +1,21 @@
-"""The bridge: which calls are ours, and when each is ready for the agent.
+"""The bridge: which calls are ours, when each is ready for the agent, and keeping its media alive.
 
 Owns: discovering calls from ESL events and mod_audio_stream connections (which arrive in either order:
 live, the WebSocket usually opens before the call's ESL events reach us), checking a stream's call UUID
-against FreeSWITCH before accepting its audio, starting one agent task per ready call, and retiring
-calls on hangup, stream failure or an ESL outage that FreeSWITCH no longer knows them after. Must not know
-what an agent does.
+against FreeSWITCH before accepting its audio, starting one agent task per ready call, restarting a lost,
+stalled or replaced stream, concluding a call the agent cannot carry on (the apology rendered at start,
+then the fallback extension or a hangup), and retiring calls on hangup, transfer or an ESL outage that
+FreeSWITCH no longer knows them after. Must not know what an agent does.
+
+The media stream is not the call (recorded on FreeSWITCH 1.10.12, ``shared/fixtures/freeswitch``):
+mod_audio_stream never reconnects by itself; a reset gives ``::error`` code 1 and no ``::disconnect``; a
+refused upgrade (our 401) gives ``::error`` code 6 "WebSocket upgrade failed"; ``start`` answers
+``-ERR Operation Failed`` while a stream (even a dead one the app closed) is attached, hence ``stop``
+first. So a stream that is lost (closed while the call lives, ``::error``, or silent past
+``stall_timeout_s``) is restarted over ESL, ``restart_attempts`` in a row with a doubling backoff and at
+most ``max_restarts`` per call; after that the caller hears the apology and goes to the fallback. A
+refused upgrade is never retried: the same token would be refused again (the old behaviour: ~45 restarts
+a second, forever, with the caller in silence).
 
 A call is ours when a stream for it connects to us, or when its events carry ``variable_parley_agent``
 (set by the dialplan we render). Events of other calls on the same FreeSWITCH are only remembered briefly
@@ -15,14 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from parley.audio.pcm import Int16Array
 from parley.config import FreeSwitchSettings
-from parley.errors import CallGone, FreeSwitchError
+from parley.errors import CallGone, ConfigError, FreeSwitchError, ParleyError
 from parley.freeswitch import esl_protocol as esl
 from parley.freeswitch.audio_stream import AudioStream
 from parley.freeswitch.call import Call
@@ -33,6 +46,10 @@ log = logging.getLogger("parley.bridge")
 
 Agent = Callable[[Call], Awaitable[None]]
 _CACHE_MAX = 2048
+RESTART_WAIT_S = 3.0  # after a restart's `start`: the new stream, or its ::error (libwsc's connect timeout is 2 s)
+CLOSE_HANGUP_GRACE_S = 0.3  # FreeSWITCH closes the socket on hangup up to ~20 ms before CHANNEL_HANGUP reaches us
+APOLOGY_MAX_S = 20.0
+STALL_CHECK_S = 0.25
 _INFO_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_PARK", "CHANNEL_EXECUTE", "CUSTOM"})
 AGENT_TEARDOWN_S = 8.0  # after a hangup, how long the agent may take to record its last turn and outcome
 
@@ -41,11 +58,26 @@ AGENT_TEARDOWN_S = 8.0  # after a hangup, how long the agent may take to record 
 class BridgeStats:
     calls_started: int = 0
     calls_ended: int = 0
-    streams_rejected: int = 0
+    streams_rejected: int = 0  # upgrades refused (token, path, format) and streams of unknown calls
     stream_errors: int = 0
     stream_restarts: int = 0
+    streams_replaced: int = 0  # a second stream for a call took over from the first
+    streams_stalled: int = 0  # mono streams that went silent with their connection open
+    media_given_up: int = 0  # calls whose media could not be restored: apology, then fallback or hangup
     agent_errors: int = 0
     dropped_frames: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Apology:
+    """What a caller hears when parley cannot carry the call on, ready before any call: int16 mono
+    ``samples`` at ``rate`` rendered once at start by a local voice (never a TTS that may be down by then),
+    and/or a FreeSWITCH-side ``fs_path`` (a sound file or ``tone_stream://``) for when nothing can be
+    written to the spool."""
+
+    samples: Int16Array | None = None
+    rate: int = 8000
+    fs_path: str = ""
 
 
 class Bridge:
@@ -57,10 +89,14 @@ class Bridge:
         *,
         clock: Callable[[], float] = time.monotonic,
         hangup_grace_s: float = 2.0,
+        apology: Apology | None = None,
+        unserved: Agent | None = None,
     ) -> None:
         self.settings = settings
         self.esl = esl_client
         self.agent = agent
+        self.apology = apology
+        self.unserved = unserved  # called for a call concluded before any agent ran (its record)
         self._clock = clock
         self._grace = hangup_grace_s
         self.calls: dict[str, Call] = {}
@@ -71,6 +107,10 @@ class Bridge:
         self._tasks: set[asyncio.Task[None]] = set()
         self._agents: dict[str, asyncio.Task[None]] = {}
         self._closing = False
+        self._recovering: dict[str, asyncio.Task[None]] = {}
+        self._stream_failed: dict[str, asyncio.Event] = {}  # pulsed by each ::error of the call
+        self._refusals: OrderedDict[str, str] = OrderedDict()  # call uuid -> why our server refused its upgrade
+        self._restarts: dict[str, int] = {}
         self.stats = BridgeStats()
         esl_client.on_event(self.on_esl_event)
         esl_client.on_reconnect(self.on_esl_reconnect)
@@ -92,6 +132,14 @@ class Bridge:
             return
         self._connects.pop(stream.call_uuid, None)
         self._attach(stream.call_uuid, stream)
+
+    def on_refused(self, call_uuid: str | None, reason: str) -> None:
+        """AudioStreamServer callback: an upgrade refused before the WebSocket opened (a 401 for a token)."""
+        self.stats.streams_rejected += 1
+        if call_uuid is not None:
+            self._refusals[call_uuid] = reason
+            while len(self._refusals) > _CACHE_MAX:
+                self._refusals.popitem(last=False)
 
     def on_esl_event(self, event: esl.Event) -> None:
         """ESL events of calls not (yet) routed to a Call."""
@@ -159,6 +207,8 @@ class Bridge:
         """Stop every agent; hang up the calls we still hold (a parked call with no agent is dead air)."""
         self._closing = True
         calls = list(self.calls.values())
+        for call in calls:
+            call.shutdown = not call.hungup.is_set()
         if hangup_calls:  # first, while every call is still ours: a parked call with no agent is dead air
             await asyncio.gather(*(self._hangup_quietly(c) for c in calls if not c.hungup.is_set()))
         for call in calls:
@@ -191,6 +241,7 @@ class Bridge:
 
     def _new_call(self, uuid: str) -> Call:
         call = Call(uuid, self.esl, self.settings, clock=self._clock)
+        call.concluder = self._conclude
         self.calls[uuid] = call
         self.esl.route_call(uuid, lambda ev, c=call: self._call_event(c, ev))  # type: ignore[misc]
         cached = self._seen.pop(uuid, None)
@@ -200,9 +251,14 @@ class Bridge:
 
     def _attach(self, uuid: str, stream: AudioStream) -> None:
         call = self.calls.get(uuid) or self._new_call(uuid)
-        if call.stream is not None and call.stream is not stream:
-            call.log.warning("a second stream connected; closing the old one")
-            self._spawn(call.stream.close(1000, "replaced"))
+        if call.media_ended or call.transferred_to is not None:
+            self._spawn(stream.close(1000, "call no longer handled by parley"))
+            return
+        old = call.stream
+        if old is not None and old is not stream and not old.closed.is_set():
+            self.stats.streams_replaced += 1
+            call.log.warning("a second stream connected (#%s); it replaces #%s", stream.conn_id, old.conn_id)
+            self._spawn(old.close(1000, "replaced"))
         call.attach_stream(stream)
         self._spawn(self._watch_stream(call, stream))
         if call.esl_confirmed:
@@ -233,7 +289,7 @@ class Bridge:
         self._maybe_start(call)
 
     def _maybe_start(self, call: Call) -> None:
-        if call.uuid in self._agents or call.hungup.is_set() or self._closing:
+        if call.uuid in self._agents or call.hungup.is_set() or self._closing or call.media_ended:
             return
         if not (call.esl_confirmed and call.stream is not None):
             return
@@ -251,6 +307,7 @@ class Bridge:
                 await call.set_var("playback_terminators", "none")
             agent = asyncio.ensure_future(self.agent(call))
             hung = asyncio.ensure_future(call.hungup.wait())
+            error: str | None = None
             try:
                 await asyncio.wait({agent, hung}, return_when=asyncio.FIRST_COMPLETED)
                 if not agent.done():
@@ -265,12 +322,13 @@ class Bridge:
                     exc = await asyncio.gather(agent, return_exceptions=True)
                     if exc and isinstance(exc[0], Exception) and not isinstance(exc[0], CallGone):
                         self.stats.agent_errors += 1
+                        error = f"agent failed: {type(exc[0]).__name__}: {exc[0]}"[:300]
                         call.log.error("agent failed: %r", exc[0], exc_info=exc[0])
         finally:
             if not call.hungup.is_set() and not self._closing:
-                call.log.info("agent finished; hanging up")
-                with contextlib.suppress(FreeSwitchError, CallGone):
-                    await call.hangup("NORMAL_CLEARING")
+                # the agent may have concluded the call itself (its record needs the ending): then a no-op
+                with contextlib.suppress(FreeSwitchError, CallGone, ValueError):
+                    await call.conclude(error or call.media_failure)
             await self._retire(call, call.hangup_cause or "agent finished")
 
     def _call_event(self, call: Call, event: esl.Event) -> None:
@@ -278,17 +336,24 @@ class Bridge:
         sub = event.subclass
         if sub == "mod_audio_stream::error":
             self.stats.stream_errors += 1
-            call.log.error("mod_audio_stream error: %s", (event.body or "").strip()[:200])
-            if call.stream is None:
-                self._spawn(self._restart_stream(call, "stream failed to connect"))
+            code, text = _stream_error(event.body)
+            call.log.error("mod_audio_stream error %s: %s", code, text[:200])
+            stream = call.stream
+            if stream is not None and call.stream_ready.is_set():  # the attached stream is the one that died
+                call.detach_stream(stream)
+                if not stream.closed.is_set():
+                    self._spawn(stream.close(1011, "mod_audio_stream reported an error"))
+            if (failed := self._stream_failed.get(call.uuid)) is not None:
+                failed.set()
+            if code == 6 and "upgrade failed" in text.lower():  # refused (our 401): never retry the same token
+                why = self._refusals.get(call.uuid, "refused")
+                self._spawn(self._give_up(call, f"media stream refused ({why.replace('_', ' ')})", refused=True))
             else:
-                call.stream_lost("mod_audio_stream error")
+                self._recover_soon(call, f"mod_audio_stream error {code}")
         elif sub == "mod_audio_stream::disconnect":
-            if call.stream is not None and not call.stream.closed.is_set():
-                return  # our own close in progress; nothing lost
-            if not call.hungup.is_set() and not self._closing:
-                call.stream_lost("mod_audio_stream disconnected")
-                self._spawn(self._restart_stream(call, "stream disconnected"))
+            # our own close (replaced, stalled, flood, shutdown): _watch_stream decides what follows
+            if not call.stream_ready.is_set():
+                self._recover_soon(call, "stream disconnected")
         elif event.name == "CHANNEL_HANGUP":
             self._spawn(self._retire_later(call))
         elif event.name == "CHANNEL_HANGUP_COMPLETE":
@@ -296,40 +361,174 @@ class Bridge:
         elif call.stream is not None:
             self._maybe_start(call)
 
-    async def _restart_stream(self, call: Call, why: str) -> None:
-        """mod_audio_stream never reconnects by itself: stop the dead media bug and start a new one."""
-        stream = self.settings.audio_stream
-        rate = "16k" if stream.sample_rate == 16000 else "8k" if stream.sample_rate == 8000 else str(stream.sample_rate)
-        self.stats.stream_restarts += 1
+    # ---- the media: restart, give up, conclude ----------------------------------------------------------
+
+    def _recover_soon(self, call: Call, why: str) -> None:
+        """Start restoring the call's media unless that is already under way (or pointless)."""
+        if (
+            call.uuid in self._recovering or call.hungup.is_set() or self._closing
+            or call.media_failure is not None or call.transferred_to is not None
+        ):
+            return
+        task = asyncio.ensure_future(self._recover(call, why))
+        self._recovering[call.uuid] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t, uuid=call.uuid: self._recovering.pop(uuid, None))  # type: ignore[misc]
+
+    async def _recover(self, call: Call, why: str) -> None:
+        """mod_audio_stream never reconnects by itself: stop the dead media bug and start a new one, a few
+        times with a growing pause; then give the media up."""
+        cfg = self.settings.audio_stream
+        rate = {8000: "8k", 16000: "16k"}.get(cfg.sample_rate, str(cfg.sample_rate))
+        failed = self._stream_failed.setdefault(call.uuid, asyncio.Event())
+        delay = cfg.restart_backoff_s
         call.log.warning("%s; restarting mod_audio_stream", why)
-        try:
-            await self.esl.api(f"uuid_audio_stream {call.uuid} stop", check=False)
-            await self.esl.api(f"uuid_audio_stream {call.uuid} start {stream.dial_url}/{call.uuid} {stream.mix} {rate}")
-        except FreeSwitchError as exc:
-            call.log.error("could not restart the stream (%s); ending the call", exc)
-            fallback = self.settings.dialplan.fallback_extension
+        for attempt in range(cfg.restart_attempts):
+            if self._restarts.get(call.uuid, 0) >= cfg.max_restarts:
+                why = f"{why}; {cfg.max_restarts} restarts in this call already"
+                break
+            if attempt:
+                await asyncio.sleep(delay)
+                delay *= 2
+            if call.hungup.is_set() or self._closing or call.media_failure is not None:
+                return
+            if call.stream_ready.is_set():
+                return  # a stream came back by itself (a replacement)
+            self._restarts[call.uuid] = self._restarts.get(call.uuid, 0) + 1
+            self.stats.stream_restarts += 1
+            failed.clear()
+            try:
+                await self.esl.api(f"uuid_audio_stream {call.uuid} stop", check=False)
+                await self.esl.api(
+                    f"uuid_audio_stream {call.uuid} start {cfg.dial_url}/{call.uuid} {cfg.mix} {rate}"
+                )
+            except (FreeSwitchError, CallGone) as exc:
+                call.log.warning("stream restart %d failed: %s", attempt + 1, exc)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RESTART_WAIT_S):
+                    await Call.wait_any(call.stream_ready, call.hungup, failed)
+            if call.stream_ready.is_set():
+                call.log.info("stream restored (restart %d)", attempt + 1)
+                return
+            if call.hungup.is_set() or call.media_failure is not None:
+                return
+        if not call.hungup.is_set() and not self._closing:
+            await self._give_up(call, f"media stream lost: {why}")
+
+    async def _give_up(self, call: Call, reason: str, *, refused: bool = False) -> None:
+        """The media cannot be restored: the agent stops, the caller hears the apology and goes to the fallback
+        (or is hung up); a call no agent ever ran for still gets its record."""
+        if call.media_failure is not None or call.hungup.is_set() or self._closing:
+            return
+        self.stats.media_given_up += 1
+        call.log.error("%s; giving the call to the fallback", reason)
+        call.end_media(reason, refused=refused)
+        served = call.uuid in self._agents
+        if served or not call.fallback_by_dialplan:
             with contextlib.suppress(FreeSwitchError, CallGone, ValueError):
-                if fallback:
-                    await call.transfer(fallback)
-                else:
-                    await call.hangup("TEMPORARY_FAILURE")
+                await call.conclude(reason)
+        else:  # the Lua helper saw the same ::error and transfers the call itself: do not race it
+            call.log.info("the dialplan's Lua helper takes the call to its fallback")
+        if not served and self.unserved is not None:
+            try:
+                await self.unserved(call)
+            except Exception:
+                call.log.exception("recording the unserved call failed")
+
+    async def _conclude(self, call: Call, error: str | None) -> None:
+        """Call.concluder: end a call the agent is done with. On ``error``: the apology, then the fallback
+        extension (``<extension> [XML [<context>]]``), else a hangup with TEMPORARY_FAILURE."""
+        if not error:
+            call.log.info("agent finished; hanging up")
+            await call.hangup("NORMAL_CLEARING")
+            return
+        await self._apologise(call)
+        if call.hungup.is_set():
+            return
+        try:
+            fallback = self.settings.dialplan.fallback()
+        except ConfigError as exc:
+            call.log.error("%s", exc)
+            fallback = None
+        if fallback is not None:
+            extension, dialplan, context = fallback
+            try:
+                await call.transfer(extension, dialplan=dialplan, context=context)
+            except (FreeSwitchError, ValueError) as exc:
+                call.log.error("transfer to the fallback %s failed (%s); hanging up", extension, exc)
+            else:
+                call.log.warning("transferred to the fallback %s %s %s", extension, dialplan, context)
+                call.end_media("transferred", failure=False)
+                self._spawn(self._retire(call, "transferred"))
+                return
+        await call.hangup("TEMPORARY_FAILURE")
+
+    async def _apologise(self, call: Call) -> None:
+        """Play the apology, from memory (or FreeSWITCH's own file when the spool cannot be written)."""
+        ap = self.apology
+        if ap is None:
+            return
+        try:
+            async with asyncio.timeout(APOLOGY_MAX_S):
+                utt = None
+                if ap.samples is not None and ap.samples.size:
+                    try:
+                        utt = await call.playback.play(ap.samples, ap.rate, "apology")
+                    except (ParleyError, OSError) as exc:
+                        if not ap.fs_path:
+                            raise
+                        call.log.error("cannot play the apology from memory (%s); playing %s", exc, ap.fs_path)
+                if utt is None and ap.fs_path:
+                    utt = await call.playback.play_file(ap.fs_path, "apology")
+                if utt is not None:
+                    await utt.wait_played()
+        except (ParleyError, OSError, TimeoutError) as exc:
+            call.log.error("the apology could not be played: %s", exc)
 
     async def _watch_stream(self, call: Call, stream: AudioStream) -> None:
-        await stream.closed.wait()
+        """Until the stream closes: a mono stream silent past stall_timeout_s is closed. Then, if the call
+        still lives and nothing replaced the stream, restore the media."""
+        stall = self.settings.audio_stream.stall_timeout_s
+        if self.settings.audio_stream.mix != "mono" or stream.format.channels != 1:
+            stall = 0.0
+        frames, since = stream.stats.frames, self._clock()
+        while not stream.closed.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STALL_CHECK_S if stall else None):
+                    await stream.closed.wait()
+            if stream.closed.is_set() or call.hungup.is_set() or call.stream is not stream:
+                continue
+            now = self._clock()
+            if stream.stats.frames != frames:
+                frames, since = stream.stats.frames, now
+            elif stall and now - since >= stall:
+                self.stats.streams_stalled += 1
+                call.log.warning("stream #%s sent no audio for %.1f s with its connection open; restarting it",
+                                 stream.conn_id, now - since)
+                call.detach_stream(stream)
+                self._spawn(stream.close(1000, "stalled"))
+                break
         self.stats.dropped_frames += stream.stats.dropped
-        if call.hungup.is_set() or self._closing or call.stream is not stream:
+        call.detach_stream(stream)
+        if call.hungup.is_set() or self._closing or call.stream is not stream or call.media_failure is not None:
             return
         # FreeSWITCH closes the socket on hangup, sometimes before CHANNEL_HANGUP reaches us.
-        await asyncio.sleep(self._grace)
-        if call.hungup.is_set() or call.stream is not stream:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(self._grace, CLOSE_HANGUP_GRACE_S)):
+                await call.hungup.wait()
+        if call.hungup.is_set() or call.stream is not stream or call.uuid in self._recovering:
             return
         try:
             exists = (await self.esl.api(f"uuid_exists {call.uuid}", check=False)).strip() == "true"
         except FreeSwitchError:
             exists = True
         if not exists:
-            call.mark_hungup("UNKNOWN_AFTER_STREAM_CLOSE")
+            call.mark_hungup("UNKNOWN_AFTER_STREAM_CLOSE")  # CHANNEL_HANGUP_COMPLETE, if it comes, corrects it
             await self._retire(call, "stream closed and call gone")
+            return
+        self._recover_soon(call, f"stream closed ({stream.close_code} {stream.close_reason or ''})".strip())
 
     async def _retire_later(self, call: Call) -> None:
         """HANGUP_COMPLETE normally follows within milliseconds; do not wait for it forever."""
@@ -359,6 +558,11 @@ class Bridge:
             except Exception:  # the runner logs its agent's failures itself
                 pass
         self._agents.pop(call.uuid, None)
+        recovering = self._recovering.pop(call.uuid, None)
+        if recovering is not None and recovering is not asyncio.current_task():
+            recovering.cancel()
+        self._stream_failed.pop(call.uuid, None)
+        self._restarts.pop(call.uuid, None)
         await call.playback.close()
         if call.stream is not None and not call.stream.closed.is_set():
             with contextlib.suppress(Exception):
@@ -394,3 +598,15 @@ class Bridge:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _stream_error(body: str | None) -> tuple[int | None, str]:
+    """``(code, error)`` of a ``mod_audio_stream::error`` body ``{"status":"error","message":{...}}``."""
+    try:
+        message = json.loads(body or "").get("message")
+    except (ValueError, AttributeError, RecursionError):
+        return None, (body or "").strip()
+    if not isinstance(message, dict):
+        return None, (body or "").strip()
+    code = message.get("code")
+    return (code if isinstance(code, int) else None), str(message.get("error") or "")

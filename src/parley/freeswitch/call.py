@@ -1,9 +1,14 @@
 """One live call as the agent sees it: caller audio in, events, playback out, call control.
 
-Owns: the per-call state assembled from ESL events and the mod_audio_stream connection (which may arrive
-in either order), the queue of call events handed to the agent (DTMF, hangup, stream loss), and the
-call-control commands (hang up, transfer, set a variable). Must not know what the agent says or how
-calls are discovered; :mod:`parley.freeswitch.bridge` creates and retires calls.
+Owns: the per-call state assembled from ESL events and the mod_audio_stream connections (which may arrive
+in either order, and be replaced while the call lives), the queue of call events handed to the agent
+(DTMF, hangup, the media given up), the call-control commands (hang up, transfer, set a variable) and
+what the call did: which of them FreeSWITCH accepted, whether the media failed for good and why, and the
+hangup cause CHANNEL_HANGUP_COMPLETE gave. Must not know what the agent says or how calls are discovered;
+:mod:`parley.freeswitch.bridge` creates, restarts the media of, concludes and retires calls.
+
+The media stream is not the call: :meth:`Call.frames` goes on across a replaced or restarted stream and
+ends only on hangup or when the bridge gives the media up (:meth:`Call.end_media`).
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from parley.config import DIALPLAN_CONTEXT, DIALPLAN_EXTENSION, FreeSwitchSettings
 from parley.errors import CallGone, EslCommandError
@@ -72,6 +78,23 @@ class StreamLost:
 
 
 CallEvent = Dtmf | Hangup | StreamLost
+Concluder = Callable[["Call", "str | None"], Awaitable[None]]
+Outcome = Literal["caller_hangup", "agent_hangup", "transferred", "shutdown"]
+
+
+class CallEsl:
+    """The call's side of the ESL client: every command a call sends goes through here, and those FreeSWITCH
+    accepted are kept, so what the call did (a hangup, a transfer) is known from what was really sent."""
+
+    def __init__(self, client: EslClient) -> None:
+        self.client = client
+        self.accepted: list[str] = []
+
+    async def api(self, command: str, *, timeout: float | None = None, check: bool = True) -> str:
+        reply = await self.client.api(command, timeout=timeout, check=check)
+        if not reply.startswith("-ERR"):
+            self.accepted.append(command)
+        return reply
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
@@ -96,14 +119,25 @@ class Call:
         self.uuid = uuid
         self.info = CallInfo(uuid)
         self.settings = settings
-        self.esl = esl_client
+        self.esl = CallEsl(esl_client)
         self._clock = clock
         self.created_at = clock()
         self.answered_at: float | None = None
         self.ended_at: float | None = None
         self.hangup_cause: str | None = None
-        self.stream: AudioStream | None = None
-        self.stream_ready = asyncio.Event()
+        self.hangup_complete = asyncio.Event()  # CHANNEL_HANGUP_COMPLETE came: hangup_cause is FreeSWITCH's
+        self.stream: AudioStream | None = None  # the latest stream (it may be closed: see stream_ready)
+        self.stream_ready = asyncio.Event()  # a live stream is attached
+        self.streams_seen = 0
+        self.media_failure: str | None = None  # set once the media is given up for good (end_media)
+        self.media_refused = False  # ... because our server refused the stream (a token, say)
+        self.concluder: Concluder | None = None  # set by the bridge: apology, fallback, hangup
+        self.shutdown = False  # parley ended the call because it is stopping
+        self.fallback_by_dialplan = False
+        self._media_end = asyncio.Event()
+        self._conclusion: asyncio.Future[None] | None = None
+        self._attached = asyncio.Event()  # pulsed on each attach (frames() waits for a replacement)
+        self._cause_from_event = False
         self.hungup = asyncio.Event()
         self.retired = asyncio.Event()  # the bridge let go of it: agent stopped, spool removed, stream closed
         self.confirmed = asyncio.Event()  # FreeSWITCH told us about this UUID (an event, or uuid_exists)
@@ -114,6 +148,60 @@ class Call:
             uuid, esl_client, settings.playback, codec_rate=8000, clock=clock, send_stream_text=self._send_stream_text
         )
 
+    # ---- what the call did (for its record) ------------------------------------------------------------
+
+    def _accepted(self, verb: str) -> list[str]:
+        prefix = f"{verb} {self.uuid} "
+        return [c[len(prefix):].strip() for c in self.esl.accepted if c.startswith(prefix)]
+
+    @property
+    def transferred_to(self) -> str | None:
+        """``<extension> XML <context>`` of the last transfer FreeSWITCH accepted, else None."""
+        sent = self._accepted("uuid_transfer")
+        return sent[-1] if sent else None
+
+    @property
+    def hung_up_by_us(self) -> bool:
+        """FreeSWITCH accepted a ``uuid_kill`` for this call (the agent or parley ended it)."""
+        return bool(self._accepted("uuid_kill"))
+
+    @property
+    def outcome(self) -> Outcome:
+        """How the call left us: transferred, hung up by parley (agent or shutdown) or by the caller."""
+        if self.transferred_to is not None:
+            return "transferred"
+        if self.shutdown:
+            return "shutdown"
+        return "agent_hangup" if self.hung_up_by_us else "caller_hangup"
+
+    async def wait_hangup_cause(self, timeout: float = 1.0) -> str | None:
+        """The hangup cause, waiting up to ``timeout`` for CHANNEL_HANGUP_COMPLETE once the call is hung up
+        (FreeSWITCH may close the stream a few ms before its hangup events reach us)."""
+        if self.hungup.is_set() and not self.hangup_complete.is_set():
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.hangup_complete.wait()
+            except TimeoutError:
+                pass
+        return self.hangup_cause
+
+    async def conclude(self, error: str | None = None) -> None:
+        """The agent is done with the call: the bridge's ending (on ``error``: the apology, then the fallback
+        transfer or a hangup; else a hangup). Without a bridge, just a hangup."""
+        if self._conclusion is None:
+            if self.hungup.is_set() or self.transferred_to is not None or self.hung_up_by_us:
+                return
+            if self.concluder is not None:
+                self._conclusion = asyncio.ensure_future(self.concluder(self, error))
+            else:
+                cause = "TEMPORARY_FAILURE" if error else "NORMAL_CLEARING"
+                self._conclusion = asyncio.ensure_future(self.hangup(cause))
+        await asyncio.shield(self._conclusion)  # a second caller (the bridge after the agent) waits for the first
+
+    @property
+    def media_ended(self) -> bool:
+        return self._media_end.is_set()
+
     @property
     def esl_confirmed(self) -> bool:
         return self.confirmed.is_set()
@@ -121,20 +209,27 @@ class Call:
     # ---- what the agent uses -----------------------------------------------------------------------
 
     async def frames(self) -> AsyncIterator[AudioFrame]:
-        """Caller audio (mono, stream rate), until the stream closes or the call hangs up."""
-        await self.wait_any(self.stream_ready, self.hungup)
-        stream = self.stream
-        if stream is None:
-            return
+        """Caller audio (mono, stream rate), across replaced and restarted streams, until the call hangs up
+        or the media is given up (:meth:`end_media`). ``seq`` restarts at 0 with each stream."""
+        done: AudioStream | None = None
         while not self.hungup.is_set():
-            frame = stream.frames.get_nowait()
-            if frame is None:
-                if stream.frames.closed:
+            stream = self.stream
+            if stream is None or stream is done:
+                if self._media_end.is_set():
                     return
-                frame = await stream.frames.get()
+                self._attached.clear()
+                await self.wait_any(self._attached, self.hungup, self._media_end)
+                continue
+            while not self.hungup.is_set():
+                frame = stream.frames.get_nowait()
                 if frame is None:
-                    return
-            yield frame
+                    if stream.frames.closed:
+                        break
+                    frame = await stream.frames.get()
+                    if frame is None:
+                        break
+                yield frame
+            done = stream
 
     @property
     def stream_rate(self) -> int:
@@ -180,11 +275,36 @@ class Call:
         self.playback.set_codec_rate(self.info.codec_rate)
 
     def attach_stream(self, stream: AudioStream) -> None:
+        """A new stream for this call; one still attached is replaced (its queued frames are dropped)."""
+        old = self.stream
+        if old is not None and old is not stream:
+            old.frames.close()
         self.stream = stream
+        self.streams_seen += 1
         self.stream_ready.set()
+        self._attached.set()
+
+    def detach_stream(self, stream: AudioStream) -> None:
+        """``stream`` closed: no live stream until the next attach (frames() waits for it)."""
+        if self.stream is stream:
+            self.stream_ready.clear()
+
+    def end_media(self, reason: str, *, refused: bool = False, failure: bool = True) -> None:
+        """No more media for the agent: frames() ends after what is queued; the agent hears StreamLost.
+        ``failure``: the media was lost or refused (``reason`` goes to the record); else the call left us."""
+        if failure and self.media_failure is None:
+            self.media_failure, self.media_refused = reason, refused
+        if self._media_end.is_set():
+            return
+        self._media_end.set()
+        if self.stream is not None:
+            self.stream.frames.close()
+        self._post(StreamLost(reason, self._clock()))
 
     def handle_event(self, event: esl.Event) -> None:
         self.confirmed.set()
+        if event.variable("parley_fallback") == "lua":
+            self.fallback_by_dialplan = True  # the Lua helper transfers a call whose stream never connects
         name = event.name
         if name in ("CHANNEL_ANSWER", "CHANNEL_PARK", "CHANNEL_CREATE") or (
             event.subclass == "mod_audio_stream::connect"
@@ -201,8 +321,14 @@ class Call:
             samples = event.get("DTMF-Duration") or "0"
             self.dtmf_digits.append(digit)
             self._post(Dtmf(digit, self._clock(), 1000.0 * int(samples) / 8000 if samples.isdigit() else 0.0))
-        elif name == "CHANNEL_HANGUP":
-            self.mark_hungup(event.get("Hangup-Cause") or "NORMAL_CLEARING")
+        elif name in ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"):
+            cause = event.get("Hangup-Cause") or "NORMAL_CLEARING"
+            if self.hungup.is_set() and not self._cause_from_event:
+                self.hangup_cause = cause  # FreeSWITCH's own cause beats one parley had to guess
+            self.mark_hungup(cause)
+            self._cause_from_event = True
+            if name == "CHANNEL_HANGUP_COMPLETE":
+                self.hangup_complete.set()
 
     def mark_hungup(self, cause: str) -> None:
         if self.hungup.is_set():
@@ -214,9 +340,6 @@ class Call:
             self.stream.frames.close()  # frames() ends after what is queued: the agent winds down by itself
         self._post(Hangup(cause, self.ended_at))
         self.log.info("hung up: %s", cause)
-
-    def stream_lost(self, reason: str) -> None:
-        self._post(StreamLost(reason, self._clock()))
 
     def _post(self, ev: CallEvent) -> None:
         try:

@@ -84,6 +84,9 @@ log = logging.getLogger("parley.records")
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 CallStatus: TypeAlias = Literal["in_progress", "completed", "failed", "interrupted"]
 HangupBy: TypeAlias = Literal["caller", "agent", "system"]
+CallOutcomeKind: TypeAlias = Literal["caller_hangup", "agent_hangup", "transferred", "shutdown"]
+_OUTCOME_TEXT = {"caller_hangup": "caller hung up", "agent_hangup": "agent hung up", "transferred": "transferred",
+                 "shutdown": "parley stopped"}
 # (the call's usage, billable call minutes (answer -> end), direction) -> USD, e.g. parley.observe.cost
 Pricer: TypeAlias = Callable[[Sequence[Usage], float, str | None], float | None]
 
@@ -150,6 +153,8 @@ class CallModel(Base):
     error: Mapped[str | None] = mapped_column(Text)
     cost_usd: Mapped[float | None] = mapped_column(Float)
     recording: Mapped[str | None] = mapped_column(Text)
+    # how the call left parley: caller_hangup | agent_hangup | transferred | shutdown (NULL: not known)
+    outcome: Mapped[str | None] = mapped_column(String(16))
 
 
 class TurnModel(Base):
@@ -250,6 +255,7 @@ class CallEnd:
     ended_at: datetime | None = None  # None: now
     answered_at: datetime | None = None  # when only known at the end
     recording: str | None = None
+    outcome: CallOutcomeKind | None = None  # how the call left parley (see CallModel.outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +327,7 @@ class CallRecord:
     error: str | None
     cost_usd: float | None
     recording: str | None
+    outcome: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,12 +343,15 @@ class CallSummary:
     hangup_by: str | None
     hangup_cause: str | None
     failed: bool
+    ended: str | None = None  # CallModel.outcome
 
     @property
     def outcome(self) -> str:
+        how = _OUTCOME_TEXT.get(self.ended or "")
         if self.status != "completed":
-            return self.status.replace("_", " ")
-        return f"{self.hangup_by} hung up" if self.hangup_by else "completed"
+            status = self.status.replace("_", " ")
+            return f"{status}, {how}" if how else status
+        return how or (f"{self.hangup_by} hung up" if self.hangup_by else "completed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,6 +598,7 @@ class CallRecorder:
             "dtmf": _text(end.dtmf),
             "cost_usd": _jsonable(cost),
             "recording": _text(end.recording),
+            "outcome": end.outcome,
             "fallbacks": list(self.fallbacks),
         }
         if end.answered_at is not None:
@@ -886,6 +897,7 @@ class RecordStore:
                     hangup_by=c.hangup_by,
                     hangup_cause=c.hangup_cause,
                     failed=c.failed,
+                    ended=c.outcome,
                 )
                 for c in calls
             ]

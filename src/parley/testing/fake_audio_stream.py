@@ -10,7 +10,11 @@ knows nothing of ESL.
 Recorded behaviour reproduced: metadata first, then binary frames; ``mono`` carries only the caller;
 ``mixed``/``stereo`` (left = caller, right = what the caller hears) send nothing while nothing plays
 (measured: a parked idle channel writes no audio, and the READ+WRITE media bug then yields no frames);
-closes started by FreeSWITCH (hangup, ``stop``) fire no ``::disconnect``; no reconnect. Like
+closes started by FreeSWITCH (hangup, ``stop``) fire no ``::disconnect``; no reconnect; a refused upgrade
+(any non-101 answer, e.g. 401) is ``::error`` code 6 "WebSocket upgrade failed"; a connection dropped
+without a close frame is ``::error`` code 1 "Connection reset by peer" and no ``::disconnect`` (the bug is
+closed, so a new ``start`` is accepted); an app close frame is ``::disconnect`` with its code and reason
+(the bug stays attached, dead, until ``stop``). Like
 ``stream_session_init``, a stream takes ``STREAM_EXTRA_HEADERS`` (JSON), ``STREAM_BUFFER_SIZE`` (ms per
 message, multiple of 20) and ``STREAM_HEART_BEAT`` (ping interval) from the channel variables at start.
 """
@@ -41,6 +45,7 @@ CONNECT_TIMEOUT_S = 2.0  # libwsc's connect timeout
 RAW_EXTENSIONS = {8000: ".r8", 16000: ".r16", 24000: ".r24", 32000: ".r32", 48000: ".r48", 64000: ".r64"}
 FILE_EXTENSIONS = {"wav": ".wav", "mp3": ".mp3", "ogg": ".ogg", "pcmu": ".pcmu", "pcma": ".pcma"}
 
+RESET_ERROR = {"code": 1, "error": "Connection reset by peer (system error 104)"}  # recorded
 EventSink = Callable[[str, str], None]  # (subclass suffix, JSON body) -> fire mod_audio_stream::<suffix>
 HeardSource = Callable[[float, float], "Int16Array | None"]  # codec-rate audio the caller hears in [t0, t1)
 
@@ -53,8 +58,8 @@ def connect_error(exc: BaseException) -> dict[str, object]:
         return {"code": 10, "error": "Connection timed out"}
     if isinstance(exc, OSError) and exc.errno:
         return {"code": 6, "error": f"{os.strerror(exc.errno)} (system error {exc.errno})"}
-    if isinstance(exc, InvalidStatus):
-        return {"code": 2, "error": f"Invalid handshake response: HTTP {exc.response.status_code}"}
+    if isinstance(exc, InvalidStatus):  # recorded (ws-401-refused): any non-101 answer to the upgrade
+        return {"code": 6, "error": "WebSocket upgrade failed"}
     return {"code": 1, "error": str(exc) or type(exc).__name__}
 
 
@@ -106,6 +111,7 @@ class AudioStream:
         self._files: list[Path] = []
         self._file_seq = 0
         self.paused = False
+        self.reset = False  # the connection dropped without a close frame (the bug is then closed)
         self.frames_sent = 0
         self.first_frame_at: float | None = None
         self.closed = asyncio.Event()
@@ -178,6 +184,20 @@ class AudioStream:
         if self._ws is not None:
             self._ws.transport.abort()
         self.closed.set()
+
+    def drop(self) -> None:
+        """Fault hook: the TCP connection is reset mid-call (no close frame either way), as a middlebox or a
+        crashed peer does. The app sees 1006; FreeSWITCH fires ``::error`` code 1 (recorded)."""
+        if self._ws is not None and not self._fs_closing:
+            self._ws.transport.abort()
+
+    async def send_garbage(self, count: int) -> None:
+        """Fault hook: ``count`` binary frames of one byte each (no whole sample), as fast as possible."""
+        if self._ws is None:
+            return
+        with contextlib.suppress(ConnectionClosed, OSError):
+            for _ in range(count):
+                await self._ws.send(b"\x01")
 
     async def send_text(self, text: str) -> None:
         if self._ws is not None and not self._fs_closing:
@@ -275,10 +295,15 @@ class AudioStream:
             if not self._fs_closing:
                 self._fs_closing = True  # stop pacing; libwsc does not reconnect
                 rcvd = ws.protocol.close_rcvd
-                code, reason = (rcvd.code, rcvd.reason) if rcvd is not None else (1006, "")
-                self._on_app_close(code, reason)
-                body = {"status": "disconnected", "message": {"code": code, "reason": reason}}
-                self._on_event("disconnect", _dumps(body))
+                if rcvd is None:  # recorded (ws-reset-midcall): ::error code 1, no ::disconnect, bug closed
+                    self.reset = True
+                    self._on_app_close(1006, "")
+                    body: dict[str, object] = {"status": "error", "message": RESET_ERROR}
+                    self._on_event("error", _dumps(body))
+                else:
+                    self._on_app_close(rcvd.code, rcvd.reason)
+                    body = {"status": "disconnected", "message": {"code": rcvd.code, "reason": rcvd.reason}}
+                    self._on_event("disconnect", _dumps(body))
                 self.closed.set()
 
     def _handle_text(self, text: str) -> None:

@@ -106,7 +106,36 @@ class CallMedia:
             self.attached.inject(resample(samples, rate, self.attached.rate))
 
     def _app_closed(self, code: int, reason: str) -> None:
+        stream = self.attached
+        if code == 1006 and stream is not None and stream.reset:
+            self.attached = None  # ::error closes the media bug: a new start is accepted (recorded)
+            return
         self.ws_close = (code, reason)
+
+    # ---- fault hooks (tests) ----------------------------------------------------------------------
+
+    def reset_stream(self) -> None:
+        """The attached stream's TCP connection is reset: parley sees 1006, FreeSWITCH ``::error`` code 1."""
+        if self.attached is not None:
+            self.attached.drop()
+
+    def silence_stream(self) -> None:
+        """The attached stream stops sending frames; its connection stays open (a stalled media bug)."""
+        if self.attached is not None:
+            self.attached.paused = True
+
+    async def flood_stream(self, count: int) -> None:
+        """The attached stream sends ``count`` garbage binary frames back to back."""
+        if self.attached is not None:
+            await self.attached.send_garbage(count)
+
+    async def second_stream(self, url: str, channel_vars: Mapping[str, str]) -> AudioStream:
+        """A second WebSocket for this call while the first is up (the module itself refuses a second
+        ``start``; this is another sender naming the same call, e.g. a restart racing the old stream)."""
+        headers = extra_headers(channel_vars.get("STREAM_EXTRA_HEADERS"))
+        stream = self.new_stream(url, "mono", 16000, None, headers, channel_vars)
+        self.opened(stream, await stream.open())
+        return stream
 
     # ---- uuid_audio_stream ------------------------------------------------------------------------
 
