@@ -87,6 +87,14 @@ def md5_api(args: str) -> str:  # mod_commands: md5 hex of the whole argument st
     return hashlib.md5(args.encode()).hexdigest()
 
 
+@pytest.fixture(autouse=True)
+def _config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default stream secret file lives under XDG_CONFIG_HOME: never the real home in tests."""
+    home = tmp_path / "config-home"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def call_uuid() -> str:
     return str(uuidlib.uuid4())
@@ -362,3 +370,140 @@ def test_lua_helper_compiles(tmp_path: Path) -> None:
     luac = _luac()
     assert luac is not None
     subprocess.run([luac, "-p", str(tmp_path / "out" / LUA)], check=True, capture_output=True)
+
+
+# ---- the shared stream secret (issue 10 item 4) ----------------------------------------------------------
+
+
+def test_generated_secret_is_stored_once_mode_600_and_reused(tmp_path: Path, _config_home: Path) -> None:
+    first = render(tmp_path)
+    stored = _config_home / "parley" / "stream-token.secret"
+    assert first.stream_secret_generated and first.secret_file == stored
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert stored.read_text().strip() == first.stream_secret
+    second = render_config(settings(), tmp_path / "again")
+    assert second.stream_secret == first.stream_secret and not second.stream_secret_generated
+    assert fs_globals(tmp_path / "again")[STREAM_SECRET_VAR] == first.stream_secret
+    assert str(stored) in second.summary() and first.stream_secret not in second.summary()
+
+
+def test_serve_reads_the_secret_config_stored(tmp_path: Path) -> None:
+    from parley import app
+
+    path = tmp_path / "secret"
+    s = settings(audio_stream={"token_secret_file": str(path)})
+    result = render(tmp_path, s)
+    assert result.secret_file == path and stat.S_IMODE(path.stat().st_mode) == 0o600
+    served = app.stream_secret(s)
+    assert served.freeswitch.audio_stream.token_secret == result.stream_secret
+
+
+def test_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    from parley import app
+
+    s = settings(audio_stream={"token_secret_file": str(tmp_path / "none")})
+    with pytest.raises(ConfigError, match="no stream token secret.*parley freeswitch config"):
+        app.stream_secret(s)
+    assert not (tmp_path / "none").exists()  # serve never invents a secret FreeSWITCH does not have
+
+
+def test_serve_without_tokens_only_when_allowed_and_says_so_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from parley import app
+
+    s = settings(audio_stream={"token_secret_file": str(tmp_path / "none"), "allow_unauthenticated_streams": True})
+    with caplog.at_level("ERROR", logger="parley.app"):
+        assert app.stream_secret(s).freeswitch.audio_stream.token_secret == ""
+    assert any(r.levelname == "ERROR" and "STREAM TOKENS ARE OFF" in r.getMessage() for r in caplog.records)
+
+
+def test_configured_secret_wins_over_the_file(tmp_path: Path) -> None:
+    from parley import app
+
+    path = tmp_path / "secret"
+    path.write_text("file-secret-abcdefghijklmnop\n")
+    path.chmod(0o600)
+    s = settings(audio_stream={"token_secret_file": str(path), "token_secret": SECRET})
+    assert render(tmp_path, s).stream_secret == SECRET and render(tmp_path, s).secret_file is None
+    assert app.stream_secret(s).freeswitch.audio_stream.token_secret == SECRET
+
+
+def test_a_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    from parley import app
+
+    path = tmp_path / "secret"
+    path.write_text("file-secret-abcdefghijklmnop\n")
+    path.chmod(0o644)
+    s = settings(audio_stream={"token_secret_file": str(path)})
+    with pytest.raises(ConfigError, match="readable by others"):
+        app.stream_secret(s)
+    with pytest.raises(ConfigError, match="readable by others"):
+        render(tmp_path, s)
+
+
+# ---- the Lua helper waits for the stream to connect --------------------------------------------------------
+
+_LUA_HARNESS = """
+local outcome = {}
+local queued = {}
+for _, ev in ipairs(QUEUE) do queued[#queued + 1] = ev end
+local function event(uuid, subclass, body)
+  return { getHeader = function(_, h)
+             if h == "Unique-ID" then return uuid elseif h == "Event-Subclass" then return subclass end
+           end,
+           getBody = function() return body end }
+end
+freeswitch = {
+  consoleLog = function(level, msg) outcome[#outcome + 1] = "log " .. level .. " " .. msg end,
+  getGlobalVariable = function() return "secret-value-0123456789abcdef" end,
+  API = function() return { executeString = function(_, cmd)
+    if string.sub(cmd, 1, 4) == "md5 " then return "0123456789abcdef0123456789abcdef" end
+    outcome[#outcome + 1] = "api " .. string.sub(cmd, 1, 22)
+    return START_REPLY
+  end } end,
+  EventConsumer = function() return {
+    bind = function() end,
+    pop = function()
+      local spec = table.remove(queued, 1)
+      if spec == nil then return nil end
+      return event(spec[1], spec[2], spec[3])
+    end } end,
+}
+session = {
+  ready = function() return true end,
+  get_uuid = function() return "u-1" end,
+  setVariable = function(_, k, v) if k == "parley_fallback" then outcome[#outcome + 1] = "set " .. k end end,
+  getVariable = function() return "1000" end,
+  answer = function() end,
+  execute = function(_, app) outcome[#outcome + 1] = "execute " .. app end,
+  transfer = function(_, dest) outcome[#outcome + 1] = "transfer " .. dest end,
+  hangup = function(_, cause) outcome[#outcome + 1] = "hangup " .. cause end,
+}
+dofile(SCRIPT)
+for _, line in ipairs(outcome) do print(line) end
+"""
+
+
+def _run_lua(tmp_path: Path, queue: str, start_reply: str = "+OK Success\n") -> list[str]:
+    lua = shutil.which("lua5.4") or shutil.which("lua")
+    if lua is None:
+        pytest.skip("no lua interpreter on PATH")
+    render(tmp_path, settings(dialplan={"fallback_extension": "operator XML default"}))
+    harness = tmp_path / "harness.lua"
+    harness.write_text(f"QUEUE = {queue}\nSTART_REPLY = {json.dumps(start_reply)}\n"
+                       f"SCRIPT = {json.dumps(str(tmp_path / 'out' / LUA))}\n{_LUA_HARNESS}")
+    out = subprocess.run([lua, str(harness)], check=True, capture_output=True, text=True, timeout=30)
+    return [line for line in out.stdout.splitlines() if line and not line.startswith("log")]
+
+
+def test_lua_helper_parks_only_after_this_calls_connect_event(tmp_path: Path) -> None:
+    queue = '{{"other", "mod_audio_stream::error", "{}"}, {"u-1", "mod_audio_stream::connect", "{}"}}'
+    assert _run_lua(tmp_path, queue) == ["set parley_fallback", "api uuid_audio_stream u-1 ", "execute park"]
+
+
+def test_lua_helper_takes_the_fallback_when_the_stream_is_refused(tmp_path: Path) -> None:
+    body = '{\\"status\\":\\"error\\",\\"message\\":{\\"code\\":6,\\"error\\":\\"WebSocket upgrade failed\\"}}'
+    queue = '{{"u-1", "mod_audio_stream::error", "' + body + '"}}'
+    lines = _run_lua(tmp_path, queue)
+    assert lines == ["set parley_fallback", "api uuid_audio_stream u-1 ", "transfer operator"]

@@ -36,6 +36,7 @@ from xml.sax.saxutils import escape
 
 from parley.config import AudioStreamSettings, Settings, require_esl_password
 from parley.errors import ConfigError, ParleyError
+from parley.freeswitch.stream_token import create_secret_file, read_secret_file
 
 ESL_PASSWORD_ENV = "PARLEY_ESL_PASSWORD"
 STREAM_SECRET_ENV = "PARLEY_STREAM_TOKEN_SECRET"
@@ -78,6 +79,7 @@ class RenderResult:
     stream_secret: str = field(repr=False)
     stream_secret_generated: bool
     warnings: tuple[str, ...] = ()
+    secret_file: Path | None = None  # where parley serve finds the stream secret (None: it was configured)
 
     @property
     def env_file(self) -> Path:
@@ -92,12 +94,14 @@ class RenderResult:
         """A human summary for the CLI, without any secret value."""
         lines = [f"Wrote {len(self.paths)} files to {self.out_dir}:"]
         lines += [f"  {p.relative_to(self.out_dir)}" for p in self.paths]
-        for what, env, generated in (
-            ("ESL password", ESL_PASSWORD_ENV, self.esl_password_generated),
-            ("stream token secret", STREAM_SECRET_ENV, self.stream_secret_generated),
-        ):
-            how = "generated a new random" if generated else "used the configured"
-            lines.append(f"{how} {what}: parley needs it as {env}")
+        how = "generated a new random" if self.esl_password_generated else "used the configured"
+        lines.append(f"{how} ESL password: parley needs it as {ESL_PASSWORD_ENV}")
+        if self.secret_file is None:
+            lines.append(f"used the configured stream token secret: parley needs it as {STREAM_SECRET_ENV}")
+        else:
+            how = "generated a new random" if self.stream_secret_generated else "reused the"
+            lines.append(f"{how} stream token secret in {self.secret_file} (mode 600): `parley serve` run by "
+                         "this user with this config reads it from there, nothing to set")
         lines.append(f"Both are in {self.env_file} (mode 600), e.g. for a systemd EnvironmentFile=.")
         lines.append(f"Install the files as {README_FILE} describes.")
         lines += [f"warning: {w}" for w in self.warnings]
@@ -135,12 +139,27 @@ def render_config(
     if esl_password or esl.password:  # refuses the well-known defaults with parley's usual message
         require_esl_password(replace(esl, password=esl_password or esl.password))
     password, password_generated = _choose(esl_password or esl.password, "ESL password", ESL_PASSWORD_ENV)
-    configured_secret = stream_secret or settings.freeswitch.audio_stream.token_secret
-    secret, secret_generated = _choose(configured_secret, "stream token secret", STREAM_SECRET_ENV)
+    stream = settings.freeswitch.audio_stream
+    configured_secret = stream_secret or stream.token_secret
+    secret_file: Path | None = None
+    if configured_secret:
+        secret, secret_generated = _choose(configured_secret, "stream token secret", STREAM_SECRET_ENV)
+    else:  # the secret file `parley serve` reads too: created once, then reused by every render
+        secret_file = stream.secret_file
+        stored = read_secret_file(secret_file)
+        secret_generated = stored is None
+        secret = stored if stored is not None else generate_secret()
+        _check_secret(secret, "stream token secret", STREAM_SECRET_ENV)
     files, warnings = render_files(settings, esl_password=password, stream_secret=secret)
+    if secret_file is not None and secret_generated:
+        stored = create_secret_file(secret_file, secret)
+        if stored != secret:  # another render stored one first: FreeSWITCH and parley must share that one
+            secret, secret_generated = stored, False
+            files, warnings = render_files(settings, esl_password=password, stream_secret=secret)
     out_dir = Path(out_dir)
     paths = tuple(_write(out_dir, f) for f in files)
-    return RenderResult(out_dir, paths, password, password_generated, secret, secret_generated, tuple(warnings))
+    return RenderResult(out_dir, paths, password, password_generated, secret, secret_generated, tuple(warnings),
+                        secret_file)
 
 
 def render_files(
