@@ -225,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", nargs="+", help="only these corpus item ids")
     p.add_argument("--score-ms", type=float, default=50.0, help="modelled smart-turn latency (default 50)")
     p.add_argument("--stt-ms", type=float, default=150.0, help="modelled speculative-STT latency (default 150)")
-    p.add_argument("--reply-ms", type=float, default=250.0,
-                   help="modelled end of turn -> first audible agent sample (default 250)")
+    p.add_argument("--reply-ms", type=float, default=40.0,
+                   help="modelled end of turn (or its release) -> first audible agent sample (default 40, "
+                        "measured with speculative replies by parley bench latency)")
     p.add_argument("--no-stt", action="store_true", help="no speculative transcripts (no lexical signal)")
     p.add_argument("--cache", help="corpus cache folder (default ~/.cache/parley/turn-corpus)")
     p.add_argument("--verbose", "-v", action="store_true")

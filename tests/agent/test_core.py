@@ -299,3 +299,39 @@ def test_a_real_answer_after_a_barge_in_gets_a_real_reply() -> None:
                                             ("Tuesday", False), ("yes Tuesday", False), ("no", False)])
 def test_is_backchannel(text: str, yes: bool) -> None:
     assert c.is_backchannel(text) is yes
+
+
+# ---- a short turn's hold ---------------------------------------------------------------------------
+
+
+def held_turn(core: c.ConversationCore, text: str = "at three") -> int:
+    spec = reply_id(caller_turn(core, text=text))
+    core.handle(turns.EndOfTurn(2.2, 2.0, "smart_turn", 1.0, release_t=2.4))
+    assert core.handle(c.FinalText(2.25, text)) == []  # the speculative reply stays held: not heard yet
+    return spec
+
+
+def test_a_short_turns_reply_goes_live_when_the_machine_releases_it() -> None:
+    core = make()
+    spec = held_turn(core)
+    core.handle(c.ReplyText(spec, "And what name should I put it under?"))
+    out = core.handle(turns.ReleaseReply(2.4))
+    assert kinds(out) == ["Feed:AgentTurnTaken", "CommitReply"]
+    assert core.turns[0].agent_full == "And what name should I put it under?"
+    assert core.memory.messages[-1].content == "And what name should I put it under?"
+
+
+def test_speech_during_the_hold_takes_the_turn_back_and_nothing_was_heard() -> None:
+    core = make()
+    spec = held_turn(core)
+    out = core.handle(turns.TurnResumed(2.3, 2.28, 1.0))
+    assert kinds(out) == ["CancelReply", "SttOpen"]  # nothing queued: nothing to break
+    assert core.replies[spec].done and core.caller_turn_open and core.memory.messages == []
+    assert core.handle(turns.ReleaseReply(2.4)) == []  # a late release has nothing to release
+
+
+def test_a_caller_who_hangs_up_during_the_hold_still_has_their_turn_recorded() -> None:
+    core = make()
+    held_turn(core, "no")
+    recs = [x for x in core.handle(c.CallEnded(2.3)) if isinstance(x, c.RecordTurn)]
+    assert [(r.turn.caller, r.outcome, r.turn.agent) for r in recs] == [("no", "hangup", "")]

@@ -414,6 +414,39 @@ def _rounded(action: TurnAction) -> TurnAction:
     return dataclasses.replace(action, **changes)  # type: ignore[arg-type]
 
 
+def test_a_short_turn_is_held_and_a_resume_in_the_hold_takes_it_back_silently() -> None:
+    s = run_case(
+        """
+        speech 300   -> UserSpeechStarted
+        silence 100  -> UserPaused
+        silence 100  -> ScoreTurn
+        hint At three. ->
+        score 0.9    -> EndOfTurn(smart_turn)
+        agent takes turn ->
+        silence 100  ->
+        speech 100   -> TurnResumed
+        silence 2000 -> UserPaused, ScoreTurn, EndOfTurn(silence)
+    """,
+        TurnPolicy(**IDEAL),
+    )
+    assert not any(type(a).__name__ == "ReleaseReply" for a in s.log)  # never released: nothing was heard
+
+
+def test_a_long_turn_is_released_at_once() -> None:
+    s = run_case(
+        """
+        speech 300   -> UserSpeechStarted
+        silence 100  -> UserPaused
+        silence 100  -> ScoreTurn
+        hint I would like to book a cleaning please. ->
+        score 0.9    -> EndOfTurn(smart_turn)
+    """,
+        TurnPolicy(**IDEAL),
+    )
+    end = s.log[-1]
+    assert type(end).__name__ == "EndOfTurn" and end.release_t is None  # type: ignore[union-attr]
+
+
 def test_exact_times_and_ids_of_a_smart_turn_ending() -> None:
     s = run_case(
         """
@@ -430,7 +463,8 @@ def test_exact_times_and_ids_of_a_smart_turn_ending() -> None:
         UserSpeechStarted(t=0.12, onset_t=0.0),
         UserPaused(t=0.4, pause_id=1, speech_end_t=0.3),
         ScoreTurn(t=0.5, pause_id=1),
-        EndOfTurn(t=0.54, speech_end_t=0.3, reason="smart_turn", onset_t=0.0),
+        # "Yes, please." is a short turn: its reply may be heard 200 ms later (a resume in between takes it back)
+        EndOfTurn(t=0.54, speech_end_t=0.3, reason="smart_turn", onset_t=0.0, release_t=0.74),
     ]
 
 
@@ -538,7 +572,7 @@ def test_vad_offset_lag_moves_speech_end_and_deadlines_but_not_before_the_run() 
         silence 60   -> ScoreTurn
         hint Thanks. ->
         score 0.8    -> EndOfTurn(smart_turn)
-        silence 1000 ->
+        silence 1000 -> ReleaseReply
         agent done   ->
         silence 2000 ->
         speech 120   -> UserSpeechStarted

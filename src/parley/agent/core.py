@@ -174,6 +174,8 @@ class ConversationCore:
         self._onset: dict[int, float] = {}  # each caller turn's first speech (by id of its record)
         self._final_pending = False  # an ended turn's final transcript has been asked for, not received
         self._stale_finals = 0  # finals still on their way for turns whose end was taken back
+        self._hold = False  # the last EndOfTurn's reply may not be heard until ReleaseReply
+        self._waiting: Reply | None = None  # the reply waiting for that release (held)
 
     # ---- queries ---------------------------------------------------------------------------------
 
@@ -220,8 +222,10 @@ class ConversationCore:
                 return [*self._drop_speculation(), SttResume()]
             case turns.ScoreTurn(pause_id=pid):
                 return [Score(pid)]
-            case turns.EndOfTurn(t=t, speech_end_t=end, reason=reason):
-                return self._end_of_turn(t, end, reason)
+            case turns.EndOfTurn(t=t, speech_end_t=end, reason=reason, release_t=release):
+                return self._end_of_turn(t, end, reason, release)
+            case turns.ReleaseReply(t=t):
+                return self._released(t)
             case turns.BargeIn(t=t, onset_t=onset):
                 return self._interrupted(t, onset)
             case turns.IdlePrompt(t=t):
@@ -280,7 +284,7 @@ class ConversationCore:
         self.turns.append(turn)
         return turn
 
-    def _end_of_turn(self, t: float, speech_end: float, reason: str) -> list[Command]:
+    def _end_of_turn(self, t: float, speech_end: float, reason: str, release_t: float | None) -> list[Command]:
         turn, self._caller, self._pause = self._caller, None, None
         if turn is None:
             return []
@@ -289,6 +293,7 @@ class ConversationCore:
         turn.timings.mark(tm.ENDPOINT, t)
         self._ending = turn
         self._final_pending = True
+        self._hold = release_t is not None
         return [FeedMachine(turns.AgentTurnTaken(t)), SttFinalize()]
 
     def _speculative(self, ev: SpeculativeText) -> list[Command]:
@@ -332,21 +337,39 @@ class ConversationCore:
             return [*out, FeedMachine(turns.AgentDone(ev.t))]
         self.memory.add_user(text)
         if spec is not None and same_words(spec.answers or "", text):
-            spec.held = False
             turn.speculative = True
-            for stage, at in spec.timings.marks.items():
-                turn.timings.mark(stage, at)
-            for stage, secs in spec.timings.provider_s.items():
-                turn.timings.add_provider_time(stage, secs)
-            cmds = self._take_floor(ev.t, spec)
-            if spec.text is not None:
-                self._remember(spec)
-            return [*cmds, CommitReply(spec.id)]
+            if self._hold:
+                self._waiting = spec  # the machine holds a short turn's reply back a little (ReleaseReply)
+                return []
+            return self._go_live(ev.t, spec)
         out = []
         if spec is not None:
             spec.done = True
             out.append(CancelReply(spec.id))
+        if self._hold:
+            r = self._reply_for(turn, answers=text, held=True)
+            self._waiting = r
+            return [*out, StartReply(r.id, tuple(self.memory.for_llm()), None, held=True)]
         return [*out, *self._start(ev.t, turn, messages=tuple(self.memory.for_llm()), answers=text)]
+
+    def _go_live(self, t: float, r: Reply) -> list[Command]:
+        """A held reply (speculative, or waiting out a short turn's hold) becomes the one the caller hears."""
+        r.held = False
+        for stage, at in r.timings.marks.items():
+            r.turn.timings.mark(stage, at)
+        for stage, secs in r.timings.provider_s.items():
+            r.turn.timings.add_provider_time(stage, secs)
+        cmds = self._take_floor(t, r)
+        if r.text is not None:
+            r.turn.agent_full = r.text
+            r.turn.tool_calls = list(r.tool_calls)
+            self._remember(r)
+        return [*cmds, CommitReply(r.id)]
+
+    def _released(self, t: float) -> list[Command]:
+        self._hold = False
+        r, self._waiting = self._waiting, None
+        return [] if r is None or r.done else self._go_live(t, r)
 
     def _resume_cut(self, t: float, turn: TurnRecord, cut: tuple[Reply, str, str]) -> list[Command]:
         """A barge-in that was only a cough or an "uh-huh": say the interrupted sentence again, and the rest."""
@@ -498,6 +521,8 @@ class ConversationCore:
         """The caller talks while the agent has the floor (the machine's ``BargeIn``, or ``TurnResumed``:
         speech soon after an end of turn, before the reply was audible)."""
         r = self._current
+        if (r is None or r.done) and self._waiting is not None:
+            return self._take_back(onset, self._waiting)
         if r is None or r.done:
             return self._reopen(onset) if self._ending is not None else []
         if not r.audible:
@@ -534,6 +559,7 @@ class ConversationCore:
     def _reopen(self, onset: float) -> list[Command]:
         """The turn that just ended goes on: its end of turn is taken back."""
         turn, self._ending = self._ending, None
+        self._hold, self._waiting = False, None
         if turn is None:
             return []
         out = self._drop_speculation()
@@ -637,6 +663,10 @@ class ConversationCore:
                 r.turn.agent_full = " ".join(s.text for s in r.spoken()).strip()
             r.turn.agent = heard_text(r.spoken(), heard)[0]
             out += self._record(r.turn, "hangup", r)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.done:  # hung up during a short turn's hold: heard nothing
+            waiting.done = True
+            out += self._record(waiting.turn, "hangup", waiting)
         turn = self._caller or self._ending
         self._caller = self._ending = None
         if turn is not None and id(turn) not in self._recorded:

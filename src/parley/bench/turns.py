@@ -5,14 +5,16 @@ the webrtcvad gate, the synchronous per-call ``process`` path) once, then throug
 :class:`~parley.turns.machine.TurnMachine` per endpointing configuration, frame by frame in *simulated*
 time: smart-turn v3.2 answers a ``ScoreTurn`` after a fixed modelled latency, whisper tiny.en's
 speculative transcript of the turn so far answers a ``UserPaused`` as a ``TranscriptHint`` after another,
-and a modelled agent takes the turn at ``EndOfTurn`` and becomes audible ``reply_ms`` later (unless the
+and a modelled agent takes the turn at ``EndOfTurn`` and becomes audible ``reply_ms`` after it is released
+(``EndOfTurn.release_t``, at once unless a short turn is held) (unless the
 turn is revoked first). Same corpus and models -> the same figures on every run. Scoring
 (:func:`score_item`, :func:`summarize`, :func:`vad_lags`) is pure and works on the recorded actions.
 Prints one row per configuration; never judges. Must not know how the session wires the machine.
 
 Cut-in: an ``EndOfTurn`` before the caller's true turn end that was not revoked by ``TurnResumed`` (the
 turn is split and the agent answers a fragment). It is counted over the turns with a 300-1000 ms internal
-pause. Decision delay: true turn end -> the last ``EndOfTurn``, over all caller turns.
+pause. Decision delay: true turn end -> the last ``EndOfTurn``'s release (when its reply may be heard), over
+all caller turns.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ PAUSE_RANGE_S = (0.29, 1.01)  # "turns with 300-1000 ms internal pauses" (10 ms 
 CALLER_KINDS = ("turn", "complete", "short")
 
 OLD_DEFAULT = TurnPolicy(resume_min_speech_ms=120.0, vad_offset_lag_ms=0.0, lexical_hints=False,
-                         adaptive_wait=False, revoke_window_ms=0.0)
+                         adaptive_wait=False, revoke_window_ms=0.0, short_turn_hold_ms=0.0)
 
 
 def configurations() -> dict[str, TurnPolicy]:
@@ -68,6 +70,7 @@ def configurations() -> dict[str, TurnPolicy]:
     return {
         "old default": OLD_DEFAULT,
         "new default": new,
+        "new, no short hold": replace(new, short_turn_hold_ms=0.0),
         "new, no revoke": replace(new, revoke_window_ms=0.0),
         "smart-turn only": replace(new, lexical_hints=False, adaptive_wait=False, revoke_window_ms=0.0),
         "silence 700 ms": replace(OLD_DEFAULT, smart_turn=False, silence_ms=700.0),
@@ -80,7 +83,9 @@ class Timing:
 
     score_ms: float = 50.0  # ScoreTurn -> TurnScore (smart-turn ~50 ms with OPENBLAS_NUM_THREADS=1)
     stt_ms: float = 150.0  # UserPaused -> TranscriptHint (tiny.en, 10 s window, ~110-150 ms per turn)
-    reply_ms: float = 250.0  # EndOfTurn -> first audible agent sample (speculative reply, trimmed TTS)
+    # EndOfTurn (or its release) -> first audible agent sample: 40 ms measured with speculative replies and
+    # trimmed TTS (parley bench latency: endpoint p50 305 ms -> first audible 345 ms)
+    reply_ms: float = 40.0
     reply_len_ms: float = 2000.0  # how long a modelled reply plays
 
 
@@ -171,11 +176,11 @@ def simulate(item: CorpusItem, track: Sequence[VadFrameResult], policy: TurnPoli
                     if text is not None:
                         th = t + timing.stt_ms / 1000
                         later(th, TranscriptHint(th, pid, text))
-                case EndOfTurn(t=t):
+                case EndOfTurn(t=t, release_t=release):
                     state["reply"] += 1
                     r = int(state["reply"])
                     later(t, AgentTurnTaken(t), r)
-                    heard = t + timing.reply_ms / 1000
+                    heard = (release if release is not None else t) + timing.reply_ms / 1000
                     later(heard, AgentSpeaking(heard), r)
                     later(heard + timing.reply_len_ms / 1000, AgentDone(heard + timing.reply_len_ms / 1000), r)
                 case _:
@@ -248,7 +253,8 @@ def score_item(item: CorpusItem, run: ItemRun) -> ItemScore:
     return ItemScore(
         spec.id, spec.kind, paused, premature, revoked,
         heard_early=any(t < end for t in run.audible),
-        delay_ms=None if final is None else round(1000 * (final.t - end), 1),
+        # until the reply may be heard (a short turn's hold counts: the caller waits through it)
+        delay_ms=None if final is None else round(1000 * ((final.release_t or final.t) - end), 1),
         reason=None if final is None else final.reason,
         barge_ins=len(barges),
     )

@@ -133,12 +133,24 @@ class ScoreTurn:
 
 @dataclass(frozen=True, slots=True)
 class EndOfTurn:
-    """The caller finished; the turn's speech spans ``[onset_t, speech_end_t]``."""
+    """The caller finished; the turn's speech spans ``[onset_t, speech_end_t]``.
+
+    ``release_t``: the reply may be made audible from then on (``ReleaseReply`` comes at that time); None
+    means at once. A short turn ("At three", "No") is held briefly: speech in the hold takes it back
+    silently (``TurnResumed``) instead of the caller hearing the agent start."""
 
     t: float
     speech_end_t: float
     reason: EndReason
     onset_t: float
+    release_t: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseReply:
+    """The hold after a short turn's ``EndOfTurn`` is over: the reply may be heard now."""
+
+    t: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +195,7 @@ TurnAction = (
     | UserResumed
     | ScoreTurn
     | EndOfTurn
+    | ReleaseReply
     | TurnResumed
     | BargeIn
     | IdlePrompt

@@ -46,6 +46,7 @@ from parley.turns.events import (
     EndReason,
     IdleHangup,
     IdlePrompt,
+    ReleaseReply,
     ScoreTurn,
     SttSpeechFinal,
     Tick,
@@ -102,6 +103,8 @@ class TurnMachine:
         self._scored = False
         self._verdict: float | None = None
         self._hint: bool | None = None  # this pause's transcript looks unfinished (None: no hint yet)
+        self._hint_words: int | None = None  # how many words the turn's latest transcript has
+        self._release_at: float | None = None  # a held EndOfTurn's reply may be heard from then on
         self._pauses: deque[float] = deque(maxlen=_PAUSE_MEMORY)  # seconds, internal pauses that resumed
         self._ended: _Ended | None = None
         self._audible = False  # AgentSpeaking seen since the floor was last free
@@ -143,6 +146,8 @@ class TurnMachine:
         """
         p = self.policy
         if self._phase == "idle":
+            if self._release_at is not None:
+                return self._release_at
             if self._idle_since is None or self._agent_floor or self._candidate is not None:
                 return None
             return self._idle_since + p.idle_timeout_s
@@ -174,6 +179,7 @@ class TurnMachine:
             case TranscriptHint(pause_id=pause_id, text=text):
                 if self.policy.lexical_hints and self._phase == "paused" and pause_id == self._pause_id:
                     self._hint = looks_unfinished(text)
+                    self._hint_words = len(text.split())
             case AgentTurnTaken():
                 self._agent_floor = True
                 self._idle_since = None
@@ -274,6 +280,7 @@ class TurnMachine:
         assert e is not None
         self._pauses.append(max(0.0, onset_t - e.speech_end))
         self._ended = None
+        self._release_at = None  # the held reply is dropped with the end of turn
         self._agent_floor = False
         self._audible = False
         self._phase = "speaking"
@@ -293,6 +300,9 @@ class TurnMachine:
     def _advance(self, now: float) -> list[TurnAction]:
         """Fire every deadline that ``now`` has reached, in the order they fall due."""
         p = self.policy
+        if self._release_at is not None and now + _EPS >= self._release_at and self._phase == "idle":
+            at, self._release_at = self._release_at, None
+            return [ReleaseReply(at), *self._advance(now)]
         if self._phase != "idle":
             if now - self._turn_onset + _EPS >= p.max_turn_s:
                 return [self._end_turn(now, "max_turn")]
@@ -336,7 +346,12 @@ class TurnMachine:
 
     def _end_turn(self, now: float, reason: EndReason) -> EndOfTurn:
         end = self._end_ref()
-        action = EndOfTurn(now, end, reason, self._turn_onset)
+        p = self.policy
+        short = self._hint_words is not None and self._hint_words <= p.short_turn_words
+        hold = p.short_turn_hold_ms / 1000 if short and p.revoke_window_ms > 0 and reason != "max_turn" else 0.0
+        self._release_at = now + hold if hold > 0 else None
+        self._hint_words = None
+        action = EndOfTurn(now, end, reason, self._turn_onset, self._release_at)
         self._phase = "idle"
         self._candidate = None
         self._clear_pause()

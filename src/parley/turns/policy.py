@@ -88,6 +88,13 @@ class TurnPolicy:
     # remaining cut-ins into silent cancels. 2 s: a reply slower than that is a stall; speech then is a
     # new sentence. 0 disables revocation (resumed speech is a barge-in or a new turn, as before).
     revoke_window_ms: float = 2000.0
+    # A turn whose transcript at the pause has at most this many words is held this long before its reply
+    # may be heard (EndOfTurn.release_t, then ReleaseReply). With speculative replies the agent is audible
+    # ~40 ms after EndOfTurn (parley bench latency), too soon for a take-back: the remaining cut-ins were
+    # short complete phrases followed by more ("At three... in the afternoon", "No... that's all", "Yes,
+    # that works... and"). Longer turns, and turns without a transcript yet, are released at once.
+    short_turn_words: int = 3
+    short_turn_hold_ms: float = 200.0
 
     def __post_init__(self) -> None:
         for name in ("min_speech_ms", "pause_ms", "silence_ms", "score_after_ms", "fallback_silence_ms"):
@@ -105,6 +112,8 @@ class TurnPolicy:
             raise ConfigError("turn policy: max_turn_s and idle_timeout_s must be > 0, idle_max_prompts >= 0")
         if self.resume_min_speech_ms <= 0 or self.unfinished_silence_ms <= 0:
             raise ConfigError("turn policy: resume_min_speech_ms and unfinished_silence_ms must be > 0")
+        if self.short_turn_words < 0 or self.short_turn_hold_ms < 0:
+            raise ConfigError("turn policy: short_turn_words and short_turn_hold_ms must be >= 0")
         for name in ("vad_offset_lag_ms", "hint_wait_ms", "adaptive_margin_ms", "revoke_window_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"turn policy: {name} must be >= 0")
