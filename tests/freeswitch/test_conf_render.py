@@ -402,7 +402,7 @@ def test_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
     from parley import app
 
     s = settings(audio_stream={"token_secret_file": str(tmp_path / "none")})
-    with pytest.raises(ConfigError, match="no stream token secret.*parley freeswitch config"):
+    with pytest.raises(ConfigError, match=r"no stream token secret.*parley freeswitch config"):
         app.stream_secret(s)
     assert not (tmp_path / "none").exists()  # serve never invents a secret FreeSWITCH does not have
 

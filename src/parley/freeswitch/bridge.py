@@ -337,6 +337,7 @@ class Bridge:
         if sub == "mod_audio_stream::error":
             self.stats.stream_errors += 1
             code, text = _stream_error(event.body)
+            call.stream_errors.append((code, text))
             call.log.error("mod_audio_stream error %s: %s", code, text[:200])
             stream = call.stream
             if stream is not None and call.stream_ready.is_set():  # the attached stream is the one that died
@@ -503,6 +504,8 @@ class Bridge:
             now = self._clock()
             if stream.stats.frames != frames:
                 frames, since = stream.stats.frames, now
+            elif call.uuid not in self._agents:  # not confirmed yet (a stream for an unknown call): no judging
+                since = now
             elif stall and now - since >= stall:
                 self.stats.streams_stalled += 1
                 call.log.warning("stream #%s sent no audio for %.1f s with its connection open; restarting it",

@@ -134,6 +134,7 @@ class Call:
         self.concluder: Concluder | None = None  # set by the bridge: apology, fallback, hangup
         self.shutdown = False  # parley ended the call because it is stopping
         self.fallback_by_dialplan = False
+        self.stream_errors: list[tuple[int | None, str]] = []  # (code, error) of each mod_audio_stream::error
         self._media_end = asyncio.Event()
         self._conclusion: asyncio.Future[None] | None = None
         self._attached = asyncio.Event()  # pulsed on each attach (frames() waits for a replacement)
