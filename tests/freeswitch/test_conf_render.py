@@ -507,3 +507,17 @@ def test_lua_helper_takes_the_fallback_when_the_stream_is_refused(tmp_path: Path
     queue = '{{"u-1", "mod_audio_stream::error", "' + body + '"}}'
     lines = _run_lua(tmp_path, queue)
     assert lines == ["set parley_fallback", "api uuid_audio_stream u-1 ", "transfer operator"]
+
+
+def test_readme_works_for_a_source_build_without_assuming_a_user_or_systemd(tmp_path: Path) -> None:
+    render(tmp_path, settings(dialplan={"context": "public"}))
+    text = (tmp_path / "out" / README).read_text()
+    for needed in ("P/etc/freeswitch", "P/share/freeswitch/scripts", "global_getvar conf_dir",
+                   "global_getvar script_dir", "ps -o user= -C freeswitch", "fsctl shutdown restart",
+                   '<X-PRE-PROCESS cmd="include" data="public/*.xml"/>', "FIRST one", "PARLEY_STREAM_TOKEN_SECRET",
+                   "allow_unauthenticated_streams"):
+        assert needed in text, needed
+    for wrong in ("chown freeswitch:freeswitch", "/usr/local/freeswitch/conf", "/usr/local/freeswitch/scripts"):
+        assert wrong not in text
+    for name in (VARS, ESL_CONF):
+        assert "chown freeswitch:freeswitch" not in (tmp_path / "out" / name).read_text()

@@ -227,6 +227,7 @@ def render_files(
         "acl_cidrs": ", ".join(str(n) for n in networks),
         "destination_pattern": pattern,
         "dial_url": url,
+        "extension_name": extension,
     }
     files = [
         RenderedFile(f"{dialplan_dir}/00_parley_agent.xml", _fill("dialplan_agent.xml", xml_values)),
