@@ -96,6 +96,11 @@ class Faults:
     drop_after_frames: int | None = None
     malformed_after_frames: int | None = None
     close_after_frames: int | None = None
+    # From this audio frame on the fake answers nothing (no Results, no answer to Finalize, no close) and keeps
+    # reading: a recognizer that hung, what Deepgram reports as ``1011 NET-0000`` ("the service did not produce a
+    # result in time") only after its own window (docs/provider-protocols.md §1, Deepgram's
+    # stt-troubleshooting-websocket-data-and-net-errors page).
+    stall_after_frames: int | None = None
     close_code: int = 1011
     close_reason: str = "NET-0000: the service did not produce a result in time (fake)"
     rejected: int = 0
@@ -129,6 +134,7 @@ class Session:
     json_in_binary: int = 0  # control messages wrongly sent as binary audio
     closed: tuple[int, str] | None = None  # close code/reason the fake sent
     dropped: bool = False
+    stalled: bool = False  # Faults.stall_after_frames took effect: nothing more was sent
 
     def count(self, kind: str) -> int:
         return sum(1 for m in self.received if m.get("type") == kind)
@@ -494,6 +500,9 @@ class FakeDeepgram:
     async def _fault(self, ws: ServerConnection, session: Session, faults: Faults) -> bool:
         """Apply a scripted fault due at this frame count; True when the connection is finished."""
         n = session.binary_frames
+        if faults.stall_after_frames is not None and n >= faults.stall_after_frames:
+            session.stalled = True
+            return False
         if n == faults.drop_after_frames:
             session.dropped = True
             ws.transport.abort()
@@ -513,10 +522,15 @@ class FakeDeepgram:
             await self._send(ws, session, message)
 
     async def _send(self, ws: ServerConnection, session: Session, message: dict[str, object]) -> None:
+        if session.stalled:
+            return
         session.sent.append(message)
         await ws.send(json.dumps(message))
 
     async def _close(self, ws: ServerConnection, session: Session, code: int, reason: str) -> None:
+        if session.stalled:  # a hung recognizer does not close either; the client gives up
+            await ws.wait_closed()
+            return
         session.closed = (code, reason)
         await ws.close(code, reason)
 

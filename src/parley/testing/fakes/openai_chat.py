@@ -179,3 +179,59 @@ def dialogue(replies: Sequence[str | tuple[str, str]]) -> Script:
         await streaming(*events)(conn)
 
     return script
+
+
+# ---- faults --------------------------------------------------------------------------------------------------
+
+
+def server_error(status: int = 503, message: str = "The server is overloaded or not ready yet.") -> Script:
+    """Every request answered ``status`` with OpenAI's documented error body before any streaming
+    (docs/provider-protocols.md §6 "Errors": 500/502/503 server errors, ``{"error": {message, type, code}}``)."""
+
+    async def script(conn: Connection) -> None:
+        await conn.json_response(status, {"error": {"message": message, "type": "server_error", "param": None,
+                                                    "code": None}})
+
+    return script
+
+
+def stall(*, after_head: bool = True) -> Script:
+    """Headers (or nothing at all), then no byte until the client goes: a model server that queued the request
+    and never produced a token (OpenAI documents no server idle limit; the SDK waits 600 s, §6 "Timeouts")."""
+
+    async def script(conn: Connection) -> None:
+        if after_head:
+            await conn.head()
+        with contextlib.suppress(ConnectionError):
+            while await conn.reader.read(1024):
+                pass
+
+    return script
+
+
+def drop_after(*events: object) -> Script:
+    """These events, then the TCP connection cut without the terminating chunk: a stream broken mid-reply
+    (a proxy or load balancer reset; §0 notes the final usage chunk is then lost)."""
+
+    async def script(conn: Connection) -> None:
+        await conn.head()
+        for event in events:
+            await conn.event(event)
+        transport = conn.writer.transport
+        transport.abort()
+
+    return script
+
+
+def garbage(*raw: str) -> Script:
+    """A 200 ``text/event-stream`` whose ``data:`` lines are not JSON (e.g. a truncated chunk from a buggy
+    compatible server or a proxy's HTML error page inside the stream; §6: an event must be one JSON object)."""
+
+    async def script(conn: Connection) -> None:
+        await conn.head()
+        for text in raw or ('{"id": "chatcmpl-1", "choices": [{"delta": {"content": "Sure', "<html>502</html>"):
+            await conn.event(text)
+        await conn.event("[DONE]")
+        await conn.end()
+
+    return script
