@@ -444,3 +444,20 @@ def test_deep_json_text_frame_is_garbage_not_a_crash() -> None:
     assert AudioStream._json_object('{"n": ' + "9" * 5000 + "}") is None
     nested = '{"uuid": "x", "a": [[{"b": "]]]"}]]}'
     assert AudioStream._json_object(nested) == {"uuid": "x", "a": [[{"b": "]]]"}]]}
+
+
+async def test_frame_numbers_run_on_across_a_restarted_stream(rig: Rig) -> None:
+    """The session places caller audio in time by seq: frames of a new stream must not start again at 0
+    (the session's frame lag, clock minus the media time seq says, would jump by the call's age)."""
+    call = await rig.place()
+    await rig.until(lambda: rig.frames(call) > 50)  # 1 s in: a seq restarting at 0 would be ~1000 ms late
+    session = rig.agent.sessions[call.uuid]
+    first = call.audio_stream
+    call.media.reset_stream()
+    await rig.until(lambda: call.audio_stream is not first and call.audio_stream is not None
+                    and call.audio_stream.frames_sent > 20)
+    before = len(session.frame_lag_ms)
+    await rig.until(lambda: len(session.frame_lag_ms) > before + 20)
+    after = session.frame_lag_ms[before:]
+    assert max(after) < 500, max(after)  # a generous bound on an outcome; a reset seq gives >= 1000 ms
+    await call.hangup()

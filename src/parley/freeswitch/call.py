@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from parley.config import DIALPLAN_CONTEXT, DIALPLAN_EXTENSION, FreeSwitchSettings
@@ -211,8 +211,12 @@ class Call:
 
     async def frames(self) -> AsyncIterator[AudioFrame]:
         """Caller audio (mono, stream rate), across replaced and restarted streams, until the call hangs up
-        or the media is given up (:meth:`end_media`). ``seq`` restarts at 0 with each stream."""
+        or the media is given up (:meth:`end_media`). ``seq`` runs on across streams, skipping the frames a
+        gap between them would have held, so ``seq`` x frame length stays the call's media time."""
         done: AudioStream | None = None
+        offset = 0  # added to the current stream's seq
+        anchor: tuple[int, float] | None = None  # (seq, t) of the call's first frame
+        last = -1
         while not self.hungup.is_set():
             stream = self.stream
             if stream is None or stream is done:
@@ -221,6 +225,7 @@ class Call:
                 self._attached.clear()
                 await self.wait_any(self._attached, self.hungup, self._media_end)
                 continue
+            first = True
             while not self.hungup.is_set():
                 frame = stream.frames.get_nowait()
                 if frame is None:
@@ -229,6 +234,15 @@ class Call:
                     frame = await stream.frames.get()
                     if frame is None:
                         break
+                if anchor is None:
+                    anchor = (frame.seq, frame.t)
+                elif first and frame.pcm:
+                    dur = len(frame.pcm) / 2 / stream.format.sample_rate
+                    offset = max(last + 1, anchor[0] + round((frame.t - anchor[1]) / dur)) - frame.seq
+                first = False
+                if offset:
+                    frame = replace(frame, seq=frame.seq + offset)
+                last = frame.seq
                 yield frame
             done = stream
 
