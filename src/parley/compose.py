@@ -86,12 +86,15 @@ class Providers:
         return items[0] if len(items) == 1 else FallbackSTT(items, on_switch=self.on_switch)
 
     def llm(self) -> LLMProvider:
-        items = [self.one_llm(n) for n in self.settings.conversation.llm]
-        return items[0] if len(items) == 1 else FallbackLLM(items, on_switch=self.on_switch)
+        """Always a chain (of one, too): the first-token deadline applies to a lone provider as well."""
+        conv = self.settings.conversation
+        items = [self.one_llm(n) for n in conv.llm]
+        return FallbackLLM(items, on_switch=self.on_switch, first_output_s=conv.llm_first_token_timeout_s or None)
 
     def tts(self) -> TTSProvider:
-        items = [self.one_tts(n) for n in self.settings.conversation.tts]
-        return items[0] if len(items) == 1 else FallbackTTS(items, on_switch=self.on_switch)
+        conv = self.settings.conversation
+        items = [self.one_tts(n) for n in conv.tts]
+        return FallbackTTS(items, on_switch=self.on_switch, first_output_s=conv.tts_first_audio_timeout_s or None)
 
     def local_voice(self) -> TTSProvider:
         """The voice that apologises when everything else failed: the configured local one, else hibari."""

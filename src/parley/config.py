@@ -246,6 +246,12 @@ class ConversationSettings:
     # this file as FreeSWITCH sees it (e.g. a recording of the apology in its sounds directory), else a tone.
     apology_fs_file: str = ""
     on_failure: Literal["hangup", "transfer"] = "hangup"
+    # A provider that has produced nothing this long after the request is failed over (next in the chain,
+    # else the apology): a queued or overloaded vendor stream can stay open sending only pings. Vendors'
+    # time to first token is ~0.3-1 s and to first audio ~0.1-0.5 s on a good day, so these leave room for a
+    # slow one without leaving the caller in silence for long. 0 turns a deadline off.
+    llm_first_token_timeout_s: float = 3.0
+    tts_first_audio_timeout_s: float = 2.0
     dtmf_gap_s: float = 1.0  # digits typed within this gap form one input ('#' ends it at once)
     # Overrides of the turn policy (parley.turns.policy.TurnPolicy holds the defaults and validates),
     # e.g. {silence_ms: 600, barge_in_min_speech_ms: 300, smart_turn: false}.

@@ -200,3 +200,35 @@ async def test_stt_with_every_provider_down() -> None:
 
     with pytest.raises(AllProvidersFailed, match="all stt providers failed"):
         await FallbackSTT([Down()]).open(sample_rate=8000)  # type: ignore[list-item]
+
+
+class PingOnly:
+    """An LLM stream that is open but says nothing (a queued or overloaded vendor sending only pings)."""
+
+    name = "stalled"
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+        try:
+            await asyncio.sleep(3600)
+            yield TextDelta("never")
+        finally:
+            self.closed = True
+
+
+async def test_a_stream_that_produces_nothing_fails_over_within_the_deadline() -> None:
+    stalled = PingOnly()
+    chain = FallbackLLM([stalled, ScriptedLLM("rules", ["Sure."])], first_output_s=0.05)  # type: ignore[list-item]
+    events = await collect(chain.stream([Message("user", "hi")]))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Sure."]
+    assert stalled.closed  # the stalled request was closed, not left running
+    assert chain.stats.switches == 1 and chain.stats.failures == {"stalled": 1}
+
+
+async def test_a_lone_stalled_provider_is_an_error_not_silence() -> None:
+    chain = FallbackLLM([PingOnly()], first_output_s=0.05)  # type: ignore[list-item]
+    assert chain.name == "stalled"  # a chain of one keeps the provider's name
+    with pytest.raises(AllProvidersFailed, match=r"nothing produced within 0\.1 s"):
+        await collect(chain.stream([Message("user", "hi")]))

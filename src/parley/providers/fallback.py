@@ -39,7 +39,7 @@ from parley.providers.base import (
     TTSProvider,
     Usage,
 )
-from parley.providers.errors import ProviderError
+from parley.providers.errors import ProviderError, ProviderTimeout
 
 log = logging.getLogger("parley.fallback")
 
@@ -109,6 +109,7 @@ class _Chain(Generic[P]):
         cooldown_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         on_switch: SwitchHook | None = None,
+        first_output_s: float | None = None,
     ) -> None:
         names = [p.name for p in providers]
         if not names:
@@ -117,7 +118,11 @@ class _Chain(Generic[P]):
         self.health = Health(names, cooldown_s, clock)
         self.stats = FallbackStats()
         self._on_switch = on_switch
-        self.name = "fallback(" + ",".join(names) + ")"
+        # A provider that produced nothing (text, a tool call, audio; not Usage) this long after the request
+        # failed: a queued or overloaded vendor stream can stay open sending only pings while the caller
+        # waits in silence (issue 11). None: no deadline.
+        self.first_output_s = first_output_s
+        self.name = names[0] if len(names) == 1 else "fallback(" + ",".join(names) + ")"
 
     async def _first_working(self, start: Callable[[int], AsyncGenerator[E, None]]) -> AsyncGenerator[E, None]:
         """Run ``start(i)`` for the healthiest provider; on failure before any output, the next one."""
@@ -126,9 +131,20 @@ class _Chain(Generic[P]):
         for pos, i in enumerate(order):
             produced = False
             gen = start(i)
+            deadline = None if self.first_output_s is None else asyncio.get_running_loop().time() + self.first_output_s
             try:
                 async with contextlib.aclosing(gen):
-                    async for ev in gen:
+                    while True:
+                        try:
+                            async with asyncio.timeout_at(None if produced else deadline):
+                                ev = await anext(gen)
+                        except StopAsyncIteration:
+                            break
+                        except TimeoutError:
+                            name = self.health.names[i]
+                            raise ProviderTimeout(
+                                f"{name}: nothing produced within {self.first_output_s:.1f} s", provider=name
+                            ) from None
                         produced = produced or not isinstance(ev, Usage)
                         yield ev
             except ParleyError as exc:

@@ -41,10 +41,13 @@ def caller_voice(kind: str, agent_tts: TTSProvider | None = None) -> TTSProvider
     """The simulated caller's voice. hibari is seeded, so a scenario's caller audio is the same every run
     (whisper heard "two stay" for "Tuesday" in some unseeded runs: a flaky test, not a flaky agent)."""
     from parley.app import build_tts
+    from parley.providers.fallback import FallbackTTS
     from parley.providers.hibari_tts import HibariTTS
 
     if kind in ("hibari-low", "hibari"):
-        base = agent_tts if isinstance(agent_tts, HibariTTS) else build_tts("hibari")
+        inner = agent_tts.providers if isinstance(agent_tts, FallbackTTS) else [agent_tts]
+        loaded = next((p for p in inner if isinstance(p, HibariTTS)), None)  # share the agent's model
+        base = loaded if loaded is not None else build_tts("hibari")
         if isinstance(base, HibariTTS):
             base = HibariTTS(base.model, speed=base.speed, seed=CALLER_SEED)
         return PitchShifted(base) if kind == "hibari-low" else base
