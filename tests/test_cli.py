@@ -18,6 +18,9 @@ FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / 
 PARLEY = [sys.executable, "-m", "parley.cli"]
 
 
+TOKEN_SECRET = "cli-test-secret-0123456789abcdef"  # parley serve refuses to start without a stream secret
+
+
 def run(*args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*PARLEY, *args], capture_output=True, env=env, input=input, timeout=60, check=False)
 
@@ -49,7 +52,8 @@ def test_decode_esl_reports_a_truncated_capture_precisely() -> None:
 
 
 def test_config_renders_files_without_default_secrets(tmp_path: Path) -> None:
-    out = run("freeswitch", "config", "--out", str(tmp_path / "fs"))
+    # the stream secret it creates goes to this test's own config home, not the real one
+    out = run("freeswitch", "config", "--out", str(tmp_path / "fs"), env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     files = [p for p in (tmp_path / "fs").rglob("*") if p.is_file()]
     assert len(files) >= 7
@@ -93,7 +97,7 @@ def test_serve_runs_against_freeswitch_and_stops_cleanly_on_sigterm(tmp_path: Pa
             "observe: {port: 0}\n"
             f"records: {{url: 'sqlite+aiosqlite:///{tmp_path / 'calls.db'}'}}\n"
         )
-        env = {**os.environ, "PARLEY_ESL_PASSWORD": password}
+        env = {**os.environ, "PARLEY_ESL_PASSWORD": password, "PARLEY_STREAM_TOKEN_SECRET": TOKEN_SECRET}
         serve = subprocess.Popen([*PARLEY, "--config", str(config), "serve"], env=env, stderr=subprocess.PIPE)
         assert serve.stderr is not None
         deadline = time.monotonic() + 20
@@ -137,7 +141,7 @@ def test_serve_exits_with_a_clear_error_on_a_wrong_password(tmp_path: Path) -> N
         config = tmp_path / "parley.yaml"
         config.write_text(f"freeswitch:\n  esl: {{port: {port}}}\n  audio_stream: {{listen_port: 0}}\n"
                           f"observe: {{port: 0}}\nrecords: {{url: 'sqlite+aiosqlite:///{tmp_path / 'c.db'}'}}\n")
-        env = {**os.environ, "PARLEY_ESL_PASSWORD": "a-wrong-password-456y"}
+        env = {**os.environ, "PARLEY_ESL_PASSWORD": "a-wrong-password-456y", "PARLEY_STREAM_TOKEN_SECRET": TOKEN_SECRET}
         out = subprocess.run([*PARLEY, "--config", str(config), "serve"], env=env, capture_output=True, timeout=30)
         assert out.returncode == 1
         assert b"rejected the ESL password (-ERR invalid)" in out.stderr
