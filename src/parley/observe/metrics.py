@@ -365,6 +365,14 @@ class Metrics:
             one("parley_streams_rejected_total", "mod_audio_stream connections refused.", "counter",
                 s.streams_rejected)
             one("parley_agent_errors_total", "Calls whose agent raised an unexpected error.", "counter", s.agent_errors)
+            one("parley_stream_restarts_total", "mod_audio_stream restarts of a live call's lost stream.", "counter",
+                s.stream_restarts)
+            one("parley_streams_replaced_total", "Second streams that took over a call from the first.", "counter",
+                s.streams_replaced)
+            one("parley_streams_stalled_total", "Streams that went silent with their connection open.", "counter",
+                s.streams_stalled)
+            one("parley_media_given_up_total", "Calls whose media could not be restored (apology, then fallback "
+                "or hangup).", "counter", s.media_given_up)
         if self._esl is not None:
             one("parley_esl_connected", "1 while the ESL connection to FreeSWITCH is up.", "gauge",
                 1 if self._esl.connected else 0)
