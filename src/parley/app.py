@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from parley.agent.engine import Engine
+from parley.agent.realtime import RealtimeSession, new_session
 from parley.agent.session import CallSession, TurnRecord
 from parley.compose import Providers
 from parley.config import Settings
@@ -102,7 +103,7 @@ class ConversationAgent:
         self.store = store
         self.metrics = metrics
         self.tracer = tracer
-        self.sessions: dict[str, CallSession] = {}
+        self.sessions: dict[str, CallSession | RealtimeSession] = {}
         self._keep = keep_sessions
 
     async def record_unserved(self, call: Call) -> None:
@@ -145,7 +146,7 @@ class ConversationAgent:
                 await rec.add_usage(session.usage[written:])
                 written = len(session.usage)
 
-        session = CallSession(call, self.engine, on_turn=on_turn)
+        session = new_session(call, self.engine, on_turn=on_turn)  # pipeline, or a realtime model
         self.sessions[call.uuid] = session
         while len(self.sessions) > self._keep:
             self.sessions.pop(next(iter(self.sessions)))
@@ -185,7 +186,8 @@ class ConversationAgent:
                     self.metrics.call_ended(call.hangup_cause or "UNKNOWN", rec.cost_usd if rec is not None else None)
 
     async def _finish(
-        self, call: Call, session: CallSession, rec: CallRecorder | None, written: int, error: str | None
+        self, call: Call, session: CallSession | RealtimeSession, rec: CallRecorder | None, written: int,
+        error: str | None,
     ) -> None:
         if rec is not None:
             await rec.add_usage(session.usage[written:])
@@ -222,7 +224,7 @@ _HANGUP_BY: dict[str, Literal["agent", "caller", "system"]] = {
 }
 
 
-def _hangup_by(call: Call, session: CallSession) -> Literal["agent", "caller", "system"]:
+def _hangup_by(call: Call, session: CallSession | RealtimeSession) -> Literal["agent", "caller", "system"]:
     if call.outcome == "caller_hangup" and session.hung_up_by_agent:
         return "agent"
     return _HANGUP_BY[call.outcome]

@@ -48,6 +48,7 @@ import yaml
 
 from parley import app
 from parley.agent.engine import Engine
+from parley.agent.realtime import RealtimeSession
 from parley.agent.session import CallSession
 from parley.audio.pcm import Int16Array
 from parley.audio.wav import write_stereo_wav
@@ -156,7 +157,7 @@ def shipped_scenarios() -> list[Path]:
 @dataclass(slots=True)
 class SimulationResult:
     scenario: Scenario
-    session: CallSession
+    session: CallSession | RealtimeSession  # a pipeline conversation, or a speech-to-speech one
     fake_call: FakeCall
     caller_track: Int16Array  # on the call timeline, 8 kHz
     heard_track: Int16Array  # what the caller heard, at the call's codec rate, sample 0 = ``origin``
