@@ -7,22 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from parley.agent.engine import Engine
 from parley.agent.realtime import RealtimeSession
 from parley.agent.realtime_engine import RealtimeEngine
 from parley.app import build_engine
 from parley.compose import Providers
 from parley.config import settings_from_mapping
 from parley.observe import timings as tm
-from parley.providers.openai_realtime import OpenAIRealtime
 from parley.testing.caller_voice import caller_voice
+from parley.testing.fakes.gemini_live import FakeGeminiLive, LiveReply
 from parley.testing.fakes.openai_realtime import FakeOpenAIRealtime, RealtimeFaults, Reply
 from parley.testing.simulate import SimulationResult, load_scenario, run_scenario
 
@@ -58,13 +56,18 @@ steps:
 """
 
 
-async def realtime_call(tmp: Path, scenario: str, fake: FakeOpenAIRealtime) -> SimulationResult:
+async def realtime_call(tmp: Path, scenario: str, fake: FakeOpenAIRealtime | FakeGeminiLive,
+                        turn_detection: str = "server") -> SimulationResult:
+    """The call as `parley simulate` runs it, the engine built purely from configuration."""
     async with fake:
-        settings = settings_from_mapping({"conversation": {"greeting": "Thanks for calling Riverside Dental."}},
-                                         env={})
-        pipeline = await asyncio.to_thread(build_engine, settings, providers=Providers(settings, env={}))
-        engine = RealtimeEngine(**{f.name: getattr(pipeline, f.name) for f in fields(Engine)},
-                                realtime=OpenAIRealtime(KEY, url=fake.url, vad_silence_ms=500))
+        provider = "openai" if isinstance(fake, FakeOpenAIRealtime) else "gemini"
+        settings = settings_from_mapping({
+            "conversation": {"engine": "realtime", "greeting": "Thanks for calling Riverside Dental."},
+            "providers": {"realtime": {"provider": provider, "url": fake.url, "turn_detection": turn_detection}},
+        }, env={})
+        made = Providers(settings, env={"OPENAI_API_KEY": KEY, "GEMINI_API_KEY": KEY})
+        engine = await asyncio.to_thread(build_engine, settings, providers=made)
+        assert isinstance(engine, RealtimeEngine)
         path = tmp / "s.yaml"
         path.write_text(scenario)
         return await run_scenario(load_scenario(path), engine, caller_voice("hibari-low"), tmp / "spool")
@@ -135,3 +138,39 @@ def test_model_drops_mid_call_and_the_pipeline_takes_over_after_an_apology(tmp_p
     spoken = [p for p in result.fake_call.playbacks if p.started_at is not None]
     assert len(spoken) >= 3  # greeting, the apology in the local voice, the pipeline's reply: never silence
     assert not session.failed
+
+
+def test_gemini_live_call_with_parleys_turn_machine(tmp_path: Path) -> None:
+    fake = FakeGeminiLive(KEY, transcripts=["What are your opening hours?", "Sorry, where are you located?",
+                                            "Thanks, bye."],
+                          replies=[LONG, "We are at 12 River Street.", LiveReply("Goodbye!", "hangup")])
+    result = asyncio.run(realtime_call(tmp_path, SCENARIO, fake, turn_detection="parley"))
+    session = result.session
+    assert isinstance(session, RealtimeSession)
+    turns = session.turns
+    barged = next(t for t in turns if t.barge_in)
+    assert barged.barge is not None and barged.agent and len(barged.agent) < len(barged.agent_full)
+    assert fake.notes and barged.agent in fake.notes[0]  # Gemini was told what the caller heard
+    assert any(c.name == "hangup" for t in turns for c in t.tool_calls) and result.fake_call.hungup
+    assert {u.provider for u in session.usage} == {"gemini-live"}
+    report = result.as_dict()
+    print(f"\ngemini live call (parley's turn machine): v2v at the ear {report['voice_to_voice_ms']}, "
+          f"barge-in onset -> silent at the ear {report['barge_in_silent_at_ear_ms']} ms")
+
+
+def test_providers_check_knows_both_realtime_models() -> None:
+    from parley.compose import check_providers
+
+    async def main() -> list[tuple[str, str, str]]:
+        out = []
+        async with FakeOpenAIRealtime(KEY) as oa, FakeGeminiLive("another-key-entirely") as gm:
+            for provider, url in (("openai", oa.url), ("gemini", gm.url)):
+                settings = settings_from_mapping({"conversation": {"engine": "realtime"},
+                                                  "providers": {"realtime": {"provider": provider, "url": url}}},
+                                                 env={})
+                made = Providers(settings, env={"OPENAI_API_KEY": KEY, "GEMINI_API_KEY": KEY})
+                out += [(r.capability, r.provider, r.status) for r in await check_providers(made)
+                        if r.capability == "realtime"]
+        return out
+
+    assert asyncio.run(main()) == [("realtime", "openai", "ok"), ("realtime", "gemini", "authentication failed")]

@@ -13,13 +13,14 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import numpy as np
 
 from parley.agent.engine import Engine
 from parley.agent.realtime import RealtimeSession, new_session
+from parley.agent.realtime_engine import RealtimeEngine
 from parley.agent.session import CallSession, TurnRecord
 from parley.compose import Providers
 from parley.config import Settings
@@ -57,7 +58,7 @@ def build_engine(settings: Settings, *, providers: Providers | None = None) -> E
     if not conv.greeting and conv.llm[0] == "rules":
         rules = made.one_llm("rules")  # the dialogue file's greeting is where its state machine starts
         conv = replace(conv, greeting=rules.config.render(rules.config.greeting))  # type: ignore[attr-defined]
-    return Engine(
+    engine = Engine(
         stt=made.stt(),
         llm=llm,
         tts=made.tts(),
@@ -67,6 +68,11 @@ def build_engine(settings: Settings, *, providers: Providers | None = None) -> E
         smart_turn=smart_turn,
         emergency_tts=made.local_voice(),
     )
+    realtime = made.realtime()  # conversation.engine: realtime; the pipeline above stays its fallback
+    if realtime is None:
+        return engine
+    return RealtimeEngine(**{f.name: getattr(engine, f.name) for f in fields(Engine)}, realtime=realtime,
+                          turn_detection=made.realtime_turns())
 
 
 def build_tts(kind: str) -> TTSProvider:
@@ -82,6 +88,8 @@ def provider_chains(engine: Engine) -> dict[str, list[str]]:
             out[capability] = list(provider.health.names)
         else:
             out[capability] = [provider.name]
+    if isinstance(engine, RealtimeEngine) and engine.realtime is not None:
+        out["realtime"] = [engine.realtime.name]
     return out
 
 

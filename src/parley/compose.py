@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from parley.config import Settings
 from parley.errors import ConfigError, ParleyError
@@ -22,6 +22,7 @@ from parley.observe import usage
 from parley.providers.base import LLMProvider, STTProvider, TTSProvider
 from parley.providers.errors import ProviderAuthError, ProviderConnectionError, ProviderTimeout
 from parley.providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS, SwitchHook
+from parley.providers.realtime_base import RealtimeConfig, RealtimeProvider
 
 log = logging.getLogger("parley.compose")
 
@@ -36,7 +37,9 @@ KEY_ENV = {
     "anthropic": "ANTHROPIC_API_KEY",
     "elevenlabs": "ELEVENLABS_API_KEY",
     "cartesia": "CARTESIA_API_KEY",
+    "gemini": "GEMINI_API_KEY",
 }
+REALTIME_NAMES = ("openai", "gemini")  # providers.realtime.provider: the speech-to-speech models
 
 
 class Providers:
@@ -100,6 +103,34 @@ class Providers:
         """The voice that apologises when everything else failed: the configured local one, else hibari."""
         local = [n for n in self.settings.conversation.tts if n in LOCAL]
         return self.one_tts(local[0] if local else "hibari")
+
+    def realtime(self) -> RealtimeProvider | None:
+        """The speech-to-speech model when ``conversation.engine`` is realtime (``providers.realtime``)."""
+        if self.settings.conversation.engine != "realtime":
+            return None
+        o = self.options("realtime")
+        name = str(o.get("provider", "openai"))
+        if name not in REALTIME_NAMES:
+            raise ConfigError(f"providers.realtime.provider: unknown {name!r}; known: {', '.join(REALTIME_NAMES)}")
+        key_env = str(o.get("api_key_env") or KEY_ENV[name])
+        key = self.env.get(key_env, "")
+        if not key:
+            raise ConfigError(f"realtime {name} is configured but {key_env} is not set (keys come from the env)")
+        if name == "openai":
+            from parley.providers.openai_realtime import OpenAIRealtime
+
+            return OpenAIRealtime(key, **_pick(o, model="model", voice="voice", url="url",
+                                               vad_silence_ms="vad_silence_ms", transcribe_model="transcribe_model"))
+        from parley.providers.gemini_live import GeminiLive
+
+        return GeminiLive(key, **_pick(o, model="model", voice="voice", url="url"))
+
+    def realtime_turns(self) -> Literal["server", "parley"]:
+        """Who ends the caller's turns on a realtime call: the model's VAD (server) or parley's turn machine."""
+        value = self.options("realtime").get("turn_detection", "server")
+        if value not in ("server", "parley"):
+            raise ConfigError(f"providers.realtime.turn_detection: {value!r} is not one of ['server', 'parley']")
+        return "parley" if value == "parley" else "server"
 
     # ---- single providers ----------------------------------------------------------------------------
 
@@ -225,7 +256,30 @@ async def check_providers(made: Providers) -> list[CheckResult]:
             except ParleyError as exc:
                 status, detail = "error", str(exc)
             results.append(CheckResult(capability, name, status, detail, round((time.perf_counter() - t0) * 1000, 1)))
+    if conv.engine == "realtime":
+        results.append(await _check_realtime(made))
     return results
+
+
+async def _check_realtime(made: Providers) -> CheckResult:
+    """Open a realtime session and close it: authenticates and configures, and bills nothing (no response)."""
+    name = str(made.options("realtime").get("provider", "openai"))
+    t0 = time.perf_counter()
+    try:
+        provider = made.realtime()
+        assert provider is not None
+        stream = await provider.open(RealtimeConfig("parley providers check"))
+        await stream.close()
+        status, detail = "ok", ""
+    except ConfigError as exc:
+        status, detail = "not configured", str(exc)
+    except ProviderAuthError as exc:
+        status, detail = "authentication failed", str(exc)
+    except (ProviderConnectionError, ProviderTimeout) as exc:
+        status, detail = "unreachable", str(exc)
+    except ParleyError as exc:
+        status, detail = "error", str(exc)
+    return CheckResult("realtime", name, status, detail, round((time.perf_counter() - t0) * 1000, 1))
 
 
 async def _check_one(made: Providers, capability: str, name: str) -> None:

@@ -222,6 +222,10 @@ class ConversationSettings:
     #   tts: hibari | piper | espeak | deepgram | elevenlabs | cartesia | openai
     # Vendor options (models, voices, base URLs, api_key_env) live under `providers:`; keys come only
     # from environment variables.
+    # pipeline: STT -> brain -> TTS, the chains below. realtime: one speech-to-speech model hears and speaks
+    # (providers.realtime: {provider: openai | gemini, model, voice, turn_detection: server | parley}); the
+    # pipeline chains below take the call over if that model fails (connect, auth, mid-call drop).
+    engine: Literal["pipeline", "realtime"] = "pipeline"
     stt: tuple[str, ...] = ("whisper",)
     llm: tuple[str, ...] = ("rules",)  # rules: the offline deterministic dialogue policy
     tts: tuple[str, ...] = ("hibari",)
