@@ -244,3 +244,38 @@ async def test_shutdown_hangs_up_calls_it_holds(rig: Rig) -> None:
     ev = [e for e in rig.agent.events.get(call.uuid, []) if isinstance(e, Hangup)]
     assert replace  # keep import used for readers adapting this file
     assert ev or rig.agent.calls[call.uuid].hungup.is_set()
+
+
+async def test_a_call_the_agent_transferred_is_let_go_and_never_comes_back(tmp_path: Path) -> None:
+    """The agent hands the call to a person and returns: parley retires it, but FreeSWITCH carries it on. Its
+    later events and streams must not start the agent again (the caller heard a second greeting)."""
+    runs: list[str] = []
+
+    async def transferring(call: Call) -> None:
+        runs.append(call.uuid)
+        await call.transfer("1000")
+
+    password = secrets.token_urlsafe(18)
+    fs = FakeFreeSwitch(password=password)
+    await fs.start()
+    port = free_port()
+    settings = Settings(freeswitch=FreeSwitchSettings(
+        esl=EslSettings(port=fs.esl_port, password=password, reconnect_initial_s=0.05, reconnect_max_s=0.2),
+        audio_stream=AudioStreamSettings(listen_port=port, unidentified_timeout_s=1.0),
+        playback=PlaybackSettings(spool_dir=str(tmp_path / "spool")),
+    ))
+    running = await app.start(settings, transferring)
+    try:
+        call = await fs.place_call(ws_url=f"ws://127.0.0.1:{port}/call/{{uuid}}", caller_audio=speech(3.0),
+                                   channel_vars={"parley_agent": "true"})  # as the rendered dialplan sets
+        async with asyncio.timeout(5):
+            while call.uuid in running.bridge.calls or not runs:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(1.0)  # the transferred call's later events (disconnect, execute, ...) arrive here
+        assert runs == [call.uuid]  # the agent ran once
+        assert call.uuid not in running.bridge.calls and not call.hungup  # let go, and still up in FreeSWITCH
+        assert not any(b"uuid_audio_stream" in c and b" start " in c for c in fs.commands)  # no media restart
+        await call.hangup()
+    finally:
+        await running.close()
+        await fs.close()

@@ -116,6 +116,7 @@ class CallSession:
         self._dtmf: list[str] = []
         self._dtmf_timer: asyncio.TimerHandle | None = None
         self._ended = False
+        self._handed_over = False  # the call was transferred: the session stops listening
         # frame lag: processing time minus the frame's due time on the 20 ms grid (benchmarks read it)
         self.frame_lag_ms: array[float] = array("f")
         self._first_frame: tuple[int, float] | None = None
@@ -209,6 +210,8 @@ class CallSession:
 
     async def _audio_loop(self) -> None:
         async for frame in self.call.frames():
+            if self._handed_over:
+                break  # transferred: the caller talks to a person now, not to us
             samples = from_bytes(frame.pcm)
             dur = samples.size / self._rate
             if self._first_frame is None:
@@ -478,6 +481,7 @@ class CallSession:
                     case Authorized(extension=ext, context=ctx, target=target) if call.name == "transfer":
                         self.core.memory.add_tool_result(call, f"transferring to {target}")
                         await self.call.transfer(ext, context=ctx)
+                        self._handed_over = True
                         return
                     case Authorized() if call.name == "hangup":
                         self.core.memory.add_tool_result(call, "ok")
@@ -526,6 +530,7 @@ class CallSession:
             target = self._failure_target() if conv.on_failure == "transfer" else None
             if target is not None:
                 await self.call.transfer(target[0], context=target[1])
+                self._handed_over = True
             else:
                 self.hung_up_by_agent = True
                 await self.call.hangup("TEMPORARY_FAILURE")

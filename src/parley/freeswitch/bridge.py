@@ -101,6 +101,9 @@ class Bridge:
         self._grace = hangup_grace_s
         self.calls: dict[str, Call] = {}
         self._seen: OrderedDict[str, esl.Event] = OrderedDict()  # latest info event of not-yet-ours calls
+        # calls parley let go of (retired) that FreeSWITCH may still carry, e.g. transferred to a person:
+        # their later events and streams must not bring them back as a new call (a second greeting)
+        self._let_go: OrderedDict[str, None] = OrderedDict()
         self._anonymous: list[AudioStream] = []
         self._connects: OrderedDict[str, float] = OrderedDict()  # ::connect of calls with no stream yet
         self._retiring: set[str] = set()
@@ -147,6 +150,10 @@ class Bridge:
         if not uuid or self._closing:
             return
         call = self.calls.get(uuid)
+        if call is None and uuid in self._let_go:
+            if event.name == "CHANNEL_HANGUP_COMPLETE":
+                self._let_go.pop(uuid, None)
+            return
         if event.subclass == "mod_audio_stream::connect" and (call is None or call.stream is None):
             self._connects[uuid] = self._clock()
             while len(self._connects) > _CACHE_MAX:
@@ -250,6 +257,9 @@ class Bridge:
         return call
 
     def _attach(self, uuid: str, stream: AudioStream) -> None:
+        if uuid not in self.calls and uuid in self._let_go:
+            self._spawn(stream.close(1000, "call no longer handled by parley"))
+            return
         call = self.calls.get(uuid) or self._new_call(uuid)
         if call.media_ended or call.transferred_to is not None:
             self._spawn(stream.close(1000, "call no longer handled by parley"))
@@ -573,6 +583,9 @@ class Bridge:
                     await call.stream.close(1000, "call ended")
         self.esl.route_call(call.uuid, lambda ev: None)()  # drop the route
         del self.calls[call.uuid]
+        self._let_go[call.uuid] = None
+        while len(self._let_go) > _CACHE_MAX:
+            self._let_go.popitem(last=False)
         self._retiring.discard(call.uuid)
         call.retired.set()
         call.log.info("retired (%s)", why)
