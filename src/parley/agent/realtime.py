@@ -14,6 +14,10 @@ Exposes what :class:`~parley.app.ConversationAgent` reads of a pipeline session:
 ``usage``, ``failed``, ``events``, ``hung_up_by_agent``, ``greeting``, ``frame_lag_ms``. Turn detection is
 the model's (``server``: its speech-started event is the barge-in) or parley's own turn machine
 (``parley``: onset, barge-in and end of turn from :mod:`parley.turns`, the model told by commit + respond).
+
+About 500 lines, above the house target: the frame path, the model's events and the barge-in share the
+state of the item being heard (``Spoken``) and are read together when a truncation is questioned; the
+pure parts live in :mod:`~parley.agent.realtime_engine`, the switch in :mod:`~parley.agent.realtime_fallback`.
 """
 
 from __future__ import annotations
