@@ -10,6 +10,9 @@ the block has ``Content-Length: N``, exactly N body bytes follow. Events arrive 
 ``text/event-plain`` (the body is another header block with URL-encoded values, optionally followed by
 its own ``Content-Length`` and body) or ``text/event-json`` (one JSON object, every value a string, the
 event body under ``_body``).
+JSON is decoded by :func:`parley.wire_json.loads` (nesting and number sizes bounded) and every number
+read from a header is ASCII digits of bounded length, so no input raises anything but ``EslProtocolError``
+(fuzzed: ``scripts/fuzz.py``).
 
 The parser accepts input split anywhere (one byte at a time works), scans each byte a bounded number of
 times, and refuses input that would make it buffer without bound: a header block longer than

@@ -14,6 +14,8 @@ the stateful assemblers see sequences, not just single messages.
 
 A crash is any exception that is not the target's own documented error (``EslProtocolError`` for ESL,
 ``ProviderError`` for vendor parsers, none at all for the HTTP error-body readers, which never raise).
+
+Over 400 lines on purpose: half of it is the seed messages, kept next to the targets they feed.
 """
 
 from __future__ import annotations
