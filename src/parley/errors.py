@@ -15,6 +15,7 @@ never a guess made from the class name by the caller.
     ├── FreeSwitchError              talking to FreeSWITCH over ESL failed
     │   ├── EslConnectError          TCP connect refused / unreachable      (retryable)
     │   ├── EslConnectionLost        the ESL socket closed under us         (retryable)
+    │   │   └── EslOutcomeUnknown    a must-not-repeat command was written, then the link dropped
     │   ├── EslAuthError             wrong ESL password                     (not retryable)
     │   ├── EslAccessDenied          ACL rejection (text/rude-rejection)    (not retryable)
     │   ├── EslTimeout               no reply / no BACKGROUND_JOB in time   (retryable)
@@ -77,6 +78,23 @@ class EslAuthError(FreeSwitchError):
 
 class EslAccessDenied(FreeSwitchError):
     """FreeSWITCH's ACL refused this client (``text/rude-rejection``)."""
+
+
+class EslOutcomeUnknown(EslConnectionLost):
+    """A command that must not run twice was written, then the connection dropped before its reply.
+
+    It may or may not have run; it is never re-sent. ``event_uuid``/``job_uuid`` let the caller look for
+    its traces (CHANNEL_EXECUTE ``Application-UUID``, BACKGROUND_JOB ``Job-UUID``).
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, command: str, event_uuid: str | None = None,
+                 job_uuid: str | None = None) -> None:
+        super().__init__(message)
+        self.command = command
+        self.event_uuid = event_uuid
+        self.job_uuid = job_uuid
 
 
 class EslTimeout(FreeSwitchError):

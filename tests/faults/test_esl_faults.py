@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from silence import Interval, call_silence  # tests/faults/silence.py (pytest puts tests/faults on sys.path)
 
 from parley import app
@@ -414,8 +413,6 @@ async def test_esl_down_while_the_caller_talks_over_the_agent(tmp_path: Path, fa
         assert gap <= SILENCE_GOAL_S
 
 
-@pytest.mark.xfail(strict=True, reason="agent/echo.py lets the EslTimeout of barge_in escape (session.py catches "
-                   "ParleyError there): the agent dies and the call is left to the bridge")
 async def test_esl_down_longer_than_a_command_timeout_while_the_caller_talks_over_the_agent(
     tmp_path: Path, fault_row: RecordRow
 ) -> None:

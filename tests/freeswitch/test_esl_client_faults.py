@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from parley.config import EslSettings
-from parley.errors import EslConnectError, EslConnectionLost, EslProtocolError, EslTimeout
+from parley.errors import EslConnectError, EslConnectionLost, EslOutcomeUnknown, EslProtocolError, EslTimeout
 from parley.freeswitch import esl_protocol as esl
-from parley.freeswitch.esl_client import EslClient, EslOutcomeUnknown, Sent, command_is_repeatable
+from parley.freeswitch.esl_client import EslClient, Sent, command_is_repeatable
 from parley.observe.metrics import Metrics
 from parley.testing.esl_wire import SHUTDOWN_NOTICE
 from parley.testing.fake_freeswitch import FakeFreeSwitch

@@ -16,6 +16,7 @@ from parley.audio.energy import EnergyUtteranceDetector, SpeechEnded, SpeechStar
 from parley.audio.pcm import Int16Array, from_bytes
 from parley.audio.wav import read_wav
 from parley.config import AgentSettings
+from parley.errors import CallGone, ParleyError
 from parley.freeswitch.call import Call
 from parley.freeswitch.playback import BargeIn, Utterance
 
@@ -80,12 +81,24 @@ class EchoAgent:
                 match event:
                     case SpeechStarted(t=onset):
                         if call.playback.is_playing:
-                            barge = await call.playback.barge_in()
+                            try:
+                                barge = await call.playback.barge_in()
+                            except CallGone:
+                                return
+                            except ParleyError as exc:  # ESL down longer than the break's timeout
+                                call.log.error("could not stop playback: %s", exc)
+                                continue
                             if barge is not None:
                                 result.barge_ins.append(BargeInTiming(onset, barge))
                                 call.log.info("barge-in: caller heard %.0f ms of the agent", barge.heard_ms)
                     case SpeechEnded(audio=audio, duration_ms=ms, t=end):
                         detected = frame.t
                         call.log.info("caller utterance of %.0f ms; echoing it", ms)
-                        utt = await call.playback.play(audio, call.stream_rate)
+                        try:
+                            utt = await call.playback.play(audio, call.stream_rate)
+                        except CallGone:
+                            return
+                        except ParleyError as exc:
+                            call.log.error("could not play the echo: %s", exc)
+                            continue
                         result.echoes.append(Echo(end, detected, utt))

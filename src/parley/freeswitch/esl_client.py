@@ -66,6 +66,7 @@ from parley.errors import (
     EslCommandError,
     EslConnectError,
     EslConnectionLost,
+    EslOutcomeUnknown,
     EslProtocolError,
     EslTimeout,
 )
@@ -101,23 +102,6 @@ _EXECUTED_MAX = 4096  # Application-UUIDs of CHANNEL_EXECUTE remembered for exec
 
 EventHandler = Callable[[esl.Event], None]
 LinkState = Literal["connecting", "connected", "down", "refused", "closed"]
-
-
-class EslOutcomeUnknown(EslConnectionLost):
-    """A command that must not run twice was written, then the connection dropped before its reply.
-
-    It may or may not have run; it is never re-sent. ``event_uuid``/``job_uuid`` let the caller look for
-    its traces (CHANNEL_EXECUTE ``Application-UUID``, BACKGROUND_JOB ``Job-UUID``).
-    """
-
-    retryable = False
-
-    def __init__(self, message: str, *, command: str, event_uuid: str | None = None,
-                 job_uuid: str | None = None) -> None:
-        super().__init__(message)
-        self.command = command
-        self.event_uuid = event_uuid
-        self.job_uuid = job_uuid
 
 
 def command_is_repeatable(data: bytes) -> bool:

@@ -45,7 +45,7 @@ from parley.audio.pcm import Int16Array, samples_for_ms
 from parley.audio.resample import StreamResampler
 from parley.audio.wav import wav_bytes, write_wav_atomic
 from parley.config import PlaybackSettings
-from parley.errors import CallGone, EslCommandError, PlaybackError, SpoolError
+from parley.errors import CallGone, EslCommandError, EslOutcomeUnknown, PlaybackError, SpoolError
 from parley.freeswitch import esl_protocol as esl
 from parley.freeswitch.esl_client import Sent
 
@@ -485,6 +485,15 @@ class CallPlayback:
                     fs_path = f"{self._fs_dir}/{name}"
                 self.stats.bytes_written += int(data.size) * 2
                 chunk.queued_at = await self._send_play(tag + fs_path, chunk.event_uuid)
+            except EslOutcomeUnknown as exc:
+                # written, then the link dropped: FreeSWITCH may or may not play it, and it is never sent
+                # twice. If it plays, its PLAYBACK events (tagged) still reach this chunk; the utterance goes on.
+                chunk.status = "failed"
+                chunk.queued_at = self._clock()
+                log.warning("call %s: chunk %s may not have been queued (%s); not sending it again",
+                            self.call_uuid, name, exc)
+                self.stats.chunks += 1
+                return
             except EslCommandError as exc:
                 chunk.status = "failed"
                 self.stats.failed += 1
