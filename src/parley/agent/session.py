@@ -144,7 +144,14 @@ class CallSession:
     async def run(self) -> None:
         usage_sink.CURRENT.set(self.usage.append)  # cancelled requests' usage (see parley.observe.usage)
         usage_sink.EVENTS.set(lambda kind, detail: self.events.append((self._clock(), kind, detail)))
-        self._stt = await self.engine.stt.open(sample_rate=self._rate)
+        try:
+            self._stt = await self.engine.stt.open(sample_rate=self._rate)
+        except ParleyError as exc:  # no speech recognition at all: the caller hears why, never silence
+            self.log.error("speech recognition could not start: %s", exc)
+            self.events.append((self._clock(), "stt_failed", {"error": str(exc)[:300]}))
+            self._ended = True
+            await self._apologise(self.core.new_turn())
+            return
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -544,6 +551,8 @@ class CallSession:
                 if isinstance(ev, AudioChunk):
                     utt = utt or self.call.playback.utterance(ev.sample_rate)
                     await utt.write(ev.samples)
+                elif isinstance(ev, Usage):
+                    self.usage.append(ev)  # the apology is billed like any speech
         if utt is not None:
             await utt.finish()
             await utt.wait_played(timeout=15)
