@@ -43,9 +43,8 @@ def test_heard_text_is_cut_at_whole_words_by_audio_share() -> None:
 def test_utterance_ids_and_codec_from_the_call() -> None:
     assert utterance_id("item_AbC-9/../x") == "item_AbC-9____x"
     assert utterance_id("") == "item"
-    call = cast(CallPort, SimpleNamespace(info=SimpleNamespace(codec="PCMA")))
-    assert call_codec(call) == "PCMA"
-    assert call_codec(cast(CallPort, SimpleNamespace())) is None
+    assert call_codec(cast(CallPort, SimpleNamespace(codec="PCMA"))) == "PCMA"  # the CallPort says it
+    assert call_codec(cast(CallPort, SimpleNamespace(codec=None))) is None  # no event named it yet
 
 
 def test_the_pipeline_continues_the_numbering_and_knows_what_was_said() -> None:

@@ -52,6 +52,9 @@ class CallPort(Protocol):
     @property
     def hangup_cause(self) -> str | None: ...
     @property
+    def codec(self) -> str | None:
+        """The call's codec as FreeSWITCH names it (PCMU, PCMA, ...): G.711 calls can skip resampling."""
+    @property
     def playback(self) -> PlaybackPort: ...
     @property
     def events(self) -> asyncio.Queue[CallEvent]: ...

@@ -93,11 +93,8 @@ class Greeting:
 
 
 def call_codec(call: CallPort) -> str | None:
-    """The call's codec (PCMU/PCMA allow G.711 to the model). Not on the CallPort yet: read from the call's
-    info when it has one (:class:`parley.freeswitch.call.Call` does)."""
-    info = getattr(call, "info", None)
-    codec = getattr(info, "codec", None)
-    return codec if isinstance(codec, str) else None
+    """The call's codec (PCMU/PCMA allow G.711 to the model)."""
+    return call.codec
 
 
 def utterance_id(item_id: str) -> str:

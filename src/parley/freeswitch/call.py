@@ -247,6 +247,11 @@ class Call:
             done = stream
 
     @property
+    def codec(self) -> str | None:
+        """The codec FreeSWITCH writes to the caller (Channel-Write-Codec-Name), once an event said it."""
+        return self.info.codec
+
+    @property
     def stream_rate(self) -> int:
         return self.stream.format.sample_rate if self.stream is not None else self.settings.audio_stream.sample_rate
 
