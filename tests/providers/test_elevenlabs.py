@@ -149,9 +149,9 @@ async def test_barge_in_stops_audio_reports_cancelled_usage_and_drops_late_frame
         assert cancelled == [Usage("elevenlabs", "eleven_flash_v2_5", "tts", characters=len(SENTENCE), cancelled=True)]
         conn = fake.connections[0]
         (first_ctx,) = conn.contexts
-        assert {"context_id": first_ctx, "close_context": True} in conn.received
         # the next sentence reuses the socket and gets only its own audio, not the rest of the first
         events = await collect(tts.synthesize("Sorry, go ahead."))
+    assert {"context_id": first_ctx, "close_context": True} in conn.received  # closed after its first audio
     assert pcm(events) == fake.expected_pcm("Sorry, go ahead.")
     assert fake.handshakes == 1 and len(cancelled) == 1
     assert conn.contexts[first_ctx].audio_messages > 1  # late frames of the first context were sent, and dropped
@@ -385,3 +385,28 @@ def test_constructor_refuses_unsupported_formats() -> None:
     with pytest.raises(ConfigError):
         ElevenLabsTTS(KEY, "v", model="eleven_v3")
     assert KEY not in repr(ElevenLabsTTS(KEY, "v"))
+
+
+# ---- the close race (pipecat#4681) ------------------------------------------------------------------------
+
+
+async def test_close_race_never_yields_a_silent_sentence() -> None:
+    """A close_context sent with the flush races the server's generation; the client closes only after audio."""
+    sentences = [f"Sentence number {i} of the reply. " for i in range(40)]
+    async with FakeElevenLabs(api_key=KEY, close_race_rate=0.25, first_audio_delay_s=0.002) as fake:
+        async with tts_for(fake, read_timeout_s=2.0) as tts:
+            for text in sentences:
+                events = await collect(tts.synthesize(text))
+                assert pcm(events) == fake.expected_pcm(text), f"silent or partial: {text!r}"
+    assert fake.races == []  # the client never closes a context before its first audio
+
+
+async def test_is_final_without_audio_is_a_retryable_failure(fake: FakeElevenLabs) -> None:
+    """An isFinal with no audio (the race's silent outcome) is a retryable failure, not a silent success."""
+    fake.close_race_rate, fake.close_race_outcomes = 1.0, ("skip",)
+    tts = tts_for(fake, read_timeout_s=2.0)
+    tts.close_grace_s = 0.0  # close at once, as before the fix, to make the server lose the race
+    fake.first_audio_delay_s = 0.05
+    _, exc = await fail(tts.synthesize(SENTENCE))
+    assert isinstance(exc, ProviderError) and exc.retryable and exc.code == "empty_audio"
+    await tts.aclose()

@@ -6,7 +6,7 @@ sockets, and translating every handshake, in-band and close-frame failure into
 
 Design. One synthesize() = one *context* on a socket the request holds alone (a socket is never shared by
 two requests at once; concurrent calls get their own sockets; finished requests put theirs back in the
-pool, so the sentences of one reply reuse one socket). Per request, three text frames go out at once::
+pool, so the sentences of one reply reuse one socket). Per request, three text frames go out::
 
     {"text": " ", "context_id": C, "voice_settings": {...}}     open the context (text must be one space)
     {"text": "Hello there. ", "context_id": C, "flush": true}    the sentence, ending with a space, flushed
@@ -17,8 +17,12 @@ Audio arrives as ``{"audio": <base64 s16le>, "contextId": C, ...alignment}`` and
 ignores an undocumented ``flush_done``), and on the single-stream endpoint ``isFinal`` only follows
 ``{"text": ""}``, which ends the whole socket. Closing the *context* right after the flush gives a
 documented end marker per sentence without giving up the socket, so the next sentence pays no handshake.
-Flushing every sentence forgoes the server's cross-sentence buffering (slightly flatter prosody between
-sentences) for the lowest first-audio latency.
+The close goes out only after the context's first audio (or ``close_grace_s`` without any): sent within
+~1 ms of the flush it races the server's generation (pipecat#4681, ~2.5 % of peak-hour calls), and the
+sentence is skipped (``isFinal`` with no audio) or the context stalls. An ``isFinal`` with no audio for text
+that has letters or digits is retried once on a fresh socket, then raised as a retryable ``empty_audio``
+error so the fallback chain takes the sentence. Flushing every sentence forgoes the server's
+cross-sentence buffering (slightly flatter prosody between sentences) for the lowest first-audio latency.
 
 Barge-in (the consumer closes the generator or cancels its task): nothing more is yielded at once. The
 context is already closed (or gets ``close_context`` now, if the request stopped before sending it); the
@@ -41,6 +45,7 @@ header; websockets' DEBUG log (which prints headers) is muted and error texts ar
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -208,6 +213,7 @@ class ElevenLabsTTS:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 10.0,
         inactivity_timeout_s: int | None = None,
+        close_grace_s: float = 0.5,
         on_cancel: Callable[[Usage], None] | None = None,
     ) -> None:
         if sample_rate not in PCM_RATES:
@@ -222,6 +228,7 @@ class ElevenLabsTTS:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.inactivity_timeout_s = inactivity_timeout_s
+        self.close_grace_s = close_grace_s  # longest wait for the first audio before close_context anyway
         self.on_cancel = on_cancel
         self.last_alignment: Mapping[str, object] | None = None  # of the last chunk that had one
         self._api_key = api_key
@@ -278,12 +285,23 @@ class ElevenLabsTTS:
                 sock = await self._pool.checkout()
                 try:
                     sent = 0
-                    for message in self._messages(ctx, text):
+                    opening, flushed, closing = self._messages(ctx, text)
+                    for message in (opening, flushed):
                         await self._pool.send(sock, message)
                         sock.pending.add(ctx)
                         sent += 1
                     while True:
-                        pcm, final = await self._next_audio(sock, ctx)
+                        if sent < 3:  # close only after the first audio (or a grace period): pipecat#4681
+                            try:
+                                async with asyncio.timeout(self.close_grace_s):
+                                    pcm, final = await self._next_audio(sock, ctx)
+                            except TimeoutError:
+                                pcm, final = b"", False
+                            if not final:
+                                await self._pool.send(sock, closing)
+                            sent = 3
+                        else:
+                            pcm, final = await self._next_audio(sock, ctx)
                         data, carry = carry + pcm, b""
                         if len(data) % 2:
                             data, carry = data[:-1], data[-1:]
@@ -292,12 +310,17 @@ class ElevenLabsTTS:
                             produced = True
                         if final:
                             break
+                    if not produced and any(ch.isalnum() for ch in text):
+                        raise ProviderError(
+                            f"{PROVIDER}: the context ended with no audio (isFinal only)",
+                            provider=PROVIDER, code="empty_audio", retryable=True,
+                        )
                     break
                 except ProviderError as exc:
                     stale = isinstance(exc, ProviderConnectionError) or exc.code in _STALE
-                    if attempt or produced or not sock.pooled or not stale:
+                    if attempt or produced or not ((sock.pooled and stale) or exc.code == "empty_audio"):
                         raise
-                    log.info("%s: pooled socket went stale (%s); reconnecting", PROVIDER, exc)
+                    log.info("%s: %s; retrying once on a fresh socket", PROVIDER, exc)
                     await self._pool.discard(sock)
                     sock = None
             finished = True

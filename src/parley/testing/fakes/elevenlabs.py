@@ -16,7 +16,12 @@ Reproduces:
 - output: ``{"audio": <b64>, "contextId", "alignment", "normalizedAlignment"}`` messages (alignment on the
   first chunk of each flush, null after), an unknown field on every audio message;
 - errors: unparseable input is ``invalid_input_message`` + close 1008; no input for ``inactivity_timeout_s``
-  is ``input_timeout_exceeded`` + close 1008 (the documented message text).
+  is ``input_timeout_exceeded`` + close 1008 (the documented message text);
+- the close race (``close_race_rate``; source: pipecat-ai/pipecat#4681, ~2.5 % of peak-hour calls, fixed
+  there by waiting for the first audio before ``close_context``): a ``close_context`` that arrives before the
+  context's first audio went out loses, at that rate (seeded), the race against the flush on the server:
+  either the sentence is silently skipped (``isFinal`` with no audio) or the context stalls (nothing more is
+  sent for it); ``races`` records each one (context id, outcome).
 
 Simplifies: only ``pcm_*`` output (anything else is a 400 at the handshake); the audio is a tone whose
 length is proportional to the flushed text (:meth:`FakeElevenLabs.expected_pcm`); no chunk length
@@ -37,6 +42,7 @@ import base64
 import contextlib
 import json
 import logging
+import random
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -129,6 +135,9 @@ class FakeElevenLabs:
         odd_chunks: bool = False,
         first_audio_delay_s: float = 0.0,
         chunk_delay_s: float = 0.0,
+        close_race_rate: float = 0.0,
+        close_race_outcomes: tuple[Literal["skip", "stall"], ...] = ("skip", "stall"),
+        seed: int = 4681,
     ) -> None:
         self.api_key = api_key
         self.inactivity_timeout_s = inactivity_timeout_s
@@ -137,6 +146,10 @@ class FakeElevenLabs:
         self.odd_chunks = odd_chunks  # split messages at odd byte offsets (samples straddle messages)
         self.first_audio_delay_s = first_audio_delay_s
         self.chunk_delay_s = chunk_delay_s
+        self.close_race_rate = close_race_rate
+        self.close_race_outcomes = close_race_outcomes
+        self.races: list[tuple[str, str]] = []
+        self._rng = random.Random(seed)
         self.handshake_status: int | None = None
         self.faults: list[Fault] = []
         self.connections: list[FakeElevenLabsConnection] = []
@@ -287,7 +300,10 @@ class FakeElevenLabs:
                 self.violations.append(f"close_context for unknown or closed context {cid!r}")
             else:
                 ctx.closed_by_client, ctx.buffer = True, ""
-                ctx.queue.put_nowait(None)
+                if ctx.audio_messages == 0 and self.close_race_rate and self._rng.random() < self.close_race_rate:
+                    await self._lose_race(ws, ctx)
+                else:
+                    ctx.queue.put_nowait(None)
             return True
         if text is None and not flush:
             await self._fail(ws, conn, "invalid_input_message", "Message has neither text nor flush.")
@@ -320,6 +336,18 @@ class FakeElevenLabs:
             ctx.queue.put_nowait(ctx.buffer)
             ctx.buffer = ""
         return True
+
+    async def _lose_race(self, ws: ServerConnection, ctx: FakeElevenLabsContext) -> None:
+        """pipecat#4681: the close overtook the flush; the sentence is skipped or the context hangs."""
+        outcome = self._rng.choice(self.close_race_outcomes)
+        self.races.append((ctx.context_id, outcome))
+        if ctx.task is not None:
+            ctx.task.cancel()
+            await asyncio.gather(ctx.task, return_exceptions=True)
+        if outcome == "skip":
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps({"isFinal": True, "contextId": ctx.context_id}))
+            ctx.final_sent = True
 
     async def _generate(self, ws: ServerConnection, conn: FakeElevenLabsConnection, ctx: FakeElevenLabsContext) -> None:
         with contextlib.suppress(ConnectionClosed):
