@@ -80,7 +80,7 @@ async def test_streams_a_sentence_as_the_documented_messages(fake: FakeElevenLab
     assert events[-1] == Usage("elevenlabs", "eleven_flash_v2_5", "tts", characters=len(SENTENCE))
     conn = fake.connections[0]
     assert conn.headers["xi-api-key"] == KEY and conn.voice_id == "voice-1"
-    assert conn.query == {"model_id": "eleven_flash_v2_5", "output_format": "pcm_16000"}
+    assert conn.query == {"model_id": "eleven_flash_v2_5", "output_format": "pcm_16000", "inactivity_timeout": "180"}
     (ctx_id,) = conn.contexts
     assert conn.received == [
         {
@@ -296,7 +296,7 @@ async def test_slow_first_audio_and_stalls_time_out(fake: FakeElevenLabs) -> Non
 
 
 async def test_inactivity_timeout_closes_the_idle_socket_and_the_next_request_reconnects() -> None:
-    async with FakeElevenLabs(api_key=KEY, inactivity_timeout_s=0.05) as fake:
+    async with FakeElevenLabs(api_key=KEY, time_scale=0.0005) as fake:  # 180 s -> 90 ms
         async with tts_for(fake) as tts:
             await tts.prewarm()
             await fake.connections[0].closed.wait()
@@ -304,6 +304,17 @@ async def test_inactivity_timeout_closes_the_idle_socket_and_the_next_request_re
             assert fake.connections[0].errors_sent[0]["error"] == "input_timeout_exceeded"
             events = await collect(tts.synthesize(SENTENCE))
         assert pcm(events) == fake.expected_pcm(SENTENCE) and fake.handshakes == 2
+
+
+async def test_a_pooled_socket_survives_a_30_s_pause() -> None:
+    """The server ends a socket idle for 20 s by default; the client asks for the 180 s maximum."""
+    async with FakeElevenLabs(api_key=KEY, time_scale=0.005) as fake:  # 20 s -> 100 ms, 180 s -> 900 ms
+        async with tts_for(fake) as tts:
+            await collect(tts.synthesize("Warm up."))
+            await asyncio.sleep(30 * fake.time_scale)  # the caller talks for 30 s
+            events = await collect(tts.synthesize(SENTENCE))
+        assert pcm(events) == fake.expected_pcm(SENTENCE)
+        assert fake.handshakes == 1 and fake.connections[0].errors_sent == []
 
 
 async def test_a_pooled_socket_dying_before_audio_is_replaced_once(fake: FakeElevenLabs) -> None:

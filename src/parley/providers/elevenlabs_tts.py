@@ -31,9 +31,11 @@ next used (the vendor's documented multi-context barge-in). A socket keeps a set
 sent ``isFinal`` yet and is closed instead of pooled when three are pending, well under the documented
 limit of five per socket (pipecat#4041). ``on_cancel`` receives ``Usage(cancelled=True)``.
 
-Idle sockets: the server ends a socket after ``inactivity_timeout`` (default 20 s) without text, with an
-``input_timeout_exceeded`` error and close 1008. A pooled socket found closed is replaced; one that dies
-before the request's first audio (the close raced our send) is replaced once, transparently.
+Idle sockets: the server ends a socket after ``inactivity_timeout`` (default 20 s, max 180) without text,
+with an ``input_timeout_exceeded`` error and close 1008: a socket pooled between replies would expire
+while the caller talks, so the client asks for the 180 s maximum (``inactivity_timeout_s``; ``None`` leaves
+the server default) rather than running a keepalive task per idle socket. A pooled socket found closed is
+replaced; one that dies before the request's first audio (the close raced our send) is replaced once.
 
 Failures: handshake 401/403 and in-band auth errors -> :class:`ProviderAuthError`; 429 and concurrency
 errors -> retryable :class:`ProviderError`; ``quota_exceeded`` / unusual activity -> not retryable; connect
@@ -212,7 +214,7 @@ class ElevenLabsTTS:
         voice_settings: Mapping[str, float | bool] | None = None,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 10.0,
-        inactivity_timeout_s: int | None = None,
+        inactivity_timeout_s: int | None = 180,
         close_grace_s: float = 0.5,
         on_cancel: Callable[[Usage], None] | None = None,
     ) -> None:

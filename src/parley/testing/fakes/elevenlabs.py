@@ -15,8 +15,11 @@ Reproduces:
   and livekit-js#1985 observed) is ``max_active_conversations`` + close 1008;
 - output: ``{"audio": <b64>, "contextId", "alignment", "normalizedAlignment"}`` messages (alignment on the
   first chunk of each flush, null after), an unknown field on every audio message;
-- errors: unparseable input is ``invalid_input_message`` + close 1008; no input for ``inactivity_timeout_s``
-  is ``input_timeout_exceeded`` + close 1008 (the documented message text);
+- errors: unparseable input is ``invalid_input_message`` + close 1008; no input for the socket's
+  ``inactivity_timeout`` (the query's, else the server default ``inactivity_timeout_s`` = 20 s; docs: default
+  20, max 180; ``{"text": ""}`` resets it) is ``input_timeout_exceeded`` + close 1008 (the documented message
+  text): a pooled socket left idle while the caller talks expires; ``time_scale`` shrinks these timers so a
+  30 s pause can be simulated quickly;
 - the close race (``close_race_rate``; source: pipecat-ai/pipecat#4681, ~2.5 % of peak-hour calls, fixed
   there by waiting for the first audio before ``close_context``): a ``close_context`` that arrives before the
   context's first audio went out loses, at that rate (seeded), the race against the flush on the server:
@@ -135,6 +138,7 @@ class FakeElevenLabs:
         odd_chunks: bool = False,
         first_audio_delay_s: float = 0.0,
         chunk_delay_s: float = 0.0,
+        time_scale: float = 1.0,
         close_race_rate: float = 0.0,
         close_race_outcomes: tuple[Literal["skip", "stall"], ...] = ("skip", "stall"),
         seed: int = 4681,
@@ -146,6 +150,7 @@ class FakeElevenLabs:
         self.odd_chunks = odd_chunks  # split messages at odd byte offsets (samples straddle messages)
         self.first_audio_delay_s = first_audio_delay_s
         self.chunk_delay_s = chunk_delay_s
+        self.time_scale = time_scale  # multiplies the inactivity timers (tests simulate long pauses)
         self.close_race_rate = close_race_rate
         self.close_race_outcomes = close_race_outcomes
         self.races: list[tuple[str, str]] = []
@@ -256,14 +261,15 @@ class FakeElevenLabs:
             conn.closed.set()
 
     async def _serve(self, ws: ServerConnection, conn: FakeElevenLabsConnection) -> None:
+        idle_s = float(conn.query.get("inactivity_timeout", self.inactivity_timeout_s))
         while True:
             try:
-                async with asyncio.timeout(self.inactivity_timeout_s):
+                async with asyncio.timeout(idle_s * self.time_scale):
                     raw = await ws.recv()
             except TimeoutError:
                 if conn.generating:
                     continue
-                message = INPUT_TIMEOUT.format(s=self.inactivity_timeout_s)
+                message = INPUT_TIMEOUT.format(s=idle_s)
                 await self._fail(ws, conn, "input_timeout_exceeded", message)
                 return
             except ConnectionClosed:
