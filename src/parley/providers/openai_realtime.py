@@ -28,6 +28,13 @@ Cost lines: the price table has one input and one output price per model, so one
 four :class:`Usage` lines, model ``<model>/audio``, ``<model>/text``, ``<model>/audio-cached`` and
 ``<model>/text-cached`` (the price table prices each). Input transcription (billed by its own model) is not
 reported. Benign in-band errors (cancelling a response that already ended) are logged, not raised.
+
+Text-to-speech on the same client (:mod:`parley.providers.openai_realtime_tts`, the successor of the
+``/v1/audio/speech`` models that shut down on 2027-01-06): :meth:`OpenAIRealtime.open_speech` configures a
+session with audio output only and no turn detection, and :meth:`OpenAIRealtimeStream.speak` sends each
+text as an out-of-band ``response.create`` (``conversation: "none"`` with the text as its only ``input``
+item), so the session's conversation never grows (docs.rs openai-struct ``RealtimeResponseCreateParams``:
+"Set this to none to create an out-of-band response which will not add items to default conversation").
 """
 
 from __future__ import annotations
@@ -177,6 +184,28 @@ class RealtimeWire:
         return {"type": "response.create", "response": {
             "instructions": f"Say exactly this to the caller and nothing else: {text}"}}
 
+    def speech_session(self, instructions: str) -> Json:
+        """A text-to-speech session: audio out only, no input audio, no turn detection, no transcription."""
+        return {"type": "session.update", "session": {
+            "type": "realtime",
+            "model": self.model,
+            "instructions": instructions,
+            "output_modalities": ["audio"],
+            "audio": {"input": {"turn_detection": None},
+                      "output": {"format": self.fmt.config(), "voice": self.voice}},
+        }}
+
+    def speak(self, text: str, instructions: str) -> Json:
+        """An out-of-band response (``conversation: "none"``) whose only input is ``text``: the session's
+        conversation never grows, so every sentence bills the same small prompt."""
+        message = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        return {"type": "response.create", "response": {
+            "conversation": "none", "input": [message], "instructions": instructions,
+            "output_modalities": ["audio"]}}
+
+    def cancel(self) -> list[Json]:
+        return [{"type": "response.cancel"}] if self.response_active else []
+
     def interrupt(self, item_id: str | None, heard_ms: float) -> list[Json]:
         out: list[Json] = []
         if self.response_active:
@@ -319,17 +348,24 @@ class OpenAIRealtime:
         return f"OpenAIRealtime(url={self.url!r}, model={self.model!r}, voice={self.voice!r})"
 
     async def open(self, config: RealtimeConfig) -> OpenAIRealtimeStream:
-        fmt = audio_format(config.codec)
-        wire = RealtimeWire(self.model, self.voice, fmt, transcribe_model=self.transcribe_model,
+        wire = RealtimeWire(self.model, self.voice, audio_format(config.codec), transcribe_model=self.transcribe_model,
                             vad_silence_ms=self.vad_silence_ms)
+        return await self._open(wire, wire.session_update(config), config.call_rate)
+
+    async def open_speech(self, instructions: str) -> OpenAIRealtimeStream:
+        """A session that only speaks (PCM16 at 24 kHz): the text-to-speech use of the same client."""
+        wire = RealtimeWire(self.model, self.voice, audio_format(None))
+        return await self._open(wire, wire.speech_session(instructions), PCM_RATE)
+
+    async def _open(self, wire: RealtimeWire, session: Json, call_rate: int) -> OpenAIRealtimeStream:
         sep = "&" if "?" in self.url else "?"
         ws = await open_ws(self.url + sep + urlencode({"model": self.model}),
                            {"Authorization": f"Bearer {self._key}"}, provider=PROVIDER,
                            connect_timeout_s=self.connect_timeout_s, handshake_error=handshake_error,
                            redactor=self._redactor, logger=self._ws_log, shown_url=self.url)
-        stream = OpenAIRealtimeStream(ws, wire, config.call_rate, self._redactor)
+        stream = OpenAIRealtimeStream(ws, wire, call_rate, self._redactor)
         try:
-            await stream.configure(config, self.connect_timeout_s)
+            await stream.configure(session, self.connect_timeout_s)
         except BaseException:
             await ws.close()
             raise
@@ -350,12 +386,12 @@ class OpenAIRealtimeStream:
         self._done = False
         self.sent: list[str] = []  # client event types, in order (tests, traces)
 
-    async def configure(self, config: RealtimeConfig, timeout_s: float) -> None:
+    async def configure(self, session: Json, timeout_s: float) -> None:
         """``session.created`` -> ``session.update`` -> ``session.updated``; failures raise here."""
         try:
             async with asyncio.timeout(timeout_s):
                 await self._expect("session.created")
-                await self._send(self._wire.session_update(config))
+                await self._send(session)
                 await self._expect("session.updated")
         except TimeoutError:
             raise ProviderTimeout("openai-realtime: no session within the connect timeout", provider=PROVIDER) from None
@@ -394,6 +430,20 @@ class OpenAIRealtimeStream:
     async def tool_result(self, call: ToolCall, output: str, *, respond: bool) -> None:
         for event in self._wire.tool_result(call, output, respond=respond):
             await self._send(event)
+
+    async def speak(self, text: str, instructions: str) -> None:
+        """Text-to-speech: one out-of-band response reading ``text`` (see :meth:`RealtimeWire.speak`)."""
+        await self._send(self._wire.speak(text, instructions))
+
+    async def cancel(self) -> None:
+        """Stop the response in progress, if any (its ``response.done`` still follows, with usage)."""
+        for event in self._wire.cancel():
+            await self._send(event)
+
+    @property
+    def finished(self) -> bool:
+        """The socket failed or closed: the stream yields nothing new."""
+        return self._done
 
     async def close(self) -> None:
         self._closing = True

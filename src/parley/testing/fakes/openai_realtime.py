@@ -29,6 +29,16 @@ read through the search tool on 2026-12-04):
 - ``conversation.item.truncate`` beyond the item's audio: ``error`` (as documented); else
   ``conversation.item.truncated``. Each truncation is recorded (``truncations``).
 
+- Text-to-speech use: a ``response.create`` whose ``response.input`` holds a user message with
+  ``input_text`` (an out-of-band response, ``conversation: "none"``) speaks that text; a session with
+  ``audio.input.turn_detection: null`` and no input format is accepted (output format only).
+- ``GET /v1/models`` over plain HTTP on the same port (the fake is ``websockets``' ``process_request``):
+  the OpenAI list shape ``{"object": "list", "data": [{"id", "object", "created", "owned_by",
+  "shutdown_date"}]}``; ``shutdown_date`` (YYYY-MM-DD or null) is in the models reference as mirrored on
+  w3cschool.cn (2026-11-10) and was compared with the deprecations page by a dev.to write-up (2026-10-27);
+  the default list carries the announced dates (tts-1, tts-1-hd, gpt-4o-mini-tts 2027-01-06; gpt-4o-mini
+  2027-01-14). Wrong key: 401 ``invalid_api_key``.
+
 Simplified: the voice is a 440 Hz tone, ``ms_per_char`` per character of the reply; transcripts are
 scripted, one per caller turn; token counts are derived from durations (10 audio tokens/s in, 20/s out,
 per the realtime-costs guide); VAD is RMS over 20 ms against ``vad_threshold``; no rate limits, no
@@ -45,7 +55,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Self
 from urllib.parse import parse_qs, urlsplit
@@ -60,6 +70,12 @@ from parley.audio.phone import G711
 __all__ = ["FakeOpenAIRealtime", "RealtimeFaults", "Reply"]
 
 FORMATS = {"audio/pcm": 24000, "audio/pcmu": 8000, "audio/pcma": 8000}
+# GET /v1/models: id -> shutdown_date (the dates OpenAI announced; see the module docstring)
+MODELS: dict[str, str | None] = {
+    "gpt-realtime": None, "gpt-realtime-mini": None, "gpt-realtime-2.1": None, "gpt-realtime-2.1-mini": None,
+    "gpt-4o-mini-transcribe": None, "tts-1": "2027-01-06", "tts-1-hd": "2027-01-06",
+    "gpt-4o-mini-tts": "2027-01-06", "gpt-4o-mini": "2027-01-14", "gpt-5.1": None,
+}
 
 
 class _QuietLog(logging.LoggerAdapter[logging.Logger]):
@@ -116,8 +132,11 @@ class FakeOpenAIRealtime:
 
     def __init__(self, api_key: str, *, replies: Iterable[Reply | str] = (), transcripts: Iterable[str] = (),
                  faults: RealtimeFaults | None = None, ms_per_char: float = 40.0, chunk_ms: float = 100.0,
-                 chunk_interval_s: float = 0.02, vad_threshold: float = 400.0) -> None:
+                 chunk_interval_s: float = 0.02, vad_threshold: float = 400.0,
+                 models: Mapping[str, str | None] | None = None) -> None:
         self.api_key = api_key
+        self.models: dict[str, str | None] = dict(MODELS if models is None else models)
+        self.model_requests = 0
         self.replies: deque[Reply] = deque(r if isinstance(r, Reply) else Reply(r) for r in replies)
         self.transcripts: deque[str] = deque(transcripts)
         self.faults = faults or RealtimeFaults()
@@ -159,6 +178,8 @@ class FakeOpenAIRealtime:
         query = {k: v[-1] for k, v in parse_qs(target.query).items()}
         auth = request.headers.get("Authorization", "")
         status, code, message = 0, "", ""
+        if target.path == "/v1/models" and "upgrade" not in request.headers.get("Connection", "").lower():
+            return self._models(ws, auth)
         if target.path != "/v1/realtime":
             status, code, message = 404, "not_found", f"No route {target.path}"
         elif auth != f"Bearer {self.api_key}":
@@ -174,6 +195,24 @@ class FakeOpenAIRealtime:
         if not status:
             return None
         body = {"error": {"message": message, "type": "invalid_request_error", "code": code, "param": None}}
+        response = ws.respond(status, json.dumps(body))
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json"
+        return response
+
+    def _models(self, ws: ServerConnection, auth: str) -> Response:
+        """``GET /v1/models`` over plain HTTP: ``{"object": "list", "data": [{id, object, created, owned_by,
+        shutdown_date}]}``; 401 for a wrong key, as the real endpoint."""
+        self.model_requests += 1
+        if auth != f"Bearer {self.api_key}":
+            body: dict[str, object] = {"error": {"message": "Incorrect API key provided.", "type":
+                                                 "invalid_request_error", "code": "invalid_api_key", "param": None}}
+            status = 401
+        else:
+            status = 200
+            body = {"object": "list", "data": [
+                {"id": mid, "object": "model", "created": 1735689600, "owned_by": "system", "shutdown_date": date}
+                for mid, date in self.models.items()]}
         response = ws.respond(status, json.dumps(body))
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "application/json"
@@ -209,8 +248,11 @@ class FakeOpenAIRealtime:
                 await self._end_turn(conn, respond=False)
             case "response.create":
                 response = m.get("response")
-                instructions = str(response.get("instructions", "")) if isinstance(response, dict) else ""
-                fixed = instructions.rsplit(": ", 1)[-1] if ": " in instructions else None
+                response = response if isinstance(response, dict) else {}
+                instructions = str(response.get("instructions", ""))
+                fixed = _input_text(response.get("input"))
+                if fixed is None and ": " in instructions:
+                    fixed = instructions.rsplit(": ", 1)[-1]
                 self._start_response(conn, Reply(fixed) if fixed else None)
             case "response.cancel":
                 if conn.response is None or conn.response.done():
@@ -366,6 +408,18 @@ class FakeOpenAIRealtime:
         conn.n_events += 1
         event = {"type": kind, "event_id": f"event_{conn.n_events}", **fields, "fake_unknown_field": 1}
         await conn.ws.send(json.dumps(event))
+
+
+def _input_text(items: object) -> str | None:
+    """The text of an out-of-band response's ``input`` user message (how a TTS use asks for a reading)."""
+    if not isinstance(items, list):
+        return None
+    for item in items:
+        content = item.get("content") if isinstance(item, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and part.get("type") == "input_text":
+                return str(part.get("text", ""))
+    return None
 
 
 def _encode(g711: G711, samples: np.ndarray, fmt: str) -> bytes:
