@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -20,8 +21,23 @@ from parley.providers.errors import (
     ProviderProtocolError,
     ProviderTimeout,
 )
-from parley.providers.openai_llm import ChatStreamAssembler, OpenAICompatLLM, SSEDecoder, wire_message
-from parley.testing.fakes.openai_chat import FIRST, USAGE, Connection, FakeOpenAI, Script, chunk, streaming
+from parley.providers.openai_llm import (
+    DEFAULT_MODEL,
+    ChatStreamAssembler,
+    OpenAICompatLLM,
+    SSEDecoder,
+    wire_message,
+)
+from parley.testing.fakes.openai_chat import (
+    FIRST,
+    USAGE,
+    Connection,
+    FakeOpenAI,
+    Script,
+    chunk,
+    reasoning_rules,
+    streaming,
+)
 
 API_KEY = "sk-test-0123456789abcdef"
 
@@ -496,3 +512,34 @@ def test_assembler_appends_index_less_continuations_to_the_last_call() -> None:
 def test_tool_message_needs_its_call_id() -> None:
     with pytest.raises(ProviderError, match="tool_call_id"):
         wire_message(Message("tool", "{}"))
+
+
+# ---- reasoning models (max_completion_tokens) ----------------------------------------------------------------
+
+
+async def test_a_reasoning_model_gets_max_completion_tokens() -> None:
+    """gpt-6-luna (the named successor of gpt-4o-mini) reasons and refuses max_tokens with a 400."""
+    script = reasoning_rules(streaming(FIRST, chunk({"content": "ok"}), chunk({}, "stop")))
+    async with FakeOpenAI(script) as server:
+        async with OpenAICompatLLM(server.base_url, API_KEY, "gpt-6-luna", max_tokens=80) as provider:
+            events = await collect(provider.stream([Message("user", "hi")]))
+    assert events[0] == TextDelta("ok")
+    [request] = server.requests
+    assert request.body["max_completion_tokens"] == 80 and "max_tokens" not in request.body
+
+
+async def test_an_unknown_model_refusing_max_tokens_is_retried_once_with_the_other_field() -> None:
+    script = reasoning_rules(streaming(FIRST, chunk({"content": "ok"}), chunk({}, "stop")), models=re.compile(""))
+    async with FakeOpenAI(script) as server:
+        async with OpenAICompatLLM(server.base_url, API_KEY, "acme-thinker", max_tokens=80) as provider:
+            first = await collect(provider.stream([Message("user", "hi")]))
+            second = await collect(provider.stream([Message("user", "again")]))
+    assert first[0] == TextDelta("ok") and second[0] == TextDelta("ok")
+    fields = [("max_tokens" in r.body, "max_completion_tokens" in r.body) for r in server.requests]
+    assert fields == [(True, False), (False, True), (False, True)]  # the switch is remembered
+
+
+async def test_the_default_model_is_current() -> None:
+    assert DEFAULT_MODEL == "gpt-6-luna"
+    provider = OpenAICompatLLM("http://127.0.0.1:9/v1", None)
+    assert provider.model == DEFAULT_MODEL

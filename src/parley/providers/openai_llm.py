@@ -14,8 +14,12 @@ empty ids, a tool turn ending with ``finish_reason: "stop"``, usage absent / nul
 
 Request: ``stream: true`` and ``stream_options: {"include_usage": true}``; the usage chunk then comes
 last (``choices: []``). ``base_url`` includes the version prefix (``https://api.openai.com/v1``,
-``http://localhost:11434/v1``). ``max_tokens`` is sent as ``max_tokens`` (what compatible servers accept);
-pass ``max_tokens_field="max_completion_tokens"`` for OpenAI reasoning models.
+``http://localhost:11434/v1``). ``max_tokens`` goes out as ``max_completion_tokens`` for models named like
+OpenAI's reasoning families (o1/o3/o4, gpt-5 and later), which refuse ``max_tokens`` with a 400
+``unsupported_parameter``, and as ``max_tokens`` otherwise (what compatible servers accept); a model that
+refuses ``max_tokens`` anyway gets the request once more with the other field, remembered for the next ones
+(``max_tokens_field="auto"``, the default; name a field to pin it). The default model is
+:data:`DEFAULT_MODEL`: gpt-4o-mini shuts down on 2027-01-14 and OpenAI names gpt-6-luna as its replacement.
 
 Failures: 401/403 -> :class:`ProviderAuthError`; 429 and 5xx -> retryable :class:`ProviderError`
 (``insufficient_quota`` is not retryable); timeouts -> :class:`ProviderTimeout`; refused or dropped
@@ -37,11 +41,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import httpx
 
@@ -57,9 +62,21 @@ from parley.providers.errors import (
 )
 from parley.providers.http_session import HttpSession
 
-__all__ = ["ChatStreamAssembler", "OpenAICompatLLM", "SSEDecoder", "decode_event", "request_body", "wire_message"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "ChatStreamAssembler",
+    "OpenAICompatLLM",
+    "SSEDecoder",
+    "decode_event",
+    "request_body",
+    "wire_message",
+]
 
 log = logging.getLogger("parley.providers.openai_llm")
+
+DEFAULT_MODEL = "gpt-6-luna"  # OpenAI's named replacement of gpt-4o-mini (shut down 2027-01-14)
+REASONING_MODEL = re.compile(r"(o\d|gpt-([5-9]|\d\d))")  # refuse max_tokens; want max_completion_tokens
+MaxTokensField: TypeAlias = Literal["auto", "max_tokens", "max_completion_tokens"]
 
 
 class SSEDecoder:
@@ -289,6 +306,10 @@ def _error_message(body: bytes) -> tuple[str, str | None]:
     return str(details.get("message") or text)[:300], str(code) if code is not None else None
 
 
+class _FieldRefused(Exception):
+    """The model refused ``max_tokens`` (400 ``unsupported_parameter``): ask again with the other field."""
+
+
 class OpenAICompatLLM:
     """An :class:`~parley.providers.base.LLMProvider` for an OpenAI-compatible ``/chat/completions``."""
 
@@ -296,14 +317,14 @@ class OpenAICompatLLM:
         self,
         base_url: str,
         api_key: str | None,
-        model: str,
+        model: str = DEFAULT_MODEL,
         *,
         name: str = "openai",
         timeout_s: float = 30.0,
         connect_timeout_s: float = 5.0,
         temperature: float | None = None,
         max_tokens: int | None = None,
-        max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+        max_tokens_field: MaxTokensField = "auto",
         extra_headers: Mapping[str, str] | None = None,
         http_client: httpx.AsyncClient | None = None,
         on_cancel: Callable[[Usage], None] | None = None,
@@ -313,7 +334,11 @@ class OpenAICompatLLM:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.temperature = temperature
         self.max_tokens = max_tokens
-        self.max_tokens_field = max_tokens_field
+        self.max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = (
+            ("max_completion_tokens" if REASONING_MODEL.match(model) else "max_tokens")
+            if max_tokens_field == "auto" else max_tokens_field
+        )
+        self._field_fixed = max_tokens_field != "auto"
         self._api_key = api_key
         self._extra_headers = dict(extra_headers or {})
         self._http = HttpSession(timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, client=http_client)
@@ -373,23 +398,39 @@ class OpenAICompatLLM:
     async def _events(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec], assembler: ChatStreamAssembler
     ) -> AsyncGenerator[TextDelta | ToolCall, None]:
-        body = request_body(
-            self.model,
-            messages,
-            tools,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            max_tokens_field=self.max_tokens_field,
-        )
-        log.debug(
-            "%s: POST %s model=%s messages=%d tools=%d", self.name, self.url, self.model, len(messages), len(tools)
-        )
+        for attempt in range(2):
+            body = request_body(
+                self.model,
+                messages,
+                tools,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                max_tokens_field=self.max_tokens_field,
+            )
+            log.debug(
+                "%s: POST %s model=%s messages=%d tools=%d", self.name, self.url, self.model, len(messages), len(tools)
+            )
+            try:
+                async with aclosing(self._post(body, assembler, retry_field=attempt == 0)) as events:
+                    async for event in events:
+                        yield event
+                return
+            except _FieldRefused:
+                self.max_tokens_field = "max_completion_tokens"
+                log.info("%s: %s refuses max_tokens; sending max_completion_tokens", self.name, self.model)
+
+    async def _post(
+        self, body: Mapping[str, object], assembler: ChatStreamAssembler, *, retry_field: bool
+    ) -> AsyncGenerator[TextDelta | ToolCall, None]:
         try:
             async with self._http.client().stream(
                 "POST", self.url, content=json.dumps(body).encode(), headers=self._headers(), timeout=self._http.timeout
             ) as response:
                 if response.status_code != 200:
                     message, code = _error_message(await response.aread())
+                    if (retry_field and response.status_code == 400 and code == "unsupported_parameter"
+                            and "max_tokens" in body and not self._field_fixed):
+                        raise _FieldRefused
                     raise error_for_status(response.status_code, self._redact(message), provider=self.name, code=code)
                 content_type = response.headers.get("content-type", "")
                 if not content_type.startswith("text/event-stream"):

@@ -6,6 +6,7 @@ scriptable faults (any status, malformed data, stalls, drops) through ``Script``
 scripts a conversation: each request is answered with the next reply, streamed in word pieces, optionally
 followed by a tool call. Simplified: no auth check beyond recording the header, HTTP/1.1 with
 ``Connection: close`` (one request per connection), ``GET /v1/models`` answers a fixed list.
+``reasoning_rules()`` wraps a script with the live refusal of ``max_tokens`` by reasoning models.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -235,3 +237,34 @@ def garbage(*raw: str) -> Script:
         await conn.end()
 
     return script
+
+
+# ---- live-API parameter rules --------------------------------------------------------------------------------
+
+REASONING_MODEL = re.compile(r"(o\d|gpt-[5-9])")  # o1/o3/o4 and the GPT-5/GPT-6 families reason
+UNSUPPORTED_MAX_TOKENS = {
+    "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+    "Use 'max_completion_tokens' instead.",
+    "type": "invalid_request_error",
+    "param": "max_tokens",
+    "code": "unsupported_parameter",
+}
+
+
+def reasoning_rules(script: Script, *, models: re.Pattern[str] = REASONING_MODEL) -> Script:
+    """``script``, except that a request for a reasoning model carrying ``max_tokens`` is refused with a 400.
+
+    Source: the Chat Completions reference ("max_tokens ... deprecated in favor of max_completion_tokens, and
+    is not compatible with o-series models"); simonw/llm#724 and drupal ai_agents#3569280 quote the live error
+    text used here; chatGPTBox#908 and orca-lang v0.1.13 report the same for gpt-5.x; the replacement of
+    gpt-4o-mini, gpt-6-luna, reasons by default (OpenAI deprecations page, per its migration guides).
+    Simplified: the model is matched by name (``models``), not looked up in a model list."""
+
+    async def guarded(conn: Connection) -> None:
+        model = str(conn.request.body.get("model", ""))
+        if "max_tokens" in conn.request.body and models.match(model):
+            await conn.json_response(400, {"error": UNSUPPORTED_MAX_TOKENS})
+            return
+        await script(conn)
+
+    return guarded
