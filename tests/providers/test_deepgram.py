@@ -504,3 +504,29 @@ async def test_speak_malformed_json_is_a_protocol_error() -> None:
     async with fake(speak=Faults(malformed_after_frames=1)) as dg:
         with pytest.raises(ProviderProtocolError):
             await collect(tts(dg).synthesize("Hello there."))
+
+
+# ---- the Flush cap (docs tts-ws-flush: 20 per 60 s; per connection or per key is not documented) -----------
+
+
+async def test_flush_cap_per_connection_is_absorbed_by_a_fresh_socket() -> None:
+    async with FakeDeepgram(KEY, ms_per_char=0.5, flush_limit=20, flush_limit_scope="connection") as dg:
+        async with tts(dg) as provider:
+            for i in range(25):
+                events = await collect(provider.synthesize(f"Sentence {i}."))
+                assert any(isinstance(e, AudioChunk) for e in events)
+    assert dg.flush_warnings == 0 and len(dg.speak_sessions) == 2
+
+
+async def test_flush_cap_per_key_fails_fast_and_retryable_instead_of_stalling() -> None:
+    async with FakeDeepgram(KEY, ms_per_char=0.5, flush_limit=20, flush_limit_scope="key") as dg:
+        async with tts(dg, read_timeout_s=1.0) as provider:
+            for i in range(20):
+                await collect(provider.synthesize(f"Sentence {i}."))
+            with pytest.raises(ProviderError) as first:
+                await collect(provider.synthesize("Sentence twenty."))
+            assert first.value.code == "flush_limit" and first.value.retryable
+            with pytest.raises(ProviderError) as second:  # inside the window: not even sent
+                await collect(provider.synthesize("Sentence twenty-one."))
+            assert second.value.code == "flush_limit"
+    assert dg.flush_warnings == 1

@@ -14,8 +14,17 @@ raw little-endian int16 (no header) then ``{"type":"Flushed"}``. ``Metadata``, `
 Sockets: :meth:`prewarm` opens one ahead of the first turn. A socket goes back to the pool only in a known
 state (after ``Flushed``, or ``Cleared`` following a barge-in); one the server closed while idle (idle
 timeout) is replaced lazily, and a request whose reused socket turns out closed before any audio is
-retried once on a fresh one. Deepgram processes at most 20 Flushes per 60 s per socket, so a socket that
-reached that many is not reused (a new one is opened instead of waiting for a dropped Flush).
+retried once on a fresh one.
+
+Flush cap: Deepgram processes at most 20 Flushes per 60 s; beyond that a ``Warning`` comes back and the
+Flush is not processed (docs tts-ws-flush), so no audio and no ``Flushed`` follow. The docs do not say
+whether the cap counts per connection or per key. A socket that sent 20 in the window is not reused (a
+fresh one absorbs a per-connection cap); a flush ``Warning`` all the same means the cap counts wider, so
+the request fails at once with a retryable ``flush_limit`` error (the fallback chain takes the sentence,
+instead of waiting ``read_timeout_s`` for a ``Flushed`` that never comes), the socket (which still buffers
+the text) is closed, and later requests fail the same way without sending until the window has passed.
+One Flush per sentence stays: :meth:`synthesize` speaks one sentence and needs ``Flushed`` to end it;
+flushing once per reply (the vendor's advice, also better prosody) needs a per-reply stream.
 
 Barge-in: closing the generator (``aclose()``) or cancelling its task sends ``{"type":"Clear"}`` at once
 and reports ``Usage(cancelled=True)`` through ``on_cancel``; a background task owned by the provider then
@@ -120,6 +129,8 @@ class DeepgramTTS:
         self._idle: list[_Socket] = []
         self._draining: set[asyncio.Task[None]] = set()
         self._closing: set[asyncio.Task[None]] = set()
+        self._flushes: deque[float] = deque(maxlen=FLUSH_LIMIT)  # loop times of recent Flushes, every socket
+        self._flush_blocked_until = 0.0  # a flush Warning came: no Flush is processed before this loop time
 
     def __repr__(self) -> str:
         return f"DeepgramTTS(url={self.url!r}, model={self.model!r}, sample_rate={self.sample_rate})"
@@ -178,6 +189,9 @@ class DeepgramTTS:
     # ---- one request ---------------------------------------------------------------------------------
 
     async def _audio(self, request: _Request) -> AsyncGenerator[AudioChunk, None]:
+        now = asyncio.get_running_loop().time()
+        if now < self._flush_blocked_until:
+            raise self._flush_limit(f"Flush cap reached; {self._flush_blocked_until - now:.0f} s left in the window")
         if self._draining:  # a barge-in's Clear is still being answered: its socket is about to be free
             await asyncio.wait(set(self._draining), timeout=self.clear_timeout_s)
         for attempt in range(2):
@@ -200,6 +214,7 @@ class DeepgramTTS:
                 for piece in _pieces(request.text, MAX_SPEAK_CHARS):
                     await ws.send(json.dumps({"type": "Speak", "text": piece}))
                 sock.flushes.append(loop.time())
+                self._flushes.append(loop.time())
                 await ws.send(FLUSH)
                 request.sent = True
                 carry = b""
@@ -216,8 +231,14 @@ class DeepgramTTS:
                             request.produced = True
                             yield AudioChunk(samples, self.sample_rate, request.text if first else None)
                         continue
-                    if speak_control(parse_message(message, self._api_key)) == "Flushed":
+                    control = parse_message(message, self._api_key)
+                    kind = speak_control(control)
+                    if kind == "Flushed":
                         break
+                    if kind == "Warning" and "flush" in f"{control.get('code')} {control.get('description')}".lower():
+                        oldest = self._flushes[0] if len(self._flushes) == FLUSH_LIMIT else loop.time()
+                        self._flush_blocked_until = max(oldest + FLUSH_WINDOW_S, loop.time() + 1.0)
+                        raise self._flush_limit("the server refused a Flush (cap of 20 per 60 s)")
             except ConnectionClosed as exc:
                 if reused and not request.produced and (exc.rcvd is None or exc.rcvd.code not in (1008, 1009)):
                     request.sent = False
@@ -239,6 +260,10 @@ class DeepgramTTS:
             raise
         request.done = True
         self._release(sock)
+
+    @staticmethod
+    def _flush_limit(detail: str) -> ProviderError:
+        return ProviderError(f"deepgram: {detail}", provider=PROVIDER, code="flush_limit", retryable=True)
 
     # ---- the socket pool ------------------------------------------------------------------------------
 

@@ -37,7 +37,14 @@ Simplified:
 - Speak audio is a 440 Hz tone, ``ms_per_char`` per character, in ``speak_frame_ms`` frames;
   ``sequence_id`` counts Flushed and Cleared separately per socket from 0 (the docs show 0 for both).
   ``speak_idle_timeout_s`` (off by default; Deepgram documents none) closes an idle speak socket with the
-  listen NET-0001 close. Rate limits (20 Flushes/min, 2400 characters/min) are not enforced.
+  listen NET-0001 close. The 2400 characters/min limit is not enforced.
+- The Flush cap (``flush_limit``, off by default; docs tts-ws-flush: "at most 20 times every 60 seconds.
+  After that, you will receive a warning message stating that we cannot process any more flush messages
+  until the 60-second time window has passed"): a Flush over the cap gets
+  ``{"type":"Warning","code":"FLUSH_LIMIT_EXCEEDED","description":...}`` and is not processed (no audio,
+  no ``Flushed``; its text stays buffered). The docs do not say whether the cap counts per connection or
+  per key: ``flush_limit_scope`` picks one ("key" counts across every speak socket of this fake); the
+  warning's code and text are not documented and are this fake's own.
 - Faults (:class:`Faults`, one per path, attributes may be changed between connections): refuse the
   handshake with ``reject_status`` (``reject_count`` times, or always), ``delay_s`` before each Results /
   each Flush's audio, and after ``*_after_frames`` frames (audio received on listen, audio sent on speak):
@@ -59,7 +66,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -70,6 +77,8 @@ from websockets.http11 import Request, Response
 NET_0001 = (
     "Deepgram did not receive audio data or a text message within the timeout window. See https://dpgr.am/net0001"
 )
+FLUSH_WARNING = ("Flush limit exceeded: at most 20 Flush messages every 60 seconds; no more Flush messages are "
+                 "processed until the 60-second window has passed.")
 LISTEN_ENCODINGS = {"linear16", "linear32", "flac", "alaw", "mulaw", "amr-nb", "amr-wb", "opus", "ogg-opus", "speex",
                     "g729"}
 LISTEN_BOOLEANS = ("interim_results", "vad_events", "smart_format", "punctuate", "numerals", "profanity_filter",
@@ -264,6 +273,9 @@ class FakeDeepgram:
         ms_per_char: float = 10.0,
         speak_frame_ms: float = 20.0,
         speak_frame_delay_s: float = 0.0,
+        flush_limit: int | None = None,
+        flush_window_s: float = 60.0,
+        flush_limit_scope: Literal["connection", "key"] = "key",
         listen: Faults | None = None,
         speak: Faults | None = None,
     ) -> None:
@@ -278,6 +290,11 @@ class FakeDeepgram:
         self.ms_per_char = ms_per_char
         self.speak_frame_ms = speak_frame_ms
         self.speak_frame_delay_s = speak_frame_delay_s
+        self.flush_limit = flush_limit
+        self.flush_window_s = flush_window_s
+        self.flush_limit_scope = flush_limit_scope
+        self.flush_warnings = 0
+        self._key_flushes: deque[float] = deque()
         self.listen_faults = listen or Faults()
         self.speak_faults = speak or Faults()
         self.handshakes: list[Handshake] = []
@@ -419,6 +436,7 @@ class FakeDeepgram:
         state = {"generation": 0, "flushed": 0, "cleared": 0, "phase": 0}
         jobs: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
         worker = asyncio.create_task(self._synthesize(ws, session, rate, jobs, state))
+        own_flushes: deque[float] = deque()
         buffer: list[str] = []
         try:
             while True:
@@ -442,6 +460,11 @@ class FakeDeepgram:
                             return
                         buffer.append(text)
                     case "Flush":
+                        if not self._flush_allowed(own_flushes):
+                            self.flush_warnings += 1
+                            await self._send(ws, session, {"type": "Warning", "code": "FLUSH_LIMIT_EXCEEDED",
+                                                           "description": FLUSH_WARNING})
+                            continue
                         jobs.put_nowait((state["generation"], "".join(buffer)))
                         buffer.clear()
                     case "Clear":
@@ -458,6 +481,19 @@ class FakeDeepgram:
                         pass
         finally:
             worker.cancel()
+
+    def _flush_allowed(self, own: deque[float]) -> bool:
+        """Count one Flush against the cap (per socket or per key); False when it is over the cap."""
+        if self.flush_limit is None:
+            return True
+        flushes = self._key_flushes if self.flush_limit_scope == "key" else own
+        now = asyncio.get_running_loop().time()
+        while flushes and now - flushes[0] >= self.flush_window_s:
+            flushes.popleft()
+        if len(flushes) >= self.flush_limit:
+            return False
+        flushes.append(now)
+        return True
 
     async def _synthesize(self, ws: ServerConnection, session: Session, rate: int,
                           jobs: asyncio.Queue[tuple[int, str]], state: dict[str, int]) -> None:
