@@ -3,7 +3,13 @@
 Owns: building the ESL client, the mod_audio_stream server, the bridge and the agent from settings, the
 stream token secret's resolution (configured, else the shared secret file; `parley serve` refuses to run
 without one unless streams may be unauthenticated), the apology rendered once at start with the local
-voice, and running them until asked to stop (SIGINT/SIGTERM). Nothing else in parley constructs these.
+voice, and running them until asked to stop. Nothing else in parley constructs these.
+
+Stopping is a drain (SIGTERM, SIGINT, ``parley drain`` = ``POST /drain`` from this host): ``/ready`` turns 503
+at once, new mod_audio_stream upgrades get 503 + Retry-After (FreeSWITCH reports mod_audio_stream::error
+code 6; the Lua helper transfers the call to the fallback extension; its record says "media stream refused
+(draining)"), the calls up go on for at most ``drain_grace_s``, then hear a goodbye and are hung up; then the
+process exits 0. A second signal skips what is left of the grace.
 """
 
 from __future__ import annotations
@@ -32,12 +38,16 @@ from parley.freeswitch.esl_client import EslClient
 from parley.freeswitch.stream_token import read_secret_file
 from parley.observe.http import HttpServer
 from parley.observe.metrics import Metrics
+from parley.observe.readiness import Readiness
 from parley.observe.records import CallEnd, CallRecorder, CallStart, RecordStore, TurnRow
 from parley.observe.tracing import CallOutcome, CallTrace, CallTracer
 from parley.providers.base import AudioChunk, TTSProvider
 from parley.providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS
 
 log = logging.getLogger("parley.app")
+
+DRAIN_GRACE_S = 600.0  # how long a drain lets calls finish; the Kubernetes grace period must exceed it
+GOODBYE = "I'm sorry, this line has to close now. Please call again. Goodbye."
 
 
 def build_engine(settings: Settings, *, providers: Providers | None = None) -> Engine:
@@ -238,16 +248,17 @@ def _hangup_by(call: Call, session: CallSession | RealtimeSession) -> Literal["a
     return _HANGUP_BY[call.outcome]
 
 
-async def render_apology(engine: Engine, *, timeout_s: float = 30.0) -> Apology:
+async def render_apology(engine: Engine, *, timeout_s: float = 30.0, text: str | None = None) -> Apology:
     """The apology in the local emergency voice, rendered once at start and kept in memory, so a caller can
-    hear it when the TTS, the spool or the stream has failed. A FreeSWITCH-side tone is the last resort."""
+    hear it when the TTS, the spool or the stream has failed. A FreeSWITCH-side tone is the last resort.
+    ``text``: another line in the same voice (the drain's goodbye)."""
     tone = "tone_stream://%(250,250,480,620);loops=2"
     tts = engine.emergency_tts or engine.tts
     chunks: list[np.ndarray] = []
     rate = 8000
     try:
         async with asyncio.timeout(timeout_s):
-            gen = tts.synthesize(engine.conversation.apology)
+            gen = tts.synthesize(text or engine.conversation.apology)
             async with contextlib.aclosing(gen):
                 async for ev in gen:
                     if isinstance(ev, AudioChunk) and ev.samples.size:
@@ -313,6 +324,27 @@ class Running:
     resources: contextlib.AsyncExitStack | None = None
     http: HttpServer | None = None
     metrics: Metrics | None = None
+    readiness: Readiness | None = None
+    engine: Engine | None = None
+
+    def begin_drain(self) -> None:
+        """Not ready, and no new stream accepted, from now on (idempotent; the calls up go on)."""
+        if self.readiness is not None:
+            self.readiness.begin_drain()
+        self.bridge.begin_drain()
+        self.server.drain(self.bridge.owns)
+
+    async def drain(self, grace_s: float = DRAIN_GRACE_S) -> int:
+        """:meth:`begin_drain`, then wait for the calls up to end, at most ``grace_s``; the rest hear a
+        goodbye (in the local voice when there is an engine) and are hung up. Returns how many were cut."""
+        self.begin_drain()
+        log.info("draining: %d call(s) up, up to %.0f s to finish", len(self.bridge.calls), grace_s)
+        goodbye: Apology | None = None
+        if self.engine is not None and self.bridge.calls:
+            goodbye = await render_apology(self.engine, text=GOODBYE)
+        cut = await self.bridge.drain(grace_s, goodbye=goodbye)
+        log.info("drained (%d call(s) cut at the end of the grace)", cut)
+        return cut
 
     async def close(self) -> None:
         if self.http is not None:
@@ -335,11 +367,15 @@ def _check_hosting(settings: Settings) -> None:
             raise ConfigError(f"records.hosting: no entry {box!r} in the price table (known: {names})")
 
 
-async def start(settings: Settings, agent: Agent | None = None, *, apology: Apology | None = None) -> Running:
+async def start(
+    settings: Settings, agent: Agent | None = None, *, apology: Apology | None = None, observe: bool | None = None,
+) -> Running:
     """Start the WebSocket server and the ESL client; raise at once on a wrong ESL password or ACL.
 
     If FreeSWITCH is simply not up yet, keep retrying in the background (a refused connection is not fatal).
     With ``agent`` given (tests, tools), ``apology`` is what the bridge plays when it gives a call up.
+    ``observe``: serve HTTP (``/ready`` and ``/drain``; ``/metrics``, ``/health`` and the dashboard with the
+    real agent) when ``settings.observe.enabled``; by default only without ``agent``.
     """
     if not settings.freeswitch.audio_stream.token_secret:  # serve() resolved the secret file already
         log.warning("no stream token secret: mod_audio_stream connections are not authenticated")
@@ -372,10 +408,14 @@ async def start(settings: Settings, agent: Agent | None = None, *, apology: Apol
         await resources.aclose()
         raise
     http: HttpServer | None = None
-    if metrics is not None and engine is not None and settings.observe.enabled:
+    readiness = Readiness(lambda: len(bridge.calls))
+    serve_http = (engine is not None) if observe is None else observe
+    if serve_http and settings.observe.enabled:
+        http = HttpServer(settings.observe.host, settings.observe.port)
+        readiness.install(http)
+    if http is not None and metrics is not None and engine is not None:
         metrics.watch(bridge=bridge, esl=esl, records=store, streams=server,
                       providers={"stt": engine.stt, "llm": engine.llm, "tts": engine.tts})
-        http = HttpServer(settings.observe.host, settings.observe.port)
         metrics.install(http)
         if store is not None:
             from parley.observe.cost import PriceTable
@@ -383,28 +423,53 @@ async def start(settings: Settings, agent: Agent | None = None, *, apology: Apol
 
             Dashboard(store, redact=settings.records.redact_callers, prices=PriceTable.load(),
                       hosting=settings.records.hosting or None).install(http)
+    if http is not None:
         await http.start()
-        log.info("metrics, health and dashboard on %s/", http.url)
+        log.info("ready, metrics, health and dashboard on %s/", http.url)
     log.info(
         "parley ready: mod_audio_stream on ws://%s:%d%s/<uuid>, ESL %s:%d",
         fs.audio_stream.listen_host, server.port, fs.audio_stream.path, fs.esl.host, fs.esl.port,
     )
-    return Running(esl, server, bridge, store, resources, http, metrics)
+    voice = engine or (agent.engine if isinstance(agent, ConversationAgent) else None)  # says the goodbye
+    return Running(esl, server, bridge, store, resources, http, metrics, readiness, voice)
 
 
-async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
-    """Run until SIGINT/SIGTERM (or ``stop``); return a process exit code."""
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None, drain_grace_s: float = DRAIN_GRACE_S) -> int:
+    """Run until SIGTERM/SIGINT, ``POST /drain`` (or ``stop``), then drain (see the module docstring) and
+    return a process exit code: 0 after a drain, 2 when ESL gives up for good."""
     settings = stream_secret(settings)
     stop = stop or asyncio.Event()
+    now = asyncio.Event()  # a second signal: end the grace at once
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second stop signal: ending the drain now")
+            now.set()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     running = await start(settings)
+    if running.readiness is not None:
+        running.readiness.on_drain = stop.set
     fatal = asyncio.ensure_future(running.esl.wait_fatal())
     stopped = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({fatal, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if stopped.done() and not fatal.done():
+            running.begin_drain()  # /ready is 503 and new streams are refused before anything else happens
+            drain = asyncio.ensure_future(running.drain(drain_grace_s))
+            hurry = asyncio.ensure_future(now.wait())
+            try:
+                await asyncio.wait({drain, hurry, fatal}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                hurry.cancel()
+                if not drain.done():
+                    drain.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await drain
     finally:
         fatal.cancel()
         stopped.cancel()

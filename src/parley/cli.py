@@ -30,7 +30,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.log_level, settings)
     require_esl_password(settings.freeswitch.esl)
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, drain_grace_s=_drain_grace(args)))
+
+
+def _drain_grace(args: argparse.Namespace) -> float:
+    from parley.app import DRAIN_GRACE_S
+
+    raw = args.drain_grace_s if args.drain_grace_s is not None else os.environ.get("PARLEY_DRAIN_GRACE_S")
+    try:
+        grace = DRAIN_GRACE_S if raw is None else float(raw)
+    except ValueError:
+        raise ConfigError(f"drain grace: {raw!r} is not a number of seconds") from None
+    if not grace >= 0:
+        raise ConfigError(f"drain grace: {raw!r} must be >= 0 seconds")
+    return grace
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """POST /drain to the local `parley serve`; with --wait, poll /ready until no call is up (or it exits)."""
+    import time
+
+    import httpx
+
+    settings = _settings(args)
+    host = settings.observe.host if settings.observe.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    base = args.url or f"http://{'[' + host + ']' if ':' in host else host}:{settings.observe.port}"
+    try:
+        reply = httpx.post(f"{base}/drain", timeout=5.0)
+    except httpx.HTTPError as exc:
+        print(f"parley drain: cannot reach {base} ({exc})", file=sys.stderr)
+        return 1
+    if reply.status_code != 202:
+        print(f"parley drain: {base}/drain answered {reply.status_code}: {reply.text.strip()[:200]}", file=sys.stderr)
+        return 1
+    print(f"draining: {reply.text.strip()}", flush=True)
+    deadline = time.monotonic() + args.timeout
+    while args.wait and time.monotonic() < deadline:
+        try:
+            state = httpx.get(f"{base}/ready", timeout=5.0).json()
+        except (httpx.HTTPError, ValueError):
+            return 0  # the process is gone: drained and exited
+        if not state.get("active_calls"):
+            print("drained: no call up", flush=True)
+            return 0
+        time.sleep(1.0)
+    return 1 if args.wait else 0
+
+
+def cmd_records_migrate(args: argparse.Namespace) -> int:
+    from parley.observe.records import migrate
+
+    settings = _settings(args)
+    _setup_logging("INFO", settings)
+    asyncio.run(migrate(settings.records.resolved_url))
+    print("call records database migrated to the latest revision", flush=True)
+    return 0
 
 
 def cmd_decode_esl(args: argparse.Namespace) -> int:
@@ -188,7 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the mod_audio_stream server and the ESL client")
+    p.add_argument("--drain-grace-s", type=float, default=None,
+                   help="on SIGTERM / `parley drain`: how long calls may go on before a goodbye and a hangup "
+                        "(default: PARLEY_DRAIN_GRACE_S, else 600)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("drain", help="make the local `parley serve` stop taking calls, finish them and exit")
+    p.add_argument("--url", help="its HTTP base URL (default: http://127.0.0.1:<observe.port>)")
+    p.add_argument("--wait", action="store_true", help="wait until no call is up (or the process has exited)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="give up waiting after this long (s)")
+    p.set_defaults(func=cmd_drain)
+
+    records = sub.add_parser("records", help="call records tools").add_subparsers(dest="records_command",
+                                                                                  required=True)
+    p = records.add_parser("migrate", help="bring the records database to the latest schema (once per cluster)")
+    p.set_defaults(func=cmd_records_migrate)
 
     p = sub.add_parser("demo", help="a whole simulated call (echo agent) through a fake FreeSWITCH")
     p.add_argument("--out", default="out/demo-call.wav", help="stereo WAV of the call ('' for none)")

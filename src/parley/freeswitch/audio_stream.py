@@ -14,7 +14,8 @@ right = audio sent to the caller); it PINGs every ``STREAM_HEART_BEAT`` s and cl
 hangup. Binary frames from us are ignored by the module; text frames are read as ``streamAudio`` JSON.
 
 Per connection: ``process_request`` refuses the upgrade (404 unknown path, 400 malformed uuid / rate /
-mix, 401 bad token when the path names the call). Then one receive loop (the websockets handler task;
+mix, 401 bad token when the path names the call, 503 with ``Retry-After`` while draining for a call the
+server was not told it owns: see :meth:`AudioStreamServer.drain`). Then one receive loop (the websockets handler task;
 no task per frame) treats a first TEXT frame that is a JSON object as metadata (it may name the call and
 override the format), calls ``on_stream`` once (after the first message, or after 0.5 s of silence;
 never for a connection refused by its first message or gone before), enqueues frames and counts
@@ -569,6 +570,8 @@ class AudioStreamServer:
         self._streams: dict[int, AudioStream] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
+        self._owns: Callable[[str], bool] | None = None  # set by drain(): the calls still welcome
+        self._retry_after_s = 0
 
     @property
     def streams(self) -> Mapping[int, AudioStream]:
@@ -609,6 +612,23 @@ class AudioStreamServer:
             await self._server.wait_closed()
             self._server = None
 
+    def drain(self, owns: Callable[[str], bool], *, retry_after_s: int = 5) -> None:
+        """From now on refuse every upgrade except a stream for a call ``owns`` (a live call's restarted or
+        replacing stream), with ``503 Service Unavailable`` and ``Retry-After: retry_after_s``; counted as
+        ``rejected["draining"]`` and reported to ``on_refused`` with the key ``"draining"``.
+
+        What the fallback sees: mod_audio_stream reports any refused upgrade as ``mod_audio_stream::error``
+        code 6 "WebSocket upgrade failed" (it does not expose the status; recording ``ws-401-refused``), so
+        the dialplan's Lua helper transfers the call to the fallback extension (another worker's or a
+        person's) and parley skips the apology. An HTTP client or a proxy in front of several workers
+        sees a 503 with Retry-After, the usual "try another upstream" answer."""
+        self._owns = owns
+        self._retry_after_s = max(0, int(retry_after_s))
+
+    @property
+    def draining(self) -> bool:
+        return self._owns is not None
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
@@ -623,6 +643,8 @@ class AudioStreamServer:
         uuid: str | None = None
         try:
             _, uuid, query = _parse_target(self.settings, request.path)
+            if self._owns is not None and (uuid is None or not self._owns(uuid)):
+                raise _Refused("draining", "draining: not taking new calls", HTTPStatus.SERVICE_UNAVAILABLE)
             try:
                 _format_from(StreamFormat(8000, 1), query.get("rate"), query.get("mix"))
             except ValueError as exc:
@@ -639,7 +661,10 @@ class AudioStreamServer:
                 except Exception:
                     self.stats.callback_errors += 1
                     self._log.exception("on_refused failed")
-            return ws.respond(refused.status, f"{refused.status.phrase}: {refused.reason}\n")
+            response = ws.respond(refused.status, f"{refused.status.phrase}: {refused.reason}\n")
+            if refused.status == HTTPStatus.SERVICE_UNAVAILABLE:
+                response.headers["Retry-After"] = str(self._retry_after_s)
+            return response
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:

@@ -20,6 +20,11 @@ a second, forever, with the caller in silence).
 A call is ours when a stream for it connects to us, or when its events carry ``variable_parley_agent``
 (set by the dialplan we render). Events of other calls on the same FreeSWITCH are only remembered briefly
 (a bounded cache) so that a stream that arrives later can be matched with the call's details.
+
+Drain (:meth:`Bridge.drain`, for SIGTERM or ``parley drain``): the calls held when it starts (and their
+restarted streams) go on; a new call's upgrade is refused by the server (503) and the call goes to the
+fallback without the apology (it was never answered by the agent); after ``grace_s`` the calls still up
+hear a short goodbye and are hung up; their records are written by their agents as on any hangup.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class BridgeStats:
     streams_replaced: int = 0  # a second stream for a call took over from the first
     streams_stalled: int = 0  # mono streams that went silent with their connection open
     media_given_up: int = 0  # calls whose media could not be restored: apology, then fallback or hangup
+    refused_draining: int = 0  # new calls sent to the fallback because this process was draining
+    drain_hangups: int = 0  # calls still up when the drain grace ran out (goodbye, then hangup)
     agent_errors: int = 0
     dropped_frames: int = 0
 
@@ -114,6 +121,8 @@ class Bridge:
         self._stream_failed: dict[str, asyncio.Event] = {}  # pulsed by each ::error of the call
         self._refusals: OrderedDict[str, str] = OrderedDict()  # call uuid -> why our server refused its upgrade
         self._restarts: dict[str, int] = {}
+        self._kept: frozenset[str] | None = None  # while draining: the calls held when the drain began
+        self._giving_up: set[asyncio.Future[None]] = set()  # refused calls being concluded and recorded
         self.stats = BridgeStats()
         esl_client.on_event(self.on_esl_event)
         esl_client.on_reconnect(self.on_esl_reconnect)
@@ -209,6 +218,54 @@ class Bridge:
         self._spawn(self._resync())
 
     # ---- lifecycle -----------------------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._kept is not None
+
+    def owns(self, call_uuid: str) -> bool:
+        """While draining: is a stream for this call still welcome (a call held when the drain began, or
+        one whose agent runs)? The server's upgrade check asks this."""
+        return call_uuid in self._agents or (self._kept is not None and call_uuid in self._kept)
+
+    def begin_drain(self) -> None:
+        """Take no new call from now on (idempotent); the calls held now go on."""
+        if self._kept is None:
+            self._kept = frozenset(self.calls)
+            log.info("draining: %d call(s) up, no new ones", len(self._agents))
+
+    async def drain(self, grace_s: float, *, goodbye: Apology | None = None) -> int:
+        """Wait until no agent runs, at most ``grace_s``; then the calls still up hear ``goodbye`` and are
+        hung up (NORMAL_CLEARING), and their agents get their teardown budget. Returns how many were cut."""
+        self.begin_drain()
+        await self._agents_done(grace_s)
+        late = [c for c in self.calls.values() if c.uuid in self._agents and not c.hungup.is_set()]
+        if late:
+            log.warning("drain grace of %.0f s over: saying goodbye to %d call(s)", grace_s, len(late))
+            self.stats.drain_hangups += len(late)
+            await asyncio.gather(*(self._say_goodbye(c, goodbye) for c in late))
+        await self._agents_done(AGENT_TEARDOWN_S + 2.0)
+        return len(late)
+
+    async def _agents_done(self, timeout_s: float) -> None:
+        """Until no agent runs (a kept call's agent may start meanwhile) and no refused call is still being
+        concluded and recorded, at most ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._agents or self._giving_up:
+                    await asyncio.wait([*self._agents.values(), *self._giving_up])
+
+    async def _say_goodbye(self, call: Call, goodbye: Apology | None) -> None:
+        try:
+            async with asyncio.timeout(APOLOGY_MAX_S):
+                with contextlib.suppress(ParleyError, OSError):
+                    await call.playback.barge_in()
+                if goodbye is not None and goodbye.samples is not None and goodbye.samples.size:
+                    utt = await call.playback.play(goodbye.samples, goodbye.rate, "goodbye")
+                    await utt.wait_played()
+        except (ParleyError, OSError, TimeoutError) as exc:
+            call.log.warning("the goodbye could not be played: %s", exc)
+        await self._hangup_quietly(call)
 
     async def close(self, *, hangup_calls: bool = True) -> None:
         """Stop every agent; hang up the calls we still hold (a parked call with no agent is dead air)."""
@@ -358,7 +415,13 @@ class Bridge:
                 failed.set()
             if code == 6 and "upgrade failed" in text.lower():  # refused (our 401): never retry the same token
                 why = self._refusals.get(call.uuid, "refused")
-                self._spawn(self._give_up(call, f"media stream refused ({why.replace('_', ' ')})", refused=True))
+                if why == "draining":
+                    self.stats.refused_draining += 1
+                giving_up = asyncio.ensure_future(
+                    self._give_up(call, f"media stream refused ({why.replace('_', ' ')})", refused=True))
+                self._giving_up.add(giving_up)  # a drain waits for it: it writes the call's record
+                giving_up.add_done_callback(self._giving_up.discard)
+                self._spawn(giving_up)
             else:
                 self._recover_soon(call, f"mod_audio_stream error {code}")
         elif sub == "mod_audio_stream::disconnect":
@@ -455,7 +518,8 @@ class Bridge:
             call.log.info("agent finished; hanging up")
             await call.hangup("NORMAL_CLEARING")
             return
-        await self._apologise(call)
+        if not (self.draining and error.endswith("(draining)")):  # never answered: straight to the fallback
+            await self._apologise(call)
         if call.hungup.is_set():
             return
         try:

@@ -1,14 +1,15 @@
-"""A small HTTP/1.1 server for read-only GET routes: ``/metrics``, ``/health`` and the dashboard pages.
+"""A small HTTP/1.1 server for GET routes (``/metrics``, ``/health``, ``/ready``, the dashboard pages) and
+body-less POST routes registered as such (``/drain``, which also checks :attr:`Request.remote`).
 
 Owns: parsing a request head (pure: bytes in, :class:`Request` out, :class:`HttpError` for bad input),
 rendering a :class:`Response` to bytes (pure), routing by exact path or path prefix, and the asyncio shell
 that accepts connections. Must not know what the routes serve.
 
-Deliberately small: one request per connection (``Connection: close``), GET and HEAD only, no request
-bodies, a bounded request head (``max_head_bytes``), a read timeout, and a bounded number of connections
-at once (beyond it a connection gets ``503`` and is closed). A handler's exception is logged and becomes a
-``500``; nothing of it reaches the client. Enough for a Prometheus scrape, a load balancer's health check
-and a person's browser; not a web framework.
+Deliberately small: one request per connection (``Connection: close``), GET and HEAD (POST where a route asks
+for it), no request bodies (413), a bounded request head (``max_head_bytes``), a read timeout, and a bounded
+number of connections at once (beyond it a connection gets ``503`` and is closed). A handler's exception is
+logged and becomes a ``500``; nothing of it reaches the client. Enough for a Prometheus scrape, a load
+balancer's health check and a person's browser; not a web framework.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from types import TracebackType
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -25,7 +26,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 log = logging.getLogger("parley.http")
 
 MAX_HEAD_BYTES = 16 * 1024
-METHODS = ("GET", "HEAD")
+METHODS = ("GET", "HEAD")  # every route's default
+KNOWN_METHODS = ("GET", "HEAD", "POST")
 # Sent with every response; handlers add their own (a page's Content-Security-Policy).
 BASE_HEADERS: tuple[tuple[str, str], ...] = (
     ("Cache-Control", "no-store"),
@@ -48,6 +50,7 @@ class Request:
     path: str  # percent-decoded, without the query
     query: Mapping[str, str] = field(default_factory=dict)  # first value of each name
     headers: Mapping[str, str] = field(default_factory=dict)  # names lower-cased
+    remote: str = ""  # the peer's IP address ("" when not over a socket)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +149,18 @@ class HttpServer:
         self.max_connections = max_connections
         self._exact: dict[str, Handler] = {}
         self._prefixes: list[tuple[str, Handler]] = []
+        self._methods: dict[str, tuple[str, ...]] = {}  # path -> allowed methods (default METHODS)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
-    def route(self, path: str, handler: Handler, *, prefix: bool = False) -> None:
-        """Serve ``path`` exactly, or (``prefix=True``) every path that starts with it; longest prefix wins."""
+    def route(self, path: str, handler: Handler, *, prefix: bool = False, methods: tuple[str, ...] = METHODS) -> None:
+        """Serve ``path`` exactly, or (``prefix=True``) every path that starts with it; longest prefix wins.
+        ``methods``: what the route answers (GET and HEAD unless it says otherwise, e.g. ``("POST",)``)."""
         if not path.startswith("/"):
             raise ValueError(f"a route is a path starting with '/', got {path!r}")
+        if not methods or any(m not in KNOWN_METHODS for m in methods):
+            raise ValueError(f"methods must be some of {KNOWN_METHODS}, got {methods!r}")
+        self._methods[path] = methods
         if prefix:
             self._prefixes.append((path, handler))
             self._prefixes.sort(key=lambda ph: len(ph[0]), reverse=True)
@@ -199,13 +207,16 @@ class HttpServer:
 
     async def handle(self, request: Request) -> Response:
         """Route one request (no socket involved: tests can call this directly)."""
-        if request.method not in METHODS:
-            return Response(405, b"405 Method Not Allowed\n", headers=(("Allow", ", ".join(METHODS)),))
-        handler = self._exact.get(request.path)
+        handler, path = self._exact.get(request.path), request.path
         if handler is None:
-            handler = next((h for p, h in self._prefixes if request.path.startswith(p)), None)
+            handler, path = next(((h, p) for p, h in self._prefixes if request.path.startswith(p)), (None, ""))
+        if request.method not in KNOWN_METHODS:
+            return Response(405, b"405 Method Not Allowed\n", headers=(("Allow", ", ".join(METHODS)),))
         if handler is None:
             return Response.error(404)
+        allowed = self._methods.get(path, METHODS)
+        if request.method not in allowed:
+            return Response(405, b"405 Method Not Allowed\n", headers=(("Allow", ", ".join(allowed)),))
         try:
             return await handler(request)
         except asyncio.CancelledError:
@@ -241,6 +252,12 @@ class HttpServer:
             if len(head) > self.max_head_bytes:
                 raise HttpError(431, "the request head is too large")
             request = parse_request_head(head)
+            length = request.headers.get("content-length", "0").strip()
+            if length not in ("", "0") or "transfer-encoding" in request.headers:
+                raise HttpError(413, "request bodies are not accepted")
+            peer = writer.get_extra_info("peername")
+            if isinstance(peer, tuple) and peer:
+                request = replace(request, remote=str(peer[0]))
             head_only = request.method == "HEAD"
             response = await self.handle(request)
         except asyncio.LimitOverrunError:

@@ -356,6 +356,11 @@ class Metrics:
                 st.frames)
             one("parley_garbage_frames_total", "WebSocket frames that were not audio or valid JSON.", "counter",
                 st.garbage_binary + st.garbage_text)
+            refused = _Family("parley_streams_refused_total", "mod_audio_stream upgrades refused before the WebSocket "
+                              "opened, by reason (bad_token, draining, not_found, bad_uuid, bad_format).", "counter")
+            for reason, n in sorted(st.rejected.items()):  # a fixed set of keys, never a peer's text
+                refused.set(n, (("reason", reason),))
+            families.append(refused)
         if self._bridge is not None:
             s = self._bridge.stats
             if self._streams is None:

@@ -1,0 +1,267 @@
+"""Drain and readiness: SIGTERM mid-call through ``app.serve`` as ``parley serve`` runs it (the real
+:class:`~parley.app.ConversationAgent`, SQLite records, the HTTP side with ``/ready`` and ``/drain``) against
+the fake FreeSWITCH over real sockets; offline fakes for the providers (an STT that hears no words, a silent
+VAD, a tone for a voice). Only ``app.start`` is wrapped, to hand it those fakes instead of loading models.
+
+What must hold: ``/ready`` is 200 while taking calls and 503 "draining" from the signal on; a new call's
+stream is refused (503 + Retry-After on the wire, ``mod_audio_stream::error`` code 6 to FreeSWITCH) and the
+call goes to the fallback without the apology, its record saying "draining"; the live call goes on to its
+end; every record is written once; ``serve`` returns 0. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import uuid as uuidlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from parley import app
+from parley.agent.engine import Engine
+from parley.audio.pcm import Int16Array
+from parley.config import (
+    AudioStreamSettings,
+    ConversationSettings,
+    DialplanSettings,
+    EslSettings,
+    FreeSwitchSettings,
+    ObserveSettings,
+    PlaybackSettings,
+    RecordsSettings,
+    Settings,
+)
+from parley.freeswitch.stream_token import stream_token
+from parley.observe.http import HttpServer, Request
+from parley.observe.readiness import Readiness, is_loopback
+from parley.observe.records import CallRecord, RecordStore
+from parley.providers.base import AudioChunk, LLMEvent, Message, STTEvent, ToolSpec, TTSEvent
+from parley.testing.echo_call import free_port
+from parley.testing.fake_freeswitch import FakeCall, FakeFreeSwitch
+from parley.turns.policy import TurnPolicy
+from parley.turns.vad import VadResult
+
+FALLBACK = "operator XML default"
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self._closed = asyncio.Event()
+
+    async def send_audio(self, samples: Int16Array) -> None:
+        return None
+
+    def pause_hint(self) -> None:
+        return None
+
+    def speech_resumed(self) -> None:
+        return None
+
+    async def finalize(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._closed.set()
+
+    def __aiter__(self) -> AsyncIterator[STTEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[STTEvent]:
+        await self._closed.wait()
+        return
+        yield  # pragma: no cover
+
+
+@dataclass
+class _Providers:
+    name: str = "fake"
+    sample_rate: int = 8000
+
+    async def open(self, *, sample_rate: int, language: str | None = None) -> _Stream:
+        return _Stream()
+
+    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+        raise AssertionError("no caller words, so no LLM call")
+        yield  # pragma: no cover
+
+    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        t = np.arange(int(0.3 * 8000)) / 8000
+        yield AudioChunk((4000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), 8000, text)
+
+
+class _SilentVad:
+    async def aprocess(self, samples: Int16Array) -> VadResult:
+        return VadResult(False, 0.0)
+
+
+async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.02)
+
+
+async def records_of(store: RecordStore, uuid: str) -> list[CallRecord]:
+    await store.flush(timeout=2)
+    out = []
+    for summary in await store.list_calls(limit=100):
+        detail = await store.get_call(summary.id)
+        if detail is not None and detail.call.fs_uuid == uuid:
+            out.append(detail.call)
+    return out
+
+
+async def finished_record(store: RecordStore, uuid: str) -> list[CallRecord]:
+    async with asyncio.timeout(15):
+        while True:
+            found = await records_of(store, uuid)
+            if found and all(r.status != "in_progress" for r in found):
+                return found
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[tuple[FakeFreeSwitch, RecordStore, app.ConversationAgent, Settings]]:
+    password, secret = secrets.token_urlsafe(18), secrets.token_urlsafe(24)
+    fs = FakeFreeSwitch(password=password)
+    await fs.start()
+    async with contextlib.AsyncExitStack() as stack:
+        store = await app.open_records(
+            Settings(records=RecordsSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")), stack)
+        assert store is not None
+        providers = _Providers()
+        conv = ConversationSettings(greeting="", apology="Sorry, we have a technical problem.")
+        engine = Engine(
+            stt=providers, llm=providers, tts=providers, policy=TurnPolicy(), conversation=conv,  # type: ignore[arg-type]
+            vad_factory=lambda rate: _SilentVad(),  # type: ignore[arg-type,return-value]
+            emergency_tts=providers,  # type: ignore[arg-type]
+        )
+        agent = app.ConversationAgent(engine, store)
+        settings = Settings(
+            freeswitch=FreeSwitchSettings(
+                esl=EslSettings(port=fs.esl_port, password=password, reconnect_initial_s=0.05, reconnect_max_s=0.2),
+                audio_stream=AudioStreamSettings(listen_port=free_port(), token_secret=secret,
+                                                 unidentified_timeout_s=1.0),
+                playback=PlaybackSettings(spool_dir=str(tmp_path / "spool")),
+                dialplan=DialplanSettings(fallback_extension=FALLBACK),
+            ),
+            conversation=conv,
+            observe=ObserveSettings(port=0),
+        )
+        try:
+            yield fs, store, agent, settings
+        finally:
+            await fs.close()
+
+
+async def place(fs: FakeFreeSwitch, settings: Settings) -> FakeCall:
+    uuid = str(uuidlib.uuid4())
+    stream = settings.freeswitch.audio_stream
+    return await fs.place_call(
+        ws_url=f"ws://127.0.0.1:{stream.listen_port}/call/{{uuid}}", uuid=uuid,
+        caller_audio=np.zeros(8000 * 60, np.int16),
+        extra_headers={"Authorization": f"Bearer {stream_token(stream.token_secret, uuid)}"},
+        channel_vars={"parley_agent": "true"},
+    )
+
+
+async def test_sigterm_mid_call_drains_then_exits_0(
+    rig: tuple[FakeFreeSwitch, RecordStore, app.ConversationAgent, Settings], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fs, store, agent, settings = rig
+    real_start = app.start
+    started: list[app.Running] = []
+
+    async def start(s: Settings) -> app.Running:  # serve() as `parley serve` runs it, with offline fakes
+        running = await real_start(s, agent, apology=await app.render_apology(agent.engine), observe=True)
+        started.append(running)
+        return running
+
+    monkeypatch.setattr(app, "start", start)
+    serving = asyncio.create_task(app.serve(settings, drain_grace_s=120))
+    await until(lambda: bool(started))
+    running = started[0]
+    assert running.http is not None
+    base = running.http.url
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{base}/ready")).status_code == 200
+        live = await place(fs, settings)
+        await until(lambda: len(getattr(agent.sessions.get(live.uuid), "frame_lag_ms", ())) > 5)
+
+        os.kill(os.getpid(), signal.SIGTERM)  # what Kubernetes sends (after the preStop hook)
+        await until(lambda: running.readiness is not None and not running.readiness.ready)
+        ready = await http.get(f"{base}/ready")
+        assert ready.status_code == 503
+        assert ready.json()["reason"] == "draining" and ready.json()["active_calls"] == 1
+
+        # a stream for a call this process does not hold: 503 with Retry-After on the wire
+        port = settings.freeswitch.audio_stream.listen_port
+        with pytest.raises(InvalidStatus) as refused:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/call/{uuidlib.uuid4()}"):
+                pass
+        assert refused.value.response.status_code == 503
+        assert refused.value.response.headers["Retry-After"]
+
+        # a new call through FreeSWITCH: refused (::error code 6), straight to the fallback, no apology
+        new = await place(fs, settings)
+        await until(lambda: any(c.startswith(f"api uuid_transfer {new.uuid}".encode()) for c in fs.commands))
+        assert not new.playbacks
+        assert running.server.stats.rejected["draining"] >= 2 and running.bridge.stats.refused_draining == 1
+
+        # the live call goes on: its frames keep coming, nobody hung it up, serve() still runs
+        before = len(agent.sessions[live.uuid].frame_lag_ms)
+        await until(lambda: len(agent.sessions[live.uuid].frame_lag_ms) > before + 20)
+        assert not live.hungup and live.uuid in running.bridge.calls and not serving.done()
+
+        await live.hangup("NORMAL_CLEARING")  # the caller ends it
+        assert await asyncio.wait_for(serving, 30) == 0
+
+    [rec] = await finished_record(store, live.uuid)
+    assert (rec.status, rec.outcome, rec.hangup_by, rec.hangup_cause) == (
+        "completed", "caller_hangup", "caller", "NORMAL_CLEARING")
+    [turned_away] = await finished_record(store, new.uuid)
+    assert turned_away.error is not None and "draining" in turned_away.error
+    assert "token" not in turned_away.error
+
+
+async def test_drain_grace_over_says_goodbye_and_hangs_up(
+    rig: tuple[FakeFreeSwitch, RecordStore, app.ConversationAgent, Settings],
+) -> None:
+    fs, store, agent, settings = rig
+    running = await app.start(settings, agent, apology=await app.render_apology(agent.engine), observe=True)
+    try:
+        call = await place(fs, settings)
+        await until(lambda: len(getattr(agent.sessions.get(call.uuid), "frame_lag_ms", ())) > 5)
+        cut = await running.drain(grace_s=0.0)
+        assert cut == 1 and call.hungup and running.bridge.stats.drain_hangups == 1
+        assert any(p.status == "done" for p in call.playbacks)  # the goodbye was played before the hangup
+    finally:
+        await running.close()
+    [rec] = await finished_record(store, call.uuid)
+    assert rec.status == "completed" and rec.hangup_by == "agent"
+
+
+async def test_drain_endpoint_is_loopback_only_and_ready_reports() -> None:
+    drained: list[bool] = []
+    ready = Readiness(lambda: 3, on_drain=lambda: drained.append(True))
+    server = HttpServer()
+    ready.install(server)
+    ok = await server.handle(Request("GET", "/ready"))
+    assert ok.status == 200 and b'"ready": true' in ok.body
+    assert (await server.handle(Request("GET", "/drain", remote="127.0.0.1"))).status == 405
+    assert (await server.handle(Request("POST", "/drain", remote="10.0.0.7"))).status == 403 and not drained
+    assert (await server.handle(Request("POST", "/drain", remote="::1"))).status == 202 and drained
+    assert (await server.handle(Request("POST", "/metrics"))).status == 404
+    ready.begin_drain()
+    gone = await server.handle(Request("GET", "/ready"))
+    assert gone.status == 503 and b'"reason": "draining"' in gone.body and b'"active_calls": 3' in gone.body
+    assert is_loopback("::ffff:127.0.0.1") and not is_loopback("") and not is_loopback("192.168.1.1")
