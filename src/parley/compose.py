@@ -9,12 +9,13 @@ provider modules, lazily, so a missing optional extra fails at start-up with an 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from parley.config import Settings
 from parley.errors import ConfigError, ParleyError
@@ -24,16 +25,21 @@ from parley.providers.errors import ProviderAuthError, ProviderConnectionError, 
 from parley.providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS, SwitchHook
 from parley.providers.realtime_base import RealtimeConfig, RealtimeProvider
 
+if TYPE_CHECKING:
+    from parley.providers.live_check import LiveResult
+    from parley.providers.model_list import Verdict
+
 log = logging.getLogger("parley.compose")
 
 STT_NAMES = ("whisper", "deepgram", "assemblyai")
 LLM_NAMES = ("rules", "openai", "anthropic")
-TTS_NAMES = ("hibari", "piper", "espeak", "deepgram", "elevenlabs", "cartesia", "openai")
+TTS_NAMES = ("hibari", "piper", "espeak", "deepgram", "elevenlabs", "cartesia", "openai", "openai-realtime")
 LOCAL = frozenset({"whisper", "rules", "hibari", "piper", "espeak"})
 KEY_ENV = {
     "deepgram": "DEEPGRAM_API_KEY",
     "assemblyai": "ASSEMBLYAI_API_KEY",
     "openai": "OPENAI_API_KEY",
+    "openai-realtime": "OPENAI_API_KEY",
     "anthropic": "ANTHROPIC_API_KEY",
     "elevenlabs": "ELEVENLABS_API_KEY",
     "cartesia": "CARTESIA_API_KEY",
@@ -205,6 +211,11 @@ class Providers:
 
             return CartesiaTTS(self.key(name), str(o.get("voice_id", "")) or _need(name, "voice_id"),
                                on_cancel=usage.report, **_pick(o, model="model", url="url", sample_rate="sample_rate"))
+        if name == "openai-realtime":  # the successor of /v1/audio/speech: TTS on the Realtime client
+            from parley.providers.openai_realtime_tts import OpenAIRealtimeTTS
+
+            return OpenAIRealtimeTTS(self.key(name), on_cancel=usage.report,
+                                     **_pick(o, model="model", voice="voice", url="url", instructions="instructions"))
         from parley.providers.openai_tts import OpenAITTS
 
         return OpenAITTS(self.key("openai"), on_cancel=usage.report,
@@ -232,104 +243,164 @@ def _need(vendor: str, option: str) -> str:
 class CheckResult:
     capability: str
     provider: str
-    status: str  # ok | not configured | authentication failed | unreachable | error
+    status: str  # ok | not configured | authentication failed | unreachable | error | deprecated model | unknown model
     detail: str = ""
     ms: float = 0.0
 
 
 async def check_providers(made: Providers) -> list[CheckResult]:
-    """Is each configured provider reachable and authenticated? Costs nothing billable where avoidable."""
+    """Is each configured provider reachable and authenticated, and is its model still served? Costs nothing
+    billable where avoidable (model lists, opened sockets), and flags a model the vendor retires or does not
+    list."""
     conv = made.settings.conversation
     results: list[CheckResult] = []
     for capability, names in (("stt", conv.stt), ("llm", conv.llm), ("tts", conv.tts)):
         for name in dict.fromkeys(names):
             t0 = time.perf_counter()
-            try:
-                await _check_one(made, capability, name)
-                status, detail = "ok", ""
-            except ConfigError as exc:
-                status, detail = "not configured", str(exc)
-            except ProviderAuthError as exc:
-                status, detail = "authentication failed", str(exc)
-            except (ProviderConnectionError, ProviderTimeout) as exc:
-                status, detail = "unreachable", str(exc)
-            except ParleyError as exc:
-                status, detail = "error", str(exc)
+            status, detail = await _outcome(_check_one(made, capability, name))
             results.append(CheckResult(capability, name, status, detail, round((time.perf_counter() - t0) * 1000, 1)))
     if conv.engine == "realtime":
         results.append(await _check_realtime(made))
     return results
 
 
+async def _outcome(check: Awaitable[Verdict | None]) -> tuple[str, str]:
+    try:
+        found = await check
+    except ConfigError as exc:
+        return "not configured", str(exc)
+    except ProviderAuthError as exc:
+        return "authentication failed", str(exc)
+    except (ProviderConnectionError, ProviderTimeout) as exc:
+        return "unreachable", str(exc)
+    except ParleyError as exc:
+        return "error", str(exc)
+    return (found.status, found.detail) if found is not None else ("ok", "")
+
+
 async def _check_realtime(made: Providers) -> CheckResult:
     """Open a realtime session and close it: authenticates and configures, and bills nothing (no response)."""
     name = str(made.options("realtime").get("provider", "openai"))
     t0 = time.perf_counter()
-    try:
+
+    async def check() -> Verdict | None:
         provider = made.realtime()
         assert provider is not None
         stream = await provider.open(RealtimeConfig("parley providers check"))
         await stream.close()
-        status, detail = "ok", ""
-    except ConfigError as exc:
-        status, detail = "not configured", str(exc)
-    except ProviderAuthError as exc:
-        status, detail = "authentication failed", str(exc)
-    except (ProviderConnectionError, ProviderTimeout) as exc:
-        status, detail = "unreachable", str(exc)
-    except ParleyError as exc:
-        status, detail = "error", str(exc)
+        if name != "openai":
+            return None
+        url = str(made.options("realtime").get("url", "wss://api.openai.com/v1/realtime"))
+        return await _openai_model(made, "realtime", _http_base(url), provider.model)
+
+    status, detail = await _outcome(check())
     return CheckResult("realtime", name, status, detail, round((time.perf_counter() - t0) * 1000, 1))
 
 
-async def _check_one(made: Providers, capability: str, name: str) -> None:
+async def _check_one(made: Providers, capability: str, name: str) -> Verdict | None:
+    o = made.options(name)
     if capability == "stt":
         stream = await made.one_stt(name).open(sample_rate=8000)
         await stream.close()
-    elif capability == "llm":
+        return None
+    if capability == "llm":
         if name == "rules":
             made.one_llm(name)
-            return
-        await _check_models_endpoint(made, name)
-    else:
-        tts = made.one_tts(name)
-        prewarm = getattr(tts, "prewarm", None)
-        if prewarm is not None:  # opens the vendor's socket: authenticates without synthesizing
-            await prewarm()
-            close = getattr(tts, "aclose", None)
-            if close is not None:
-                await close()
-            return
-        gen = tts.synthesize("OK.")
-        async with contextlib.aclosing(gen):
-            async for _ in gen:
-                pass
+            return None
+        if name == "openai":
+            base = str(o.get("base_url", "https://api.openai.com/v1"))
+            return await _openai_model(made, "openai", base, str(o.get("model", "gpt-4o-mini")))
+        from parley.providers.model_list import fetch_models, verdict
 
-
-async def _check_models_endpoint(made: Providers, name: str) -> None:
-    """GET the vendor's model list: free, and it needs a valid key."""
-    import httpx
-
-    from parley.providers.errors import error_for_status
-
-    o = made.options(name)
-    if name == "openai":
-        base = str(o.get("base_url", "https://api.openai.com/v1")).rstrip("/")
-        key = made.env.get(str(o.get("api_key_env") or KEY_ENV["openai"]))
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        if not key and "api.openai.com" in base:
-            made.key("openai")  # raises the not-configured error
-        url = f"{base}/models"
-    else:
         base = str(o.get("base_url", "https://api.anthropic.com")).rstrip("/")
-        headers = {"x-api-key": made.key("anthropic"), "anthropic-version": "2023-06-01"}
-        url = f"{base}/v1/models"
-    try:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.get(url, headers=headers)
-    except httpx.TimeoutException as exc:
-        raise ProviderTimeout(f"{name}: {url} timed out", provider=name) from exc
-    except httpx.HTTPError as exc:
-        raise ProviderConnectionError(f"{name}: cannot reach {url}: {type(exc).__name__}", provider=name) from exc
-    if response.status_code >= 400:
-        raise error_for_status(response.status_code, response.text[:200], provider=name)
+        key = made.key("anthropic")
+        listing = await fetch_models(f"{base}/v1/models?limit=1000", {"x-api-key": key, "anthropic-version":
+                                     "2023-06-01"}, provider=name, secrets=[key])
+        return verdict(str(o.get("model", "claude-haiku-4-5")), listing)
+    if name == "openai":  # the model list authenticates for free; synthesizing would bill
+        model = str(o.get("tts_model", "gpt-4o-mini-tts"))
+        return await _openai_model(made, "openai", str(o.get("base_url", "https://api.openai.com/v1")), model)
+    tts = made.one_tts(name)
+    prewarm = getattr(tts, "prewarm", None)
+    if prewarm is not None:  # opens the vendor's socket: authenticates without synthesizing
+        await prewarm()
+        close = getattr(tts, "aclose", None)
+        if close is not None:
+            await close()
+        if name == "openai-realtime":
+            from parley.providers.openai_realtime_tts import DEFAULT_MODEL
+
+            base = _http_base(str(o.get("url", "wss://api.openai.com/v1/realtime")))
+            return await _openai_model(made, name, base, str(o.get("model", DEFAULT_MODEL)))
+        return None
+    gen = tts.synthesize("OK.")
+    async with contextlib.aclosing(gen):
+        async for _ in gen:
+            pass
+    return None
+
+
+def _http_base(ws_url: str) -> str:
+    """``wss://host/v1/realtime`` -> ``https://host/v1`` (where the model list lives)."""
+    url = ws_url.split("?", 1)[0].rstrip("/")
+    url = "https://" + url.removeprefix("wss://") if url.startswith("wss://") else url
+    url = "http://" + url.removeprefix("ws://") if url.startswith("ws://") else url
+    return url.removesuffix("/realtime")
+
+
+async def _openai_model(made: Providers, vendor: str, base: str, model: str) -> Verdict:
+    """GET ``{base}/models`` (free, needs a valid key) and judge ``model`` by it."""
+    from parley.providers.model_list import fetch_models, verdict
+
+    o = made.options(vendor)
+    key = made.env.get(str(o.get("api_key_env") or KEY_ENV.get(vendor, "OPENAI_API_KEY")), "")
+    if not key and "api.openai.com" in base:
+        made.key(vendor)  # raises the not-configured error
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    listing = await fetch_models(base.rstrip("/") + "/models", headers, provider=vendor, secrets=[key])
+    return verdict(model, listing)
+
+
+# ---- `parley providers check --live` ---------------------------------------------------------------------
+
+
+async def live_check(made: Providers, *, now: Callable[[], float] = time.perf_counter, pace: bool = True,
+                     timeout_s: float = 15.0) -> list[LiveResult]:
+    """One short real (billed, a fraction of a cent) request per configured cloud provider, timed.
+
+    Local providers (whisper, rules, hibari, piper, espeak) are listed as skipped: they need no key."""
+    from parley.providers import live_check as probe
+
+    conv = made.settings.conversation
+    results: list[LiveResult] = []
+    for capability, names in (("stt", conv.stt), ("llm", conv.llm), ("tts", conv.tts)):
+        for name in dict.fromkeys(names):
+            if name in LOCAL:
+                results.append(probe.LiveResult(capability, name, "skipped", detail="local provider"))
+                continue
+            try:
+                if capability == "stt":
+                    results.append(await probe.live_stt(made.one_stt(name), now=now, pace=pace, timeout_s=timeout_s))
+                elif capability == "llm":
+                    results.append(await probe.live_llm(made.one_llm(name), now=now, timeout_s=timeout_s))
+                else:
+                    tts = made.one_tts(name)
+                    try:
+                        results.append(await probe.live_tts(tts, now=now, timeout_s=timeout_s))
+                    finally:
+                        close = getattr(tts, "aclose", None)
+                        if close is not None:
+                            with contextlib.suppress(ParleyError):
+                                await close()
+            except ConfigError as exc:
+                results.append(probe.LiveResult(capability, name, "not configured", detail=str(exc)))
+    if conv.engine == "realtime":
+        name = str(made.options("realtime").get("provider", "openai"))
+        try:
+            realtime = made.realtime()
+            assert realtime is not None
+            found = await probe.live_realtime(realtime, now=now, timeout_s=timeout_s)
+            results.append(dataclasses.replace(found, provider=name))  # the configured name, as in the check
+        except ConfigError as exc:
+            results.append(probe.LiveResult("realtime", name, "not configured", detail=str(exc)))
+    return results
