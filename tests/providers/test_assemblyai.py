@@ -238,6 +238,32 @@ async def test_a_turn_the_server_ended_itself_is_final_but_parley_closes_its_own
     assert len(events.finals) == 2
 
 
+def hum(ms: int, dbfs: float = -48.0, rate: int = RATE) -> Int16Array:
+    """Line noise: louder than the client's silence (-50 dBFS), too quiet for the server to hear words."""
+    n = rate * ms // 1000
+    amplitude = 32768 * 10 ** (dbfs / 20) * np.sqrt(2)
+    return (amplitude * np.sin(2 * np.pi * 50 * np.arange(n) / rate)).astype(np.int16)
+
+
+async def test_force_endpoint_after_the_server_ended_the_turn_closes_parleys_turn_without_the_long_wait() -> None:
+    """Live: a ForceEndpoint with no open turn gets no Turn back; noise after the turn must not cost the wait."""
+    turns = [ScriptedTurn.of("my name is sam", end="silence", silence_ms=200)]
+    async with FakeAssemblyAI(KEY, turns=turns) as fake:
+        stream = await stt(fake, finalize_wait_s=30.0).open(sample_rate=RATE)
+        events = Events(stream)
+        await speak(stream, 400)
+        await speak(stream, 300, loud=False)  # the server's turn detection ends the turn
+        await events.until(lambda items: bool([e for e in items if isinstance(e, Transcript) and e.final]))
+        for _ in range(10):
+            await stream.send_audio(hum(20))  # noise on the line: "speech" to the client, nothing to the server
+        await stream.finalize()
+        await events.until(closed_turn, timeout=5.0)  # not the 30 s finalize wait
+        await stream.close()
+        await events.end()
+    assert [(f.text, f.speech_final) for f in events.finals] == [("My name is sam.", False), ("", True)]
+    assert fake.sessions[0].controls[0] == {"type": "ForceEndpoint"}
+
+
 async def test_temporary_token_goes_in_the_query_not_a_header() -> None:
     async with FakeAssemblyAI(KEY, tokens={"tmp-token-abcdef"}, turns=[ScriptedTurn.of("hi")]) as fake:
         stream = await AssemblyAISTT(None, url=fake.url, token="tmp-token-abcdef").open(sample_rate=RATE)
@@ -488,3 +514,22 @@ def test_assembler_finalize_with_nothing_heard_closes_after_the_wait() -> None:
     [closing] = a.tick(1.0, 0.5)
     assert (closing.text, closing.speech_final) == ("", True)
     assert a.next_deadline() is None
+
+
+def test_assembler_finalize_with_no_open_turn_waits_only_briefly_for_one() -> None:
+    """Noise after the server ended its turn: no Turn will come back for the ForceEndpoint."""
+    a = TurnAssembler(format_turns=False, finalize_wait_s=2.0, no_turn_wait_s=0.3)
+    a.turn(turn(0, "hi", end=True), now=0.0, t=0.1)
+    a.audio(speech=True)
+    assert a.finalize(1.0, 1.2) == []
+    assert a.next_deadline() == pytest.approx(1.3)
+    [closing] = a.tick(1.3, 1.2)
+    assert (closing.text, closing.speech_final) == ("", True)
+
+
+def test_assembler_a_turn_opening_in_the_brief_wait_gets_the_full_wait() -> None:
+    a = TurnAssembler(format_turns=False, finalize_wait_s=2.0, no_turn_wait_s=0.3)
+    a.audio(speech=True)
+    a.finalize(0.0, 0.1)
+    events, resend = a.turn(turn(0, "wait"), now=0.2, t=0.3)
+    assert resend and [e.text for e in events] == ["wait"] and a.next_deadline() == pytest.approx(2.2)

@@ -18,7 +18,12 @@ late, so each server turn yields exactly one final. ``speech_final`` is set on t
 parley's turn: the first turn to end after :meth:`finalize` (which sends ``ForceEndpoint``). Turns the
 server ends on its own (its turn detection) are ``final`` but not ``speech_final``. If no turn is open and
 no speech-level audio was sent since the last ended turn, ``finalize`` closes parley's turn at once with
-an empty final; if the server sends nothing within ``finalize_wait_s``, the last partial (or "") closes it.
+an empty final (the ended turns' finals already carry its words). The live server answers a
+``ForceEndpoint`` with no open turn with no ``Turn`` at all, so when only louder-than-silence audio (line
+noise, or words whose first partial is still on its way) followed the last ended turn, the client waits
+``no_turn_wait_s`` (0.5 s) for a partial and then closes with "", instead of ``finalize_wait_s``; a partial
+in that time reopens the full wait (and ``ForceEndpoint`` is sent again). With a turn open, if the server
+sends nothing within ``finalize_wait_s``, the last partial closes it.
 
 Billing. AssemblyAI bills the time the socket is open, not the audio sent, so the one :class:`Usage` per
 stream (emitted after ``Termination``, or on failure / cancellation) carries the billed seconds in
@@ -138,10 +143,18 @@ class TurnAssembler:
     ``t`` arguments are stream time (seconds of audio sent), used when a message has no word timings.
     """
 
-    def __init__(self, *, format_turns: bool, format_wait_s: float = 0.8, finalize_wait_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        format_turns: bool,
+        format_wait_s: float = 0.8,
+        finalize_wait_s: float = 2.0,
+        no_turn_wait_s: float = 0.5,
+    ) -> None:
         self.format_turns = format_turns
         self.format_wait_s = format_wait_s
         self.finalize_wait_s = finalize_wait_s
+        self.no_turn_wait_s = min(no_turn_wait_s, finalize_wait_s)
         self._open: tuple[int, str] | None = None  # (turn_order, latest partial text) of the open turn
         self._last_closed = -1
         self._held: _Held | None = None
@@ -191,8 +204,12 @@ class TurnAssembler:
             return []
         if self._held is not None:
             self._pending = _Pending(self._held.deadline, saw_turn=True)
-        elif self._open is not None or self._speech_since_end:
-            self._pending = _Pending(now + self.finalize_wait_s, saw_turn=self._open is not None)
+        elif self._open is not None:
+            self._pending = _Pending(now + self.finalize_wait_s, saw_turn=True)
+        elif self._speech_since_end:
+            # no turn open: the server answers this ForceEndpoint with nothing (it already ended the turn, and
+            # noise louder than silence_dbfs is not words); wait briefly for a turn to open, then close
+            self._pending = _Pending(now + self.no_turn_wait_s, saw_turn=False)
         else:  # the server already ended every turn and only silence followed: close parley's turn now
             return [Transcript("", final=True, t=t, speech_final=True)]
         return []
@@ -305,6 +322,7 @@ class AssemblyAISTT:
         message_ms: int = MIN_MESSAGE_MS,
         format_wait_s: float = 0.8,
         finalize_wait_s: float = 2.0,
+        no_turn_wait_s: float = 0.5,
         silence_dbfs: float = -50.0,
         connect_timeout_s: float = 5.0,
         close_timeout_s: float = 3.0,
@@ -326,6 +344,7 @@ class AssemblyAISTT:
         self.message_ms = message_ms
         self.format_wait_s = format_wait_s
         self.finalize_wait_s = finalize_wait_s
+        self.no_turn_wait_s = no_turn_wait_s
         self.silence_dbfs = silence_dbfs
         self.connect_timeout_s = connect_timeout_s
         self.close_timeout_s = close_timeout_s
@@ -411,6 +430,7 @@ class AssemblyAISTTStream:
             format_turns=provider.format_turns,
             format_wait_s=provider.format_wait_s,
             finalize_wait_s=provider.finalize_wait_s,
+            no_turn_wait_s=provider.no_turn_wait_s,
         )
         self._loop = asyncio.get_running_loop()
         self._opened_at = self._loop.time()

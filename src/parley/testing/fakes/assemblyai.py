@@ -20,7 +20,9 @@ Simplified: recognition is scripted. Each :class:`ScriptedTurn` is "heard" one w
 speech-level audio (RMS above ``speech_dbfs``); digital silence is silence. A turn ends at
 ``ForceEndpoint``, at ``Terminate``, or (``end="silence"``) after ``silence_ms`` of silent audio; ending a
 turn that heard any speech completes its remaining scripted words. ``ForceEndpoint`` with no speech heard
-in the turn is ignored [uncertain: AssemblyAI does not document this case]. Word times are positions in
+in the turn (e.g. the server's turn detection already ended the turn, and only noise quieter than
+``speech_dbfs`` followed) gets no ``Turn`` back: the live behaviour found in the issue-11 review of the
+vendor reference and production clients (AssemblyAI does not document the case). Word times are positions in
 the received audio; confidences are constants. No u3-rt-pro behaviour (``SpeechStarted``, punctuation-based
 ends), no ``UpdateConfiguration`` effect (recorded only), no ``inactivity_timeout``, no temporary-token
 endpoint. Faults are scripted per connection with :class:`SessionFault`.
