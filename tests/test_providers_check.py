@@ -5,8 +5,13 @@ exercised end to end offline. A counting clock stands in for time: nothing here 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from parley.compose import Providers, check_providers, live_check
 from parley.config import settings_from_mapping
@@ -93,3 +98,30 @@ async def test_live_check_reports_a_refused_key_and_the_realtime_engine() -> Non
     assert by["tts", "openai-realtime"].status == "failed"
     assert "sk-wrong-0123" not in by["tts", "openai-realtime"].detail
     assert by["realtime", "openai"].status == "ok"
+
+
+async def test_cli_providers_check_live_prints_time_to_first_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from parley.cli import main
+
+    async with (FakeDeepgram(ENV["DEEPGRAM_API_KEY"], transcripts=["can you hear me"]) as dg,
+                FakeOpenAI(script=dialogue(["Yes."])) as oa,
+                FakeOpenAIRealtime(KEY, ms_per_char=5.0, chunk_interval_s=0.0) as rt):
+        config = tmp_path / "parley.yaml"
+        config.write_text(json.dumps({
+            "conversation": {"stt": ["deepgram"], "llm": ["openai", "rules"], "tts": ["openai-realtime"]},
+            "providers": {"deepgram": {"url": dg.listen_url}, "openai": {"base_url": oa.base_url},
+                          "openai-realtime": {"url": rt.url}},
+        }))
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("DEEPGRAM_API_KEY", ENV["DEEPGRAM_API_KEY"])
+        # the CLI runs its own event loop (and paces the utterance at real time); the fakes serve on this one
+        code = await asyncio.to_thread(main, ["--config", str(config), "providers", "check", "--live"])
+    out = capsys.readouterr().out
+    assert "live: one short real request each" in out
+    rows = {tuple(line.split()[:3]) for line in out.split("live: one short real request each")[1].splitlines()
+            if line.strip()}
+    assert {("stt", "deepgram", "ok"), ("llm", "openai", "ok"), ("tts", "openai-realtime", "ok"),
+            ("llm", "rules", "skipped")} <= rows
+    assert code == 0

@@ -153,18 +153,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_providers_check(args: argparse.Namespace) -> int:
-    from parley.compose import Providers, check_providers
+    from parley.compose import Providers, check_providers, live_check
 
     settings = _settings(args)
     _setup_logging("WARNING", settings)
-    results = asyncio.run(check_providers(Providers(settings)))
+    made = Providers(settings)
+    results = asyncio.run(check_providers(made))
+    live = asyncio.run(live_check(made)) if args.live else []
     if args.json:
-        print(json.dumps([r.__dict__ if hasattr(r, "__dict__") else _slots(r) for r in results], indent=2))
+        rows = [_slots(r) for r in results]
+        print(json.dumps({"check": rows, "live": [_slots(r) for r in live]} if args.live else rows, indent=2))
     else:
-        print(f"{'capability':<10} {'provider':<12} {'status':<22} {'ms':>8}  detail")
+        print(f"{'capability':<10} {'provider':<16} {'status':<22} {'ms':>8}  detail")
         for r in results:
-            print(f"{r.capability:<10} {r.provider:<12} {r.status:<22} {r.ms:>8.1f}  {r.detail[:100]}")
-    return 0 if all(r.status == "ok" for r in results) else 1
+            print(f"{r.capability:<10} {r.provider:<16} {r.status:<22} {r.ms:>8.1f}  {r.detail[:100]}")
+        if args.live:
+            print(f"\nlive: one short real request each\n{'capability':<10} {'provider':<16} {'status':<14} "
+                  f"{'first ms':>9} {'total ms':>9}  result")
+            for lr in live:
+                print(f"{lr.capability:<10} {lr.provider:<16} {lr.status:<14} {lr.first_ms:>9.1f} "
+                      f"{lr.total_ms:>9.1f}  {lr.detail[:100]}")
+    ok = all(r.status == "ok" for r in results) and all(lr.status in ("ok", "skipped") for lr in live)
+    return 0 if ok else 1
 
 
 def _slots(obj: object) -> dict[str, object]:
@@ -322,8 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dashboard)
 
     prov = sub.add_parser("providers", help="provider tools").add_subparsers(dest="prov_command", required=True)
-    p = prov.add_parser("check", help="are the configured providers reachable and authenticated?")
+    p = prov.add_parser("check", help="are the configured providers reachable and authenticated, their models current?")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--live", action="store_true",
+                   help="also send one short real (billed) request per cloud provider and print time to first result")
     p.set_defaults(func=cmd_providers_check)
 
     fs = sub.add_parser("freeswitch", help="FreeSWITCH tools").add_subparsers(dest="fs_command", required=True)
