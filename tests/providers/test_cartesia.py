@@ -105,10 +105,19 @@ async def test_streams_a_sentence_as_one_generation_request(fake: FakeCartesia) 
             "voice": {"mode": "id", "id": VOICE},
             "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 16000},
             "continue": False,
+            "max_buffer_delay_ms": 0,
             "language": "en",
         }
     ]
     assert conn.contexts[ctx_id].done_sent and not conn.errors_sent
+
+
+async def test_a_whole_sentence_is_not_held_in_the_servers_text_buffer(fake: FakeCartesia) -> None:
+    """Without max_buffer_delay_ms the server buffers a short text up to 3000 ms before its first audio."""
+    async with tts_for(fake) as tts:
+        await collect(tts.synthesize("Yes."))
+    (ctx,) = fake.connections[0].contexts.values()
+    assert ctx.buffer_wait_ms == 0.0
 
 
 async def test_odd_chunks_8k_and_word_timestamps(fake: FakeCartesia) -> None:

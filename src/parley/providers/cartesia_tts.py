@@ -9,13 +9,15 @@ socket the request holds alone; finished requests return the socket to the pool,
 reply share it (Cartesia: "do many generations over a single WebSocket ... set it up before the first
 generation": call :meth:`CartesiaTTS.prewarm`). Each sentence is one generation request with
 ``continue: false``: parley's chunker already hands over whole sentences, so streaming pieces with
-``continue: true`` would only add a round of buffering (``max_buffer_delay_ms``) before the first audio.
+``continue: true`` would only add a round of buffering before the first audio. The request also sets
+``max_buffer_delay_ms: 0`` (the docs' "custom buffering" for whole sentences): left out, the server's
+default of 3000 ms lets it hold a short text while it waits for "enough context" (``buffer_delay_ms``).
 Prosody across the sentences of a reply is therefore not carried over; a reply-level streaming API would be
 needed for that. Request::
 
     {"context_id": C, "model_id": "sonic-3.5", "transcript": "Hello there.", "voice": {"mode": "id", "id": V},
      "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 16000},
-     "language": "en", "continue": false}
+     "language": "en", "continue": false, "max_buffer_delay_ms": 0}
 
 Audio comes as ``{"type": "chunk", "context_id": C, "data": <base64>}`` and ends with ``{"type": "done"}``;
 ``timestamps`` (with ``add_timestamps=True``) are kept in :attr:`CartesiaTTS.last_word_timestamps`;
@@ -201,6 +203,7 @@ class CartesiaTTS:
         version: str = API_VERSION,
         language: str | None = "en",
         add_timestamps: bool = False,
+        buffer_delay_ms: int = 0,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 10.0,
         on_cancel: Callable[[Usage], None] | None = None,
@@ -209,6 +212,9 @@ class CartesiaTTS:
             raise ConfigError(f"cartesia: no raw PCM output at {sample_rate} Hz (choose from {sorted(PCM_RATES)})")
         if model in RETIRED_MODELS:
             raise ConfigError(f"cartesia: model {model!r} was discontinued on 2026-06-01; use sonic-3.5")
+        if not 0 <= buffer_delay_ms <= 5000:
+            raise ConfigError(f"cartesia: max_buffer_delay_ms must be within 0-5000, not {buffer_delay_ms}")
+        self.buffer_delay_ms = buffer_delay_ms
         self.voice_id = voice_id
         self.model = model
         self.sample_rate = sample_rate
@@ -306,6 +312,7 @@ class CartesiaTTS:
             "voice": {"mode": "id", "id": self.voice_id},
             "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": self.sample_rate},
             "continue": False,
+            "max_buffer_delay_ms": self.buffer_delay_ms,
         }
         if self.language:
             request["language"] = self.language

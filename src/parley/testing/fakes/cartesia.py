@@ -21,11 +21,17 @@ Reproduces:
 - errors are per context and leave the socket open: ``{"type": "error", "context_id", "done": true,
   "status_code", "error_code", "title", "message", ...}``; unparseable input gets the same without a
   context id; more than ``max_contexts`` active contexts answers 429 for the new one;
-- the idle socket is closed after ``idle_timeout_s`` (Cartesia: 5 minutes, no keepalive message).
+- the idle socket is closed after ``idle_timeout_s`` (Cartesia: 5 minutes, no keepalive message);
+- buffering (docs use-the-api/tts-websocket/buffering: "max_buffer_delay_ms ... the default is 3000ms"; the
+  API buffers text "until it has enough context to produce high-quality speech, or until
+  max_buffer_delay_ms elapses"; whole sentences want 0): a context's first text shorter than
+  ``enough_chars`` waits ``max_buffer_delay_ms`` (default 3000, 0-5000 accepted) times ``buffer_time_scale``
+  before its first audio; the wait in ms is recorded in ``FakeCartesiaContext.buffer_wait_ms``. Whether
+  ``continue: false`` skips the buffer on the live API is not documented: the fake buffers either way.
 
 Simplifies: ``pcm_s16le`` only (other encodings are a 400); the audio is a tone whose length is
-proportional to the transcript (:meth:`FakeCartesia.expected_pcm`); each input is generated as soon as it
-arrives (no ``max_buffer_delay_ms`` buffering, no prosody); timestamps are spread evenly over the words;
+proportional to the transcript (:meth:`FakeCartesia.expected_pcm`); "enough context" is a character count;
+no prosody; timestamps are spread evenly over the words;
 the idle close code (not documented) is 1000 "idle timeout".
 
 Faults (:class:`Fault`, consumed one per generated input, in order): ``drop`` (TCP abort),
@@ -58,6 +64,7 @@ PATH = "/tts/websocket"
 ENCODINGS = frozenset({"pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw"})
 SAMPLE_RATES = frozenset({8000, 16000, 22050, 24000, 44100, 48000})
 RETIRED = frozenset({"sonic", "sonic-english", "sonic-multilingual", "sonic-2-2025-03-07", "sonic-turbo-2025-03-07"})
+DEFAULT_BUFFER_DELAY_MS, MAX_BUFFER_DELAY_MS = 3000, 5000
 VARYING = frozenset({"transcript", "continue", "flush", "duration"})  # may change between a context's inputs
 DOC_URL = "https://docs.cartesia.ai/api-reference/errors"
 _STATUS = {
@@ -99,6 +106,7 @@ class FakeCartesiaContext:
     ended: bool = False
     cancelled: bool = False
     done_sent: bool = False
+    buffer_wait_ms: float | None = None  # the server-side buffering before the first audio (None: not yet)
     queue: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -134,8 +142,12 @@ class FakeCartesia:
         odd_chunks: bool = False,
         first_audio_delay_s: float = 0.0,
         chunk_delay_s: float = 0.0,
+        enough_chars: int = 120,
+        buffer_time_scale: float = 0.001,
     ) -> None:
         self.api_key = api_key
+        self.enough_chars = enough_chars
+        self.buffer_time_scale = buffer_time_scale  # 3000 ms of buffering -> 3 ms of real waiting by default
         self.idle_timeout_s = idle_timeout_s
         self.max_contexts = max_contexts
         self.seconds_per_char = seconds_per_char
@@ -355,6 +367,10 @@ class FakeCartesia:
         pcm = self.expected_pcm(text, int(output["sample_rate"]))
         step = 2 * self.chunk_samples + (1 if self.odd_chunks else 0)
         pieces = [pcm[i : i + step] for i in range(0, len(pcm), step)]
+        if ctx.buffer_wait_ms is None:
+            delay = ctx.fields.get("max_buffer_delay_ms", DEFAULT_BUFFER_DELAY_MS)
+            ctx.buffer_wait_ms = float(delay) if len(text) < self.enough_chars else 0.0  # type: ignore[arg-type]
+            await asyncio.sleep(ctx.buffer_wait_ms / 1000 * self.buffer_time_scale)
         await asyncio.sleep(self.first_audio_delay_s)
         for i, piece in enumerate(pieces):
             if fault is not None and i == fault.after_chunks:
@@ -436,4 +452,7 @@ def _invalid(msg: dict[str, object]) -> str | None:
         return "This fake only produces pcm_s16le."
     if "continue" in msg and not isinstance(msg["continue"], bool):
         return "'continue' must be a boolean."
+    delay = msg.get("max_buffer_delay_ms", DEFAULT_BUFFER_DELAY_MS)
+    if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= MAX_BUFFER_DELAY_MS:
+        return f"'max_buffer_delay_ms' must be an integer in 0-{MAX_BUFFER_DELAY_MS}."
     return None
