@@ -1,5 +1,10 @@
 """Streaming text-to-speech from OpenAI's speech endpoint (``POST /v1/audio/speech``), spoken with ``httpx``.
 
+Retiring: ``tts-1``, ``tts-1-hd`` and ``gpt-4o-mini-tts`` (every model this endpoint serves) shut down on
+2027-01-06 (developers.openai.com/api/docs/guides/text-to-speech). This provider keeps working until then;
+``parley providers check`` flags the configured model, and the successor is ``tts: [openai-realtime]``
+(:mod:`parley.providers.openai_realtime_tts`, ``gpt-realtime-2.1-mini`` through the Realtime API).
+
 Owns: the request (``response_format: "pcm"``, the default ``stream_format: audio``: raw 24 kHz mono s16le
 sent progressively with chunked encoding), reading the body as it arrives and turning it into
 :class:`AudioChunk` events (a byte left over at an odd chunk boundary waits for the next chunk), one
