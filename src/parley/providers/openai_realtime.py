@@ -148,6 +148,7 @@ class RealtimeWire:
         self.transcribe_model = transcribe_model
         self.vad_silence_ms = vad_silence_ms
         self.response_active = False
+        self.response_id: str | None = None  # of the response in progress (response.created)
         self.audio_ms: dict[str, float] = {}  # assistant item -> ms of its audio received
         self.ready = False
 
@@ -204,7 +205,14 @@ class RealtimeWire:
             "output_modalities": ["audio"]}}
 
     def cancel(self) -> list[Json]:
-        return [{"type": "response.cancel"}] if self.response_active else []
+        """Cancel the response in progress by its id: without ``response_id`` the server cancels only a
+        response of the default conversation, never an out-of-band one (client-events reference,
+        ``response.cancel.response_id``, as in learn.microsoft.com RealtimeClientEventResponseCancel)."""
+        if not self.response_active:
+            return []
+        if self.response_id is None:
+            return [{"type": "response.cancel"}]
+        return [{"type": "response.cancel", "response_id": self.response_id}]
 
     def interrupt(self, item_id: str | None, heard_ms: float) -> list[Json]:
         out: list[Json] = []
@@ -236,6 +244,8 @@ class RealtimeWire:
                 return [CallerText(str(message.get("transcript") or "").strip())]
             case "response.created":
                 self.response_active = True
+                rid = _dict(message.get("response")).get("id")
+                self.response_id = rid if isinstance(rid, str) and rid else None
             case "response.output_audio.delta":
                 return self._audio(message)
             case "response.output_audio_transcript.delta":

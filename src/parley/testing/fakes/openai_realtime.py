@@ -25,7 +25,10 @@ read through the search tool on 2026-12-04):
   ``response.function_call_arguments.done {call_id, name, arguments}``, and ``response.done`` with
   ``usage`` (input/output token details, cached tokens as a subset of input). Every server event has an
   ``event_id`` and one unknown field (``fake_unknown_field``) clients must ignore.
-- ``response.cancel`` without a response in progress: ``error`` code ``response_cancel_not_active``.
+- ``response.cancel`` without a response in progress: ``error`` code ``response_cancel_not_active``. Without
+  ``response_id`` it cancels only a response of the default conversation; an out-of-band response
+  (``conversation: "none"``) needs its id (client-events reference, ``response.cancel.response_id``: "if
+  not provided, will cancel an in-progress response in the default conversation").
 - ``conversation.item.truncate`` beyond the item's audio: ``error`` (as documented); else
   ``conversation.item.truncated``. Each truncation is recorded (``truncations``).
 
@@ -123,6 +126,8 @@ class _Conn:
     heard_ms: float = 0.0  # input audio received
     turn_ms: float = 0.0
     response: asyncio.Task[None] | None = None
+    response_id: str | None = None
+    out_of_band: bool = False  # the response in progress has conversation: "none"
     items: dict[str, float] = field(default_factory=dict)  # assistant item -> audio ms sent
     n_events: int = 0
 
@@ -253,9 +258,14 @@ class FakeOpenAIRealtime:
                 fixed = _input_text(response.get("input"))
                 if fixed is None and ": " in instructions:
                     fixed = instructions.rsplit(": ", 1)[-1]
-                self._start_response(conn, Reply(fixed) if fixed else None)
+                self._start_response(conn, Reply(fixed) if fixed else None,
+                                     out_of_band=response.get("conversation") == "none")
             case "response.cancel":
-                if conn.response is None or conn.response.done():
+                rid = m.get("response_id")
+                active = conn.response is not None and not conn.response.done()
+                # without response_id only a default-conversation response is cancelled
+                target = rid == conn.response_id if rid is not None else not conn.out_of_band
+                if conn.response is None or not active or not target:
                     await self._error(conn, "response_cancel_not_active", "There is no active response to cancel.")
                 else:
                     conn.response.cancel()
@@ -330,10 +340,11 @@ class FakeOpenAIRealtime:
 
     # ---- responses ---------------------------------------------------------------------------------
 
-    def _start_response(self, conn: _Conn, reply: Reply | None) -> None:
+    def _start_response(self, conn: _Conn, reply: Reply | None, *, out_of_band: bool = False) -> None:
         if reply is None:
             reply = self.replies.popleft() if self.replies else Reply("Okay.")
         self.responses += 1
+        conn.response_id, conn.out_of_band = f"resp_{self.responses}", out_of_band
         conn.response = asyncio.get_running_loop().create_task(self._respond(conn, reply, self.responses))
 
     async def _respond(self, conn: _Conn, reply: Reply, n: int) -> None:
