@@ -391,14 +391,22 @@ def test_close_codes() -> None:
 
 
 def test_constructor_refuses_unsupported_formats() -> None:
-    with pytest.raises(ConfigError):
-        ElevenLabsTTS(KEY, "v", sample_rate=11025)
+    for rate in (11025, 32000, 48000):  # ElevenLabs has no pcm_32000 / pcm_48000 output
+        with pytest.raises(ConfigError):
+            ElevenLabsTTS(KEY, "v", sample_rate=rate)
     with pytest.raises(ConfigError):
         ElevenLabsTTS(KEY, "v", model="eleven_v3")
     assert KEY not in repr(ElevenLabsTTS(KEY, "v"))
 
 
 # ---- the close race (pipecat#4681) ------------------------------------------------------------------------
+
+
+async def test_the_fake_refuses_pcm_formats_elevenlabs_does_not_offer(fake: FakeElevenLabs) -> None:
+    tts = tts_for(fake)
+    tts.sample_rate = 48000  # past the constructor's check: what the server says
+    _, exc = await fail(tts.synthesize(SENTENCE))
+    assert fake.refused == [400] and isinstance(exc, ProviderError) and not exc.retryable
 
 
 async def test_close_race_never_yields_a_silent_sentence() -> None:

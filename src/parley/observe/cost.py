@@ -55,8 +55,18 @@ MEASURES: dict[Kind, tuple[tuple[str, str, int, str, str], ...]] = {
         ("input_tokens", "per_1m_input_tokens", 1_000_000, "input token", "input"),
         ("output_tokens", "per_1m_output_tokens", 1_000_000, "output token", "output"),
     ),
-    "tts": (("characters", "per_1k_characters", 1_000, "character", "TTS"),),
+    "tts": (
+        ("characters", "per_1k_characters", 1_000, "character", "TTS"),
+        ("input_tokens", "per_1m_input_tokens", 1_000_000, "input token", "TTS input"),
+        ("output_tokens", "per_1m_output_tokens", 1_000_000, "output token", "TTS output"),
+    ),
 }
+# TTS models bill characters (most) or tokens (gpt-4o-mini-tts: text in, audio out): a TTS price names the
+# keys of its unit only; a usage reporting tokens is billed by the token prices, else by the characters.
+_OPTIONAL_MEASURES: dict[Kind, frozenset[str]] = {
+    "tts": frozenset({"per_1k_characters", "per_1m_input_tokens", "per_1m_output_tokens"}),
+}
+_TOKENS = frozenset({"input_tokens", "output_tokens"})
 _META_KEYS = ("source", "as_of", "note")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -104,6 +114,7 @@ class PriceEntry:
     rates: tuple[Rate, ...]
     source: str
     as_of: str
+    priced: frozenset[str] = frozenset()  # the YAML keys present (a TTS price may leave some units out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,18 +224,22 @@ class _Parser:
         d = self.number(value, path)
         return Rate(d, d, per, unit)
 
-    def entry(self, value: object, path: str, prices: Sequence[tuple[str, int, str]], *, allow_range: bool = True
-              ) -> PriceEntry:
+    def entry(self, value: object, path: str, prices: Sequence[tuple[str, int, str]], *, allow_range: bool = True,
+              optional: frozenset[str] = frozenset()) -> PriceEntry:
         data = self.mapping(value, path)
-        self.keys(data, path, [k for k, _, _ in prices] + ["source", "as_of"], ["note"])
+        required = [k for k, _, _ in prices if k not in optional]
+        self.keys(data, path, [*required, "source", "as_of"], ["note", *sorted(optional)])
+        if optional and not required and not optional & set(data):
+            raise self.fail(path, f"missing a price: one of {sorted(optional)}")
         source, as_of = data["source"], data["as_of"]
         if not isinstance(source, str) or not source.strip():
             raise self.fail(f"{path}.source", "say where the price comes from (a non-empty string)")
         as_of = as_of.isoformat() if hasattr(as_of, "isoformat") else as_of  # YAML parses bare dates
         if not isinstance(as_of, str) or not (as_of == "undated" or _DATE.match(as_of)):
             raise self.fail(f"{path}.as_of", f"expected a date YYYY-MM-DD or 'undated', got {as_of!r}")
-        rates = tuple(self.rate(data[k], f"{path}.{k}", per, unit, allow_range=allow_range) for k, per, unit in prices)
-        return PriceEntry(path, rates, source.strip(), as_of)
+        rates = tuple(self.rate(data[k], f"{path}.{k}", per, unit, allow_range=allow_range) if k in data
+                      else Rate(ZERO, ZERO, per, unit) for k, per, unit in prices)
+        return PriceEntry(path, rates, source.strip(), as_of, frozenset(k for k, _, _ in prices if k in data))
 
     def table(self, data: object) -> PriceTable:
         top = self.mapping(data, "")
@@ -241,7 +256,9 @@ class _Parser:
                     raise self.fail(f"providers.{provider}.{kind}", f"unknown kind; expected one of {list(KINDS)}")
                 spec = [(key, per, unit) for _, key, per, unit, _ in MEASURES[kind]]
                 where = f"providers.{provider}.{kind}"
-                entries = [(p, self.entry(v, f"{where}.{p}", spec)) for p, v in self.mapping(patterns, where).items()]
+                optional = _OPTIONAL_MEASURES.get(kind, frozenset())
+                entries = [(p, self.entry(v, f"{where}.{p}", spec, optional=optional))
+                           for p, v in self.mapping(patterns, where).items()]
                 models[(provider, kind)] = tuple(sorted(entries, key=lambda pe: _specificity(pe[0])))
         carrier = {d: self.entry(v, f"carrier.{d}", [("per_minute", 1, "call minute")])
                    for d, v in self.mapping(top.get("carrier") or {}, "carrier").items()}
@@ -395,12 +412,21 @@ def usage_lines(usages: Iterable[Usage], prices: PriceTable) -> list[CostLine]:
             warning = (f"no price for {provider} {model!r} ({kind}) in {prices.origin}: counted as $0; "
                        f"add it under providers.{prices.provider_name(provider)}.{kind}")
         measures = MEASURES[kind]
+        billed = _billed_measures(kind, sums)
+        if entry is not None and warning is None and kind in _OPTIONAL_MEASURES:
+            missing = [key for field_name, key, *_ in measures if field_name in billed and key not in entry.priced
+                       and sums[field_name] > 0]
+            if missing:
+                warning = (f"{provider} {model!r} ({kind}): {entry.key} in {prices.origin} has no "
+                           f"{', '.join(missing)} for the units this usage reports: counted as $0")
         produced = 0
         for i, (field_name, _, per, unit, what) in enumerate(measures):
+            if field_name not in billed:
+                continue
             quantity = sums[field_name]
             if field_name == "audio_seconds":
                 quantity = (quantity / 60).quantize(MICRO, rounding=ROUND_HALF_UP)
-            last = i == len(measures) - 1
+            last = i == max(j for j, m in enumerate(measures) if m[0] in billed)
             if quantity == 0 and not (last and produced == 0):
                 continue  # skip empty measures, but keep one line per request group (a failed request shows)
             rate = entry.rates[i] if entry is not None else Rate(ZERO, ZERO, per, unit)
@@ -409,6 +435,17 @@ def usage_lines(usages: Iterable[Usage], prices: PriceTable) -> list[CostLine]:
                                price_key=entry.key if entry else "", warning=warning))
             produced += 1
     return lines
+
+
+def _billed_measures(kind: Kind, sums: Mapping[str, Decimal]) -> frozenset[str]:
+    """The Usage fields a line group bills: every measure, except that TTS bills tokens when the usage
+    reported tokens (gpt-4o-mini-tts), else characters (every other TTS, and older usage records)."""
+    fields = frozenset(m[0] for m in MEASURES[kind])
+    if kind != "tts":
+        return fields
+    if any(sums.get(f, ZERO) > 0 for f in _TOKENS):
+        return fields - {"characters"}
+    return frozenset({"characters"})
 
 
 def carrier_line(direction: str, call_minutes: Decimal, prices: PriceTable) -> CostLine:

@@ -12,7 +12,7 @@ Wire (docs/provider-protocols.md §1): ``Authorization: Token <key>``; query ``e
 ``utterance_end_ms`` (only with interim results), ``vad_events=true``, ``smart_format``. Audio goes as
 binary frames (never a zero-length one); control messages (``KeepAlive``, ``Finalize``, ``CloseStream``)
 as text frames. A fresh socket must see one audio frame within 10 s, KeepAlive alone does not count:
-if no audio was sent by the first keepalive tick, 20 ms of silence is sent instead (billed, negligible).
+if no audio was sent by the first keepalive tick, 20 ms of silence is sent instead.
 
 Turns (the sans-I/O :class:`ListenAssembler`): ``is_final`` segments are accumulated; a turn is closed by
 ONE ``Transcript(final=True, speech_final=True)`` carrying every segment since the previous closing
@@ -31,6 +31,9 @@ surface once, from the iterator (after ``Usage(failed=True)``), so a fallback ch
 The event queue is unbounded on purpose: Deepgram sends a few small messages per second, the consumer is
 the call's own STT task, and the reader must never block (it also answers the finalize timer). No audio
 is queued here: ``send_audio`` writes straight to the socket.
+
+Billing: Deepgram bills streaming STT per second the connection is open (KeepAlive time included), so
+the stream's one ``Usage`` carries the open time in ``audio_seconds`` (at least the audio sent).
 """
 
 from __future__ import annotations
@@ -251,6 +254,7 @@ class DeepgramSTTStream:
         self._keeper: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_send = 0.0
+        self._opened_at: float | None = None
         self.samples_sent = 0
         self.samples_dropped = 0  # audio offered after the connection broke (the fallback chain replays it)
         self.keepalives = 0
@@ -261,6 +265,7 @@ class DeepgramSTTStream:
 
     def start(self) -> None:
         self._last_send = asyncio.get_running_loop().time()
+        self._opened_at = self._last_send  # Deepgram bills the seconds the connection is open
         self._reader = asyncio.create_task(self._read(), name="deepgram-listen-reader")
         self._keeper = asyncio.create_task(self._keepalive(), name="deepgram-listen-keepalive")
 
@@ -413,6 +418,8 @@ class DeepgramSTTStream:
         if self._keeper is not None:
             self._keeper.cancel()
         seconds = self.samples_sent / self.sample_rate
+        if self._opened_at is not None:  # billed: the connection's open time (at least the audio sent)
+            seconds = max(seconds, asyncio.get_running_loop().time() - self._opened_at)
         model = self._provider.model
         self._events.put_nowait(Usage(PROVIDER, model, "stt", audio_seconds=seconds, failed=error is not None))
         self._events.put_nowait(error)

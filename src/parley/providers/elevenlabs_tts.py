@@ -81,7 +81,7 @@ __all__ = ["ElevenLabsTTS", "ServerAudio", "ServerError", "ServerFinal", "error_
 log = logging.getLogger("parley.providers.elevenlabs_tts")
 
 PROVIDER = "elevenlabs"
-PCM_RATES = frozenset({8000, 16000, 22050, 24000, 32000, 44100, 48000})
+PCM_RATES = frozenset({8000, 16000, 22050, 24000, 44100})  # the API's pcm_* formats (no 32000 or 48000)
 RETIRE_AT = 3  # contexts still waiting for isFinal when a socket is closed instead of pooled (limit: 5)
 MAX_IDLE = 4  # pooled sockets kept open
 

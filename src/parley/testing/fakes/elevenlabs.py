@@ -6,7 +6,9 @@ everything, and fails on demand. Must not import parley's providers: it is the o
 
 Reproduces:
 - handshake: path, ``xi-api-key`` header (401 ``{"detail":{"status":"invalid_api_key",...}}`` otherwise),
-  query ``model_id`` (``eleven_v3`` refused), ``output_format`` ``pcm_<rate>``, ``inactivity_timeout`` 1-180;
+  query ``model_id`` (``eleven_v3`` refused), ``output_format`` ``pcm_<rate>`` for the API's rates 8000,
+  16000, 22050, 24000, 44100 (``pcm_32000``/``pcm_48000`` are not ElevenLabs formats: 400, per the
+  issue-11 review of the output_format list), ``inactivity_timeout`` 1-180;
 - contexts: the first message of a context opens it (on a fresh socket its text must be exactly one space),
   ``voice_settings`` must be an object with ``speed`` in 0.7-1.2, text is buffered until ``flush: true``,
   ``{"text": ""}`` is a keepalive, ``close_context`` drops unflushed text but lets a flush in progress finish
@@ -60,7 +62,7 @@ from websockets.http11 import Request, Response
 
 __all__ = ["FakeElevenLabs", "FakeElevenLabsConnection", "FakeElevenLabsContext", "Fault"]
 
-PCM_FORMATS = {f"pcm_{rate}": rate for rate in (8000, 16000, 22050, 24000, 32000, 44100, 48000)}
+PCM_FORMATS = {f"pcm_{rate}": rate for rate in (8000, 16000, 22050, 24000, 44100)}  # no pcm_32000 / pcm_48000
 PATH = re.compile(r"/v1/text-to-speech/([^/]+)/multi-stream-input")
 MAX_CONTEXTS = 5
 _STATUS_CODES = {
