@@ -265,3 +265,35 @@ async def test_drain_endpoint_is_loopback_only_and_ready_reports() -> None:
     gone = await server.handle(Request("GET", "/ready"))
     assert gone.status == 503 and b'"reason": "draining"' in gone.body and b'"active_calls": 3' in gone.body
     assert is_loopback("::ffff:127.0.0.1") and not is_loopback("") and not is_loopback("192.168.1.1")
+
+
+async def test_parley_drain_command_posts_and_waits_for_zero_calls() -> None:
+    from parley.cli import main
+
+    calls = [2]
+    ready = Readiness(lambda: calls[0])
+    async with HttpServer() as server:
+        ready.install(server)
+        url = server.url
+        assert await asyncio.to_thread(main, ["drain", "--url", server.url]) == 0
+        assert not ready.ready and ready.reason == "draining"
+        waiting = asyncio.create_task(asyncio.to_thread(main, ["drain", "--url", server.url, "--wait"]))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # two calls are still up
+        calls[0] = 0
+        assert await asyncio.wait_for(waiting, 30) == 0
+    assert await asyncio.to_thread(main, ["drain", "--url", url]) == 1  # nobody listens any more
+
+
+def test_parley_records_migrate_brings_the_schema_to_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from parley.cli import main
+
+    db = tmp_path / "calls.db"
+    monkeypatch.setenv("PARLEY_RECORDS_URL", f"sqlite+aiosqlite:///{db}")
+    assert main(["records", "migrate"]) == 0
+    assert main(["records", "migrate"]) == 0  # again: a no-op
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+    assert "alembic_version" in tables and len(tables) > 1
