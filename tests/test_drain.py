@@ -20,6 +20,7 @@ import uuid as uuidlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -181,8 +182,8 @@ async def test_sigterm_mid_call_drains_then_exits_0(
     real_start = app.start
     started: list[app.Running] = []
 
-    async def start(s: Settings) -> app.Running:  # serve() as `parley serve` runs it, with offline fakes
-        running = await real_start(s, agent, apology=await app.render_apology(agent.engine), observe=True)
+    async def start(s: Settings, **kw: Any) -> app.Running:  # serve() as `parley serve` runs it, with offline fakes
+        running = await real_start(s, agent, apology=await app.render_apology(agent.engine), observe=True, **kw)
         started.append(running)
         return running
 
@@ -297,3 +298,67 @@ def test_parley_records_migrate_brings_the_schema_to_head(tmp_path: Path, monkey
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
     assert "alembic_version" in tables and len(tables) > 1
+
+
+async def test_two_workers_on_one_freeswitch_a_restarted_stream_moves_the_call(
+    rig: tuple[FakeFreeSwitch, RecordStore, app.ConversationAgent, Settings],
+) -> None:
+    """``--call-ownership stream``: worker B ignores worker A's call until a restart of its stream connects to B
+    (A's public URL points at B here, as a load balancer might); then B runs it and A lets it go, no hangup."""
+    from dataclasses import replace
+
+    fs, store, agent_a, settings = rig
+    agent_b = app.ConversationAgent(agent_a.engine, store)
+    stream = settings.freeswitch.audio_stream
+    port_b = free_port()
+
+    def with_stream(**kw: object) -> Settings:
+        return replace(settings, freeswitch=replace(settings.freeswitch, audio_stream=replace(stream, **kw)))
+
+    apology = await app.render_apology(agent_a.engine)
+    a = await app.start(with_stream(public_url=f"ws://127.0.0.1:{port_b}", restart_backoff_s=0.05), agent_a,
+                        apology=apology, call_ownership="stream")
+    b = await app.start(with_stream(listen_port=port_b), agent_b, apology=apology, call_ownership="stream")
+    try:
+        call = await place(fs, settings)  # streams to A
+        await until(lambda: len(getattr(agent_a.sessions.get(call.uuid), "frame_lag_ms", ())) > 5)
+        assert call.uuid in a.bridge.calls and call.uuid not in b.bridge.calls  # B saw its events, ignored them
+
+        call.media.reset_stream()  # A restarts the stream; the new one connects to B
+        await until(lambda: len(getattr(agent_b.sessions.get(call.uuid), "frame_lag_ms", ())) > 5)
+        await until(lambda: call.uuid not in a.bridge.calls)
+        assert a.bridge.stats.streams_moved == 1 and b.bridge.stats.streams_moved == 0
+        assert not call.hungup and call.uuid in b.bridge.calls
+        assert not [c for c in fs.commands if call.uuid.encode() in c and (b"uuid_kill" in c or b"uuid_transfer" in c)]
+        before = len(agent_b.sessions[call.uuid].frame_lag_ms)
+        await until(lambda: len(agent_b.sessions[call.uuid].frame_lag_ms) > before + 10)  # B hears the caller
+
+        await call.hangup("NORMAL_CLEARING")
+        await until(lambda: call.uuid not in b.bridge.calls)
+    finally:
+        await a.close()
+        await b.close()
+    found = await finished_record(store, call.uuid)
+    assert sorted((r.hangup_by, r.hangup_cause) for r in found) == [
+        ("caller", "NORMAL_CLEARING"), ("system", "STREAM_MOVED")]  # A's part, then B's
+
+
+async def test_stream_ownership_keeps_a_call_whose_restarted_stream_comes_back(
+    rig: tuple[FakeFreeSwitch, RecordStore, app.ConversationAgent, Settings],
+) -> None:
+    fs, store, agent, settings = rig
+    running = await app.start(settings, agent, apology=await app.render_apology(agent.engine), call_ownership="stream")
+    try:
+        call = await place(fs, settings)
+        await until(lambda: len(getattr(agent.sessions.get(call.uuid), "frame_lag_ms", ())) > 5)
+        first = call.audio_stream
+        call.media.reset_stream()
+        await until(lambda: call.audio_stream is not first and running.bridge.stats.stream_restarts == 1)
+        before = len(agent.sessions[call.uuid].frame_lag_ms)
+        await until(lambda: len(agent.sessions[call.uuid].frame_lag_ms) > before + 100)  # > 2 s of media after
+        assert running.bridge.stats.streams_moved == 0 and call.uuid in running.bridge.calls and not call.hungup
+        await call.hangup("NORMAL_CLEARING")
+    finally:
+        await running.close()
+    [rec] = await finished_record(store, call.uuid)
+    assert (rec.hangup_by, rec.hangup_cause) == ("caller", "NORMAL_CLEARING")

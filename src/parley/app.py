@@ -369,13 +369,15 @@ def _check_hosting(settings: Settings) -> None:
 
 async def start(
     settings: Settings, agent: Agent | None = None, *, apology: Apology | None = None, observe: bool | None = None,
+    call_ownership: Literal["event", "stream"] = "event",
 ) -> Running:
     """Start the WebSocket server and the ESL client; raise at once on a wrong ESL password or ACL.
 
     If FreeSWITCH is simply not up yet, keep retrying in the background (a refused connection is not fatal).
     With ``agent`` given (tests, tools), ``apology`` is what the bridge plays when it gives a call up.
     ``observe``: serve HTTP (``/ready`` and ``/drain``; ``/metrics``, ``/health`` and the dashboard with the
-    real agent) when ``settings.observe.enabled``; by default only without ``agent``.
+    real agent) when ``settings.observe.enabled``; by default only without ``agent``. ``call_ownership``:
+    ``stream`` when several workers share one FreeSWITCH (a worker owns only the calls whose stream it holds).
     """
     if not settings.freeswitch.audio_stream.token_secret:  # serve() resolved the secret file already
         log.warning("no stream token secret: mod_audio_stream connections are not authenticated")
@@ -395,7 +397,7 @@ async def start(
         agent = ConversationAgent(engine, store, metrics=metrics, tracer=tracer)
         apology = await render_apology(engine)
     unserved = agent.record_unserved if isinstance(agent, ConversationAgent) else None
-    bridge = Bridge(fs, esl, agent, apology=apology, unserved=unserved)
+    bridge = Bridge(fs, esl, agent, apology=apology, unserved=unserved, claim_by_event=call_ownership == "event")
     server = AudioStreamServer(fs.audio_stream, bridge.on_stream, on_refused=bridge.on_refused)
     await server.start()
     try:
@@ -434,7 +436,10 @@ async def start(
     return Running(esl, server, bridge, store, resources, http, metrics, readiness, voice)
 
 
-async def serve(settings: Settings, *, stop: asyncio.Event | None = None, drain_grace_s: float = DRAIN_GRACE_S) -> int:
+async def serve(
+    settings: Settings, *, stop: asyncio.Event | None = None, drain_grace_s: float = DRAIN_GRACE_S,
+    call_ownership: Literal["event", "stream"] = "event",
+) -> int:
     """Run until SIGTERM/SIGINT, ``POST /drain`` (or ``stop``), then drain (see the module docstring) and
     return a process exit code: 0 after a drain, 2 when ESL gives up for good."""
     settings = stream_secret(settings)
@@ -451,7 +456,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None, drain_
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
-    running = await start(settings)
+    running = await start(settings, call_ownership=call_ownership)
     if running.readiness is not None:
         running.readiness.on_drain = stop.set
     fatal = asyncio.ensure_future(running.esl.wait_fatal())

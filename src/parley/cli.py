@@ -30,7 +30,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.log_level, settings)
     require_esl_password(settings.freeswitch.esl)
-    return asyncio.run(serve(settings, drain_grace_s=_drain_grace(args)))
+    ownership = args.call_ownership or os.environ.get("PARLEY_CALL_OWNERSHIP") or "event"
+    if ownership == "event":
+        return asyncio.run(serve(settings, drain_grace_s=_drain_grace(args), call_ownership="event"))
+    if ownership == "stream":
+        return asyncio.run(serve(settings, drain_grace_s=_drain_grace(args), call_ownership="stream"))
+    raise ConfigError(f"call ownership: {ownership!r} is not 'event' or 'stream'")
 
 
 def _drain_grace(args: argparse.Namespace) -> float:
@@ -255,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-grace-s", type=float, default=None,
                    help="on SIGTERM / `parley drain`: how long calls may go on before a goodbye and a hangup "
                         "(default: PARLEY_DRAIN_GRACE_S, else 600)")
+    p.add_argument("--call-ownership", choices=("event", "stream"), default=None,
+                   help="event (default): every parley call of this FreeSWITCH is ours; stream: only the calls "
+                        "whose stream we hold (several workers on one FreeSWITCH; needs the Lua helper dialplan). "
+                        "Default: PARLEY_CALL_OWNERSHIP, else event")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("drain", help="make the local `parley serve` stop taking calls, finish them and exit")

@@ -17,9 +17,14 @@ most ``max_restarts`` per call; after that the caller hears the apology and goes
 refused upgrade is never retried: the same token would be refused again (the old behaviour: ~45 restarts
 a second, forever, with the caller in silence).
 
-A call is ours when a stream for it connects to us, or when its events carry ``variable_parley_agent``
-(set by the dialplan we render). Events of other calls on the same FreeSWITCH are only remembered briefly
-(a bounded cache) so that a stream that arrives later can be matched with the call's details.
+A call is ours when a stream for it connects to us, or when its events carry ``variable_parley_agent`` (set by
+the dialplan we render). With several workers on one FreeSWITCH (``claim_by_event=False``, `parley serve
+--call-ownership stream`) only the first holds: a worker owns the calls whose stream it holds (and the ones
+whose upgrade it refused, to record them), ignores every other call's events, and when a stream it restarted
+connects to another worker (FreeSWITCH's ``::connect`` comes, the stream does not come here) it lets the call
+go without hanging up: the other worker owns it from then on. Events of other calls on the same FreeSWITCH are
+only remembered briefly (a bounded cache) so that a stream that arrives later can be matched with the call's
+details.
 
 Drain (:meth:`Bridge.drain`, for SIGTERM or ``parley drain``): the calls held when it starts (and their
 restarted streams) go on; a new call's upgrade is refused by the server (503) and the call goes to the
@@ -56,6 +61,7 @@ CLOSE_HANGUP_GRACE_S = 0.3  # FreeSWITCH closes the socket on hangup up to ~20 m
 APOLOGY_MAX_S = 20.0
 STALL_CHECK_S = 0.25
 _INFO_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_PARK", "CHANNEL_EXECUTE", "CUSTOM"})
+MOVED_GRACE_S = 1.5  # after ::connect, how long our own stream may take to reach us (announced <= 0.5 s)
 AGENT_TEARDOWN_S = 8.0  # after a hangup, how long the agent may take to record its last turn and outcome
 
 
@@ -71,6 +77,7 @@ class BridgeStats:
     media_given_up: int = 0  # calls whose media could not be restored: apology, then fallback or hangup
     refused_draining: int = 0  # new calls sent to the fallback because this process was draining
     drain_hangups: int = 0  # calls still up when the drain grace ran out (goodbye, then hangup)
+    streams_moved: int = 0  # calls let go because their restarted stream connected to another worker
     agent_errors: int = 0
     dropped_frames: int = 0
 
@@ -98,8 +105,10 @@ class Bridge:
         hangup_grace_s: float = 2.0,
         apology: Apology | None = None,
         unserved: Agent | None = None,
+        claim_by_event: bool = True,
     ) -> None:
         self.settings = settings
+        self.claim_by_event = claim_by_event  # False: a call is ours only when we hold (or refused) its stream
         self.esl = esl_client
         self.agent = agent
         self.apology = apology
@@ -169,7 +178,9 @@ class Bridge:
                 self._connects.popitem(last=False)
         elif event.name == "CHANNEL_HANGUP":
             self._connects.pop(uuid, None)
-        if call is None and event.variable("parley_agent") == "true":
+        if call is None and event.variable("parley_agent") == "true" and (
+            self.claim_by_event or uuid in self._refusals
+        ):
             call = self._new_call(uuid)
         if call is not None:
             self._call_event(call, event)
@@ -424,6 +435,8 @@ class Bridge:
                 self._spawn(giving_up)
             else:
                 self._recover_soon(call, f"mod_audio_stream error {code}")
+        elif sub == "mod_audio_stream::connect" and not self.claim_by_event and not call.stream_ready.is_set():
+            self._spawn(self._hand_off_unless_attached(call))
         elif sub == "mod_audio_stream::disconnect":
             # our own close (replaced, stalled, flood, shutdown): _watch_stream decides what follows
             if not call.stream_ready.is_set():
@@ -606,6 +619,20 @@ class Bridge:
             await self._retire(call, "stream closed and call gone")
             return
         self._recover_soon(call, f"stream closed ({stream.close_code} {stream.close_reason or ''})".strip())
+
+    async def _hand_off_unless_attached(self, call: Call) -> None:
+        """FreeSWITCH says the call's stream connected: if it does not reach us, another worker holds it (a
+        restart landed there): let the call go, without a hangup; its record says STREAM_MOVED."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(MOVED_GRACE_S):
+                await Call.wait_any(call.stream_ready, call.hungup)
+        if call.stream_ready.is_set() or call.hungup.is_set() or self._closing or self.calls.get(call.uuid) is not call:
+            return
+        self.stats.streams_moved += 1
+        call.log.warning("its stream connected to another worker; that worker owns the call now")
+        call.shutdown = True  # the record: ended by the system here, not by the caller or the agent
+        call.end_media("the stream moved to another worker", failure=False)
+        call.mark_hungup("STREAM_MOVED")
 
     async def _retire_later(self, call: Call) -> None:
         """HANGUP_COMPLETE normally follows within milliseconds; do not wait for it forever."""
