@@ -137,6 +137,9 @@ def test_keda_scales_on_active_calls_per_pod() -> None:
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     assert "parley_active_calls" in trigger["metadata"]["query"] and float(trigger["metadata"]["threshold"]) > 0
     assert so["spec"]["minReplicaCount"] >= 1 and so["spec"]["maxReplicaCount"] >= so["spec"]["minReplicaCount"]
+    if so["spec"]["maxReplicaCount"] > 1:  # several workers on one FreeSWITCH: each owns only its streams' calls
+        args = worker()["args"]
+        assert args[args.index("--call-ownership") + 1] == "stream"
 
 
 def test_the_configmap_is_a_parley_yaml_parley_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,6 +169,8 @@ def test_the_records_migration_job_runs_parley_records_migrate() -> None:
     assert args.func.__name__ == "cmd_records_migrate"
     pre_stop = build_parser().parse_args(worker()["lifecycle"]["preStop"]["exec"]["command"][1:])
     assert pre_stop.func.__name__ == "cmd_drain" and pre_stop.wait
+    serve = build_parser().parse_args(worker()["args"])  # the worker's flags are parley's own
+    assert serve.func.__name__ == "cmd_serve" and serve.drain_grace_s == DRAIN_GRACE_S
 
 
 # ---- the Dockerfile ---------------------------------------------------------------------------------------
