@@ -325,12 +325,13 @@ class Bridge:
         return call
 
     def _attach(self, uuid: str, stream: AudioStream) -> None:
-        if uuid not in self.calls and uuid in self._let_go:
-            self._spawn(stream.close(1000, "call no longer handled by parley"))
+        if uuid not in self.calls and uuid in self._let_go:  # ended or handed over: nobody streams to it now
+            self.stats.streams_rejected += 1
+            self._spawn(stream.close(1008, "call no longer handled by parley"))
             return
         call = self.calls.get(uuid) or self._new_call(uuid)
         if call.media_ended or call.transferred_to is not None:
-            self._spawn(stream.close(1000, "call no longer handled by parley"))
+            self._spawn(stream.close(1008, "call no longer handled by parley"))
             return
         old = call.stream
         if old is not None and old is not stream and not old.closed.is_set():
