@@ -59,6 +59,7 @@ from parley.providers.errors import (
 from parley.providers.realtime_base import (
     CallerSpeech,
     CallerText,
+    EventQueue,
     ModelAudio,
     ModelInterrupted,
     ModelText,
@@ -296,10 +297,9 @@ class GeminiLiveStream:
         self._config = config
         self._redactor = redactor
         self._resampler = StreamResampler(config.call_rate, IN_RATE)
-        self._events: asyncio.Queue[RealtimeEvent | ProviderError | None] = asyncio.Queue()
+        self._events = EventQueue()
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
-        self._done = False
 
     async def configure(self, timeout_s: float) -> None:
         try:
@@ -315,7 +315,7 @@ class GeminiLiveStream:
 
     async def send_audio(self, samples: Int16Array) -> None:
         out = self._resampler.process(samples)
-        if out.size and not self._done:
+        if out.size and not self._events.done:
             await self._send(self._wire.audio(out))
 
     async def start_turn(self) -> None:
@@ -341,22 +341,13 @@ class GeminiLiveStream:
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._reader), 2.0)
-        self._events.put_nowait(None)
+        self._events.put(None)
 
     def __aiter__(self) -> GeminiLiveStream:
         return self
 
     async def __anext__(self) -> RealtimeEvent:
-        if self._done and self._events.empty():
-            raise StopAsyncIteration
-        item = await self._events.get()
-        if item is None:
-            self._done = True
-            raise StopAsyncIteration
-        if isinstance(item, ProviderError):
-            self._done = True
-            raise item
-        return item
+        return await self._events.next()
 
     async def _send(self, message: Json) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -376,7 +367,7 @@ class GeminiLiveStream:
         try:
             while True:
                 for event in self._wire.feed(self._parse(await self._ws.recv())):
-                    self._events.put_nowait(event)
+                    self._events.put(event)
         except ConnectionClosed as exc:
             if not (self._closing and (exc.rcvd is None or exc.rcvd.code in (1000, 1001))):
                 error = self._closed(exc)
@@ -385,12 +376,12 @@ class GeminiLiveStream:
         except WebSocketException as exc:
             error = ProviderConnectionError(f"gemini-live: socket failed: {type(exc).__name__}", provider=PROVIDER)
         if error is None:
-            self._events.put_nowait(None)
+            self._events.put(None)
             return
-        self._done = True
+        self._events.done = True
         if self._wire.in_turn:
-            self._events.put_nowait(Usage(PROVIDER, f"{self._wire.model}/audio", "llm", failed=True))
-        self._events.put_nowait(self._redactor.error(error))
+            self._events.put(Usage(PROVIDER, f"{self._wire.model}/audio", "llm", failed=True))
+        self._events.put(self._redactor.error(error))
         with contextlib.suppress(Exception):
             await self._ws.close()
 

@@ -69,6 +69,7 @@ from parley.providers.errors import (
 from parley.providers.realtime_base import (
     CallerSpeech,
     CallerText,
+    EventQueue,
     ModelAudio,
     ModelText,
     ModelToolCall,
@@ -390,10 +391,9 @@ class OpenAIRealtimeStream:
         self._wire = wire
         self._redactor = redactor
         self._resampler = StreamResampler(call_rate, wire.fmt.rate)
-        self._events: asyncio.Queue[RealtimeEvent | ProviderError | None] = asyncio.Queue()
+        self._events = EventQueue()
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
-        self._done = False
         self.sent: list[str] = []  # client event types, in order (tests, traces)
 
     async def configure(self, session: Json, timeout_s: float) -> None:
@@ -420,7 +420,7 @@ class OpenAIRealtimeStream:
 
     async def send_audio(self, samples: Int16Array) -> None:
         out = self._resampler.process(samples)
-        if out.size and not self._done:
+        if out.size and not self._events.done:
             await self._send(self._wire.append(self._wire.fmt.encode(out)))
 
     async def start_turn(self) -> None:
@@ -453,7 +453,7 @@ class OpenAIRealtimeStream:
     @property
     def finished(self) -> bool:
         """The socket failed or closed: the stream yields nothing new."""
-        return self._done
+        return self._events.done
 
     async def close(self) -> None:
         self._closing = True
@@ -461,22 +461,13 @@ class OpenAIRealtimeStream:
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._reader), 2.0)
-        self._events.put_nowait(None)
+        self._events.put(None)
 
     def __aiter__(self) -> OpenAIRealtimeStream:
         return self
 
     async def __anext__(self) -> RealtimeEvent:
-        if self._done and self._events.empty():
-            raise StopAsyncIteration
-        item = await self._events.get()
-        if item is None:
-            self._done = True
-            raise StopAsyncIteration
-        if isinstance(item, ProviderError):
-            self._done = True
-            raise item
-        return item
+        return await self._events.next()
 
     # ---- internals ---------------------------------------------------------------------------------
 
@@ -501,7 +492,7 @@ class OpenAIRealtimeStream:
         try:
             while True:
                 for event in self._wire.feed(self._parse(await self._ws.recv())):
-                    self._events.put_nowait(event)
+                    self._events.put(event)
         except ConnectionClosed as exc:
             if not (self._closing and (exc.rcvd is None or exc.rcvd.code in (1000, 1001))):
                 error = self._closed(exc)
@@ -510,14 +501,14 @@ class OpenAIRealtimeStream:
         except WebSocketException as exc:
             error = ProviderConnectionError(f"openai-realtime: socket failed: {type(exc).__name__}", provider=PROVIDER)
         if error is not None:
-            self._done = True
+            self._events.done = True
             if self._wire.response_active:  # what the cut-off response consumed is unknown: mark it
-                self._events.put_nowait(Usage(PROVIDER, f"{self._wire.model}/audio", "llm", failed=True))
-            self._events.put_nowait(self._redactor.error(error))
+                self._events.put(Usage(PROVIDER, f"{self._wire.model}/audio", "llm", failed=True))
+            self._events.put(self._redactor.error(error))
             with contextlib.suppress(Exception):
                 await self._ws.close()
         else:
-            self._events.put_nowait(None)
+            self._events.put(None)
 
     def _closed(self, exc: ConnectionClosed) -> ProviderError:
         frame = exc.rcvd

@@ -14,12 +14,14 @@ switch to the pipeline exactly once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
 from parley.audio.pcm import Int16Array
 from parley.providers.base import ToolCall, ToolSpec, Usage
+from parley.providers.errors import ProviderError
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +123,28 @@ class RealtimeProvider(Protocol):
     model: str
 
     async def open(self, config: RealtimeConfig) -> RealtimeStream: ...
+
+
+class EventQueue:
+    """What a stream's reader task produced, handed out in order by ``next()``: ``None`` ends the stream, a
+    :class:`ProviderError` is raised once (the stream is over after it). ``done`` is also set by a reader that
+    failed, so that the stream stops taking audio before its error is read."""
+
+    def __init__(self) -> None:
+        self._items: asyncio.Queue[RealtimeEvent | ProviderError | None] = asyncio.Queue()
+        self.done = False
+
+    def put(self, item: RealtimeEvent | ProviderError | None) -> None:
+        self._items.put_nowait(item)
+
+    async def next(self) -> RealtimeEvent:
+        if self.done and self._items.empty():
+            raise StopAsyncIteration
+        item = await self._items.get()
+        if item is None:
+            self.done = True
+            raise StopAsyncIteration
+        if isinstance(item, ProviderError):
+            self.done = True
+            raise item
+        return item
