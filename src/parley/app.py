@@ -369,7 +369,7 @@ def _check_hosting(settings: Settings) -> None:
 
 async def start(
     settings: Settings, agent: Agent | None = None, *, apology: Apology | None = None, observe: bool | None = None,
-    call_ownership: Literal["event", "stream"] = "event",
+    call_ownership: Literal["event", "stream"] = "event", reuse_port: bool = False,
 ) -> Running:
     """Start the WebSocket server and the ESL client; raise at once on a wrong ESL password or ACL.
 
@@ -398,7 +398,7 @@ async def start(
         apology = await render_apology(engine)
     unserved = agent.record_unserved if isinstance(agent, ConversationAgent) else None
     bridge = Bridge(fs, esl, agent, apology=apology, unserved=unserved, claim_by_event=call_ownership == "event")
-    server = AudioStreamServer(fs.audio_stream, bridge.on_stream, on_refused=bridge.on_refused)
+    server = AudioStreamServer(fs.audio_stream, bridge.on_stream, on_refused=bridge.on_refused, reuse_port=reuse_port)
     await server.start()
     try:
         await esl.start(wait=True)
@@ -438,11 +438,19 @@ async def start(
 
 async def serve(
     settings: Settings, *, stop: asyncio.Event | None = None, drain_grace_s: float = DRAIN_GRACE_S,
-    call_ownership: Literal["event", "stream"] = "event",
+    call_ownership: Literal["event", "stream"] = "event", worker_index: int | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT, ``POST /drain`` (or ``stop``), then drain (see the module docstring) and
     return a process exit code: 0 after a drain, 2 when ESL gives up for good."""
     settings = stream_secret(settings)
+    if worker_index is not None:  # one of `parley serve --workers N` (parley.workers): its own port and records host
+        import socket
+
+        settings = replace(
+            settings,
+            observe=replace(settings.observe, port=settings.observe.port + worker_index),
+            records=replace(settings.records, host=f"{settings.records.host or socket.gethostname()}-w{worker_index}"),
+        )
     stop = stop or asyncio.Event()
     now = asyncio.Event()  # a second signal: end the grace at once
     loop = asyncio.get_running_loop()
@@ -456,9 +464,11 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
-    running = await start(settings, call_ownership=call_ownership)
+    running = await start(settings, call_ownership=call_ownership, reuse_port=worker_index is not None)
     if running.readiness is not None:
-        running.readiness.on_drain = stop.set
+        from parley.workers import signal_supervisor
+
+        running.readiness.on_drain = stop.set if worker_index is None else signal_supervisor
     fatal = asyncio.ensure_future(running.esl.wait_fatal())
     stopped = asyncio.ensure_future(stop.wait())
     try:

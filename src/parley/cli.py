@@ -30,11 +30,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.log_level, settings)
     require_esl_password(settings.freeswitch.esl)
+    grace = _drain_grace(args)
+    if args.workers > 1:
+        from parley.app import stream_secret
+        from parley.workers import run_workers
+
+        stream_secret(settings)  # refuse to start N workers without a stream secret, before spawning any
+        return run_workers(args.workers, args.config, ["--drain-grace-s", str(grace)])
     ownership = args.call_ownership or os.environ.get("PARLEY_CALL_OWNERSHIP") or "event"
+    index = args.worker_index
     if ownership == "event":
-        return asyncio.run(serve(settings, drain_grace_s=_drain_grace(args), call_ownership="event"))
+        return asyncio.run(serve(settings, drain_grace_s=grace, call_ownership="event", worker_index=index))
     if ownership == "stream":
-        return asyncio.run(serve(settings, drain_grace_s=_drain_grace(args), call_ownership="stream"))
+        return asyncio.run(serve(settings, drain_grace_s=grace, call_ownership="stream", worker_index=index))
     raise ConfigError(f"call ownership: {ownership!r} is not 'event' or 'stream'")
 
 
@@ -264,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="event (default): every parley call of this FreeSWITCH is ours; stream: only the calls "
                         "whose stream we hold (several workers on one FreeSWITCH; needs the Lua helper dialplan). "
                         "Default: PARLEY_CALL_OWNERSHIP, else event")
+    p.add_argument("--workers", type=int, default=1,
+                   help="N worker processes behind the one WebSocket port (SO_REUSEPORT), each owning the calls "
+                        "whose stream it holds; worker i serves HTTP on observe.port + i (default 1)")
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("drain", help="make the local `parley serve` stop taking calls, finish them and exit")

@@ -560,9 +560,11 @@ class AudioStreamServer:
         clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
         on_refused: Callable[[str | None, str], None] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
         self.stats = ServerStats()
+        self._reuse_port = reuse_port  # SO_REUSEPORT: several worker processes share the port (the kernel spreads)
         self._on_stream = on_stream
         self._on_refused = on_refused  # (call uuid from the path or None, stats key) per refused upgrade
         self._clock = clock
@@ -602,6 +604,7 @@ class AudioStreamServer:
             open_timeout=OPEN_TIMEOUT_S,
             close_timeout=CLOSE_TIMEOUT_S,
             logger=_WsLog(self._log.getChild("websockets"), {}),
+            reuse_port=self._reuse_port or None,
         )
         self._log.info("audio stream server listening on %s:%d%s", s.listen_host, self.port, s.path)
 
