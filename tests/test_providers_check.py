@@ -58,7 +58,8 @@ async def test_check_flags_a_retiring_tts_model_and_an_unknown_one_and_passes_th
 async def test_check_flags_an_llm_model_the_list_dates() -> None:
     async with FakeOpenAIRealtime(KEY) as rt:  # its list dates gpt-4o-mini 2027-01-14
         settings = settings_from_mapping({"conversation": {"stt": ["whisper"], "llm": ["openai"], "tts": ["espeak"]},
-                                          "providers": {"openai": {"base_url": http_base(rt.url)}}}, env={})
+                                          "providers": {"openai": {"base_url": http_base(rt.url),
+                                                                   "model": "gpt-4o-mini"}}}, env={})
         results = await check_providers(Providers(settings, env=ENV))
     (llm,) = [r for r in results if r.capability == "llm"]
     assert (llm.status, llm.detail) == ("deprecated model", "gpt-4o-mini shuts down on 2027-01-14: move to a current model")

@@ -165,6 +165,7 @@ class Providers:
             path = self.settings.conversation.rules_file
             return RulesDialogue.from_path(path) if path else RulesDialogue.builtin("receptionist")
         if name == "openai":
+            from parley.providers.openai_llm import DEFAULT_MODEL as OPENAI_DEFAULT_MODEL
             from parley.providers.openai_llm import OpenAICompatLLM
 
             base = str(o.get("base_url", "https://api.openai.com/v1"))
@@ -172,7 +173,7 @@ class Providers:
             key = self.env.get(key_env) or None  # local OpenAI-compatible servers (Ollama, vLLM) need no key
             if key is None and "api.openai.com" in base:
                 raise ConfigError(f"openai is configured but {key_env} is not set")
-            return OpenAICompatLLM(base, key, str(o.get("model", "gpt-4o-mini")), on_cancel=usage.report,
+            return OpenAICompatLLM(base, key, str(o.get("model", OPENAI_DEFAULT_MODEL)), on_cancel=usage.report,
                                    **_pick(o, temperature="temperature", max_tokens="max_tokens"))
         from parley.providers.anthropic_llm import AnthropicLLM
 
@@ -308,8 +309,10 @@ async def _check_one(made: Providers, capability: str, name: str) -> Verdict | N
             made.one_llm(name)
             return None
         if name == "openai":
+            from parley.providers.openai_llm import DEFAULT_MODEL as OPENAI_DEFAULT_MODEL
+
             base = str(o.get("base_url", "https://api.openai.com/v1"))
-            return await _openai_model(made, "openai", base, str(o.get("model", "gpt-4o-mini")))
+            return await _openai_model(made, "openai", base, str(o.get("model", OPENAI_DEFAULT_MODEL)))
         from parley.providers.model_list import fetch_models, verdict
 
         base = str(o.get("base_url", "https://api.anthropic.com")).rstrip("/")

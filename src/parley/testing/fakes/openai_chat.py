@@ -97,9 +97,12 @@ class FakeOpenAI:
             body = json.loads(raw) if raw else {}
             request = Request(method, path, headers, body)
             self.requests.append(request)
-            if method == "GET" and path.endswith("/models"):
+            if method == "GET" and path.endswith("/models"):  # the same list the Realtime fake serves
+                from parley.testing.fakes.openai_realtime import MODELS
+
                 await Connection(request, reader, writer).json_response(200, {"object": "list", "data": [
-                    {"id": "gpt-4o-mini", "object": "model", "owned_by": "fake"}]})
+                    {"id": mid, "object": "model", "owned_by": "system", "shutdown_date": date}
+                    for mid, date in MODELS.items()]})
                 return
             await self.script(Connection(request, reader, writer))
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -77,7 +77,7 @@ FORMATS = {"audio/pcm": 24000, "audio/pcmu": 8000, "audio/pcma": 8000}
 MODELS: dict[str, str | None] = {
     "gpt-realtime": None, "gpt-realtime-mini": None, "gpt-realtime-2.1": None, "gpt-realtime-2.1-mini": None,
     "gpt-4o-mini-transcribe": None, "tts-1": "2027-01-06", "tts-1-hd": "2027-01-06",
-    "gpt-4o-mini-tts": "2027-01-06", "gpt-4o-mini": "2027-01-14", "gpt-5.1": None,
+    "gpt-4o-mini-tts": "2027-01-06", "gpt-4o-mini": "2027-01-14", "gpt-5.1": None, "gpt-6-luna": None,
 }
 
 
