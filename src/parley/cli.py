@@ -95,6 +95,9 @@ def cmd_records_migrate(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _setup_logging("INFO", settings)
+    if not settings.records.enabled:
+        print("call records are disabled (records.enabled: false): nothing to migrate", flush=True)
+        return 0
     asyncio.run(migrate(settings.records.resolved_url))
     print("call records database migrated to the latest revision", flush=True)
     return 0

@@ -49,6 +49,14 @@ def run_workers(n: int, config: str | None, serve_args: Sequence[str]) -> int:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
+    # The records schema is brought up to date once, before any worker starts: N workers migrating the same
+    # database at once race ("table calls already exists") and one of them dies at start. Each worker's own
+    # migration then finds the schema at its head and does nothing.
+    head = [sys.executable, "-m", "parley.cli"] + (["--config", config] if config else [])
+    migrated = subprocess.run([*head, "records", "migrate"], check=False)
+    if migrated.returncode != 0:
+        log.error("could not migrate the call records database (exit %d); not starting workers", migrated.returncode)
+        return 1
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for i in range(n):
