@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from parley.testing.fake_playback import PlaybackRecord
+from parley.testing.simulate import SimulationResult
 
 Interval = tuple[float, float]
 
@@ -65,3 +66,20 @@ def call_silence(playbacks: Sequence[PlaybackRecord], caller: Iterable[Interval]
             return 0.0
         start = heard[0][0]
     return longest_silence(heard, caller, start=start, end=now if end is None else end)
+
+
+def agent_silence(result: SimulationResult) -> float:
+    """The longest stretch, while the call was up, with neither agent audio nor caller speech (seconds)."""
+    call = result.fake_call
+    start = call.answered_at or call.created_at
+    end = call.hungup_at if call.hungup_at is not None else max(
+        [p.stopped_at or p.started_at or start for p in call.playbacks] + [start])
+    busy = sorted(
+        [(p.started_at, p.stopped_at or end) for p in call.playbacks if p.started_at is not None]
+        + [(t.start, t.start + t.audio.size / t.rate) for t in result.caller_turns]
+    )
+    longest, at = 0.0, start
+    for a, b in busy:
+        longest = max(longest, a - at)
+        at = max(at, b)
+    return max(longest, end - at) if end > at else longest

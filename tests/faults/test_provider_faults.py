@@ -25,6 +25,8 @@ import pytest
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from silence import agent_silence  # tests/faults/silence.py (pytest puts tests/faults on sys.path)
+
 from parley.app import build_engine
 from parley.compose import Providers, _record_switch
 from parley.config import settings_from_mapping
@@ -159,23 +161,6 @@ def run_call(tmp: Path, stack: Stack, scenario: str = "") -> Call:
             return detail
 
     return Call(result, asyncio.run(read()), switches, dg, el, oa)
-
-
-def agent_silence(result: SimulationResult) -> float:
-    """The longest stretch, while the call was up, with neither agent audio nor caller speech (seconds)."""
-    call = result.fake_call
-    start = call.answered_at or call.created_at
-    end = call.hungup_at if call.hungup_at is not None else max(
-        [p.stopped_at or p.started_at or start for p in call.playbacks] + [start])
-    busy = sorted(
-        [(p.started_at, p.stopped_at or end) for p in call.playbacks if p.started_at is not None]
-        + [(t.start, t.start + t.audio.size / t.rate) for t in result.caller_turns]
-    )
-    longest, at = 0.0, start
-    for a, b in busy:
-        longest = max(longest, a - at)
-        at = max(at, b)
-    return max(longest, end - at) if end > at else longest
 
 
 def record_of(call: Call) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from silence import agent_silence  # tests/faults/silence.py (pytest puts tests/faults on sys.path)
 
 from parley.agent.engine import Engine
 from parley.app import build_engine
@@ -74,23 +75,6 @@ def run(engine: Engine, tmp: Path, *, apology_file: str = "") -> tuple[Simulatio
             return await store.get_call(summary.id)
 
     return result, asyncio.run(read())
-
-
-def agent_silence(result: SimulationResult) -> float:
-    """The longest stretch, while the call was up, with neither agent audio nor caller speech (seconds)."""
-    call = result.fake_call
-    start = call.answered_at or call.created_at
-    end = call.hungup_at if call.hungup_at is not None else max(
-        [p.stopped_at or p.started_at or start for p in call.playbacks] + [start])
-    busy = sorted(
-        [(p.started_at, p.stopped_at or end) for p in call.playbacks if p.started_at is not None]
-        + [(t.start, t.start + t.audio.size / t.rate) for t in result.caller_turns]
-    )
-    longest, at = 0.0, start
-    for a, b in busy:
-        longest = max(longest, a - at)
-        at = max(at, b)
-    return max(longest, end - at) if end > at else longest
 
 
 @pytest.mark.parametrize(("fault", "errno_", "after"), [
