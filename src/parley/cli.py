@@ -113,7 +113,7 @@ def cmd_decode_esl(args: argparse.Namespace) -> int:
 def cmd_freeswitch_config(args: argparse.Namespace) -> int:
     from parley.freeswitch.conf_render import render_config
 
-    result = render_config(_settings(args), Path(args.out))
+    result = render_config(_settings(args), Path(args.out), node=args.node)
     print(result.summary())
     return 0
 
@@ -369,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_decode_esl)
     p = fs.add_parser("config", help="render the dialplan, Lua helper and hardened ESL config")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--node", default=None, help="the FreeSWITCH node (freeswitch.nodes) these files are for; "
+                   "its ESL settings are used and the stream metadata names it (default: the only node)")
     p.set_defaults(func=cmd_freeswitch_config)
     return parser
 
