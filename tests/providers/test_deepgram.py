@@ -31,9 +31,10 @@ from parley.providers.errors import (
     ProviderConnectionError,
     ProviderError,
     ProviderProtocolError,
+    ProviderTimeout,
 )
 from parley.providers.fallback import FallbackSTT
-from parley.testing.fakes.deepgram import FakeDeepgram, Faults
+from testkit.fakes.deepgram import FakeDeepgram, Faults
 
 KEY = "dg-test-key-0123456789"
 RATE = 8000
@@ -328,6 +329,60 @@ async def test_close_codes_carry_the_reason(code: int, reason: str, retryable: b
         await stream.close()
     assert isinstance(got.error, ProviderError) and got.error.retryable is retryable
     assert got.error.code == reason.split(":")[0] and reason in str(got.error)
+
+
+# ---- a recognizer that hangs with its socket open (issue 10) ------------------------------------------------
+
+
+async def test_a_hang_after_words_were_shown_fails_the_finalize_instead_of_losing_them() -> None:
+    # Deepgram showed interim words, then stopped answering (no result, no close): an unanswered Finalize
+    # cannot mean "nothing buffered", so the stream fails (a chain replays the turn) rather than closing the
+    # turn with no words.
+    async with fake(transcripts=["I would like to book a cleaning"], interim_every_s=0.04,
+                    listen=Faults(stall_after_frames=5)) as dg:
+        stream = await stt(dg, finalize_timeout_s=0.1).open(sample_rate=RATE)
+        got = Collector(stream)
+        for _ in range(10):
+            await stream.send_audio(tone())
+        await stream.finalize()
+        await asyncio.wait_for(got.task, 2)
+        await stream.close()
+    assert dg.listen_sessions[0].stalled
+    assert [e.text for e in got.of(Transcript)] == ["I", "I would"] and not got.closing()
+    assert isinstance(got.error, ProviderTimeout) and got.error.retryable
+    assert "while holding words it showed" in str(got.error)
+    assert isinstance(got.events[-1], Usage) and got.events[-1].failed
+
+
+async def test_a_hang_before_any_answer_fails_once_a_second_of_audio_went_unanswered() -> None:
+    async with fake(transcripts=["hello"], listen=Faults(stall_after_frames=0)) as dg:
+        stream = await stt(dg, finalize_timeout_s=0.1).open(sample_rate=RATE)
+        got = Collector(stream)
+        for _ in range(60):  # 1.2 s of speech, not one message back
+            await stream.send_audio(tone())
+        await stream.finalize()
+        await asyncio.wait_for(got.task, 2)
+        await stream.close()
+    assert isinstance(got.error, ProviderTimeout) and "1.2 s of audio unanswered" in str(got.error)
+    assert got.events == [got.events[-1]] and billed(got.events[-1], at_least=0.0, failed=True)
+
+
+async def test_an_unanswered_finalize_after_the_turn_closed_itself_is_no_hang() -> None:
+    # Deepgram "may" answer a Finalize with nothing when nothing is buffered: speech_final closed the turn,
+    # the pause went on for parley's endpoint; that is not a hang.
+    async with fake(transcripts=["thanks"], answer_empty_finalize=False) as dg:
+        stream = await stt(dg, finalize_timeout_s=0.1).open(sample_rate=RATE)
+        got = Collector(stream)
+        for _ in range(10):
+            await stream.send_audio(tone())
+        for _ in range(35):  # 700 ms of silence: speech_final at 300 ms
+            await stream.send_audio(quiet())
+        await eventually(lambda: bool(got.closing()))
+        await stream.finalize()
+        await asyncio.sleep(0.2)  # past the Finalize timer
+        await stream.close()
+        await got.task
+    assert [t.text for t in got.closing()] == ["thanks"] and got.error is None
 
 
 # ---- fallback: Deepgram drops mid-turn, a local recognizer takes over -------------------------------------

@@ -160,8 +160,9 @@ async def test_stt_switches_mid_turn_and_replays_the_turn_audio() -> None:
     it = aiter(stream)
     ev = await anext(it)
     assert isinstance(ev, Transcript) and ev.text == "whisper heard 1600"
-    assert cloud.streams[0].closed and chain.stats.switches == 1
+    assert chain.stats.switches == 1
     await stream.close()
+    assert cloud.streams[0].closed  # closed off the switch's path, awaited by the chain's close
 
 
 async def test_a_switch_in_the_next_turn_replays_only_that_turn_and_does_not_finalize_it() -> None:
@@ -232,3 +233,84 @@ async def test_a_lone_stalled_provider_is_an_error_not_silence() -> None:
     assert chain.name == "stalled"  # a chain of one keeps the provider's name
     with pytest.raises(AllProvidersFailed, match=r"nothing produced within 0\.1 s"):
         await collect(chain.stream([Message("user", "hi")]))
+
+
+# ---- the STT result deadline (issue 10): a recognizer that stops answering with its connection open ---------
+
+
+class HungSTTStream(ScriptedSTTStream):
+    """Takes audio and the finalize, answers nothing, and holds its close until ``release`` is set (a peer that
+    hung would hold the close handshake); reports its usage when it finally closes."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, None)
+        self.release = asyncio.Event()
+
+    async def finalize(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.release.wait()
+        self.closed = True
+        await self.queue.put(Usage(self.name, "m", "stt", audio_seconds=1.0))
+        await self.queue.put(None)
+
+
+class HungSTT(ScriptedSTT):
+    async def open(self, *, sample_rate: int, language: str | None = None) -> ScriptedSTTStream:
+        s = HungSTTStream(self.name)
+        self.streams.append(s)
+        return s
+
+
+async def test_a_recognizer_that_stops_answering_is_replaced_within_the_result_deadline() -> None:
+    cloud, local = HungSTT("deepgram"), ScriptedSTT("whisper")
+    switches: list[tuple[str, str, str]] = []
+    chain = FallbackSTT([cloud, local], final_timeout_s=0.05, on_switch=lambda c, a, b, e: switches.append((c, a, b)))
+    stream = await chain.open(sample_rate=16000)
+    for _ in range(5):
+        await stream.send_audio(np.zeros(320, np.int16))
+    await stream.finalize()
+    it = aiter(stream)
+    async with asyncio.timeout(1.0):  # the deadline is 50 ms; the hung close must not hold the switch up
+        ev = await anext(it)
+    assert ev == Transcript("whisper heard 1600", final=True, t=0.0, speech_final=True)  # the turn, replayed
+    assert switches == [("stt", "deepgram", "whisper")] and chain.stats.failures == {"deepgram": 1}
+    assert not cloud.streams[0].closed  # still closing, off the switch's path
+    cloud.streams[0].release.set()
+    assert await anext(it) == Usage("deepgram", "m", "stt", audio_seconds=1.0, failed=True)  # billed, as failed
+    await stream.close()
+
+
+async def test_a_lone_recognizer_that_stops_answering_is_an_error_not_silence() -> None:
+    chain = FallbackSTT([HungSTT("deepgram")], final_timeout_s=0.05)
+    stream = await chain.open(sample_rate=16000)
+    await stream.send_audio(np.zeros(320, np.int16))
+    await stream.finalize()
+    with pytest.raises(AllProvidersFailed, match=r"deepgram: no final transcript within 0\.1 s of the end of the turn"):
+        async with asyncio.timeout(1.0):
+            async for _ in stream:
+                pass
+
+
+async def test_a_turn_the_recognizer_closed_itself_owes_no_answer_to_the_finalize() -> None:
+    # Deepgram's speech_final can close the turn in the caller's pause; its Finalize answer may then be nothing
+    # at all (deepgram_stt): that is no stall, and no switch.
+    cloud, local = HungSTT("deepgram"), ScriptedSTT("whisper")
+    chain = FallbackSTT([cloud, local], final_timeout_s=0.05)
+    stream = await chain.open(sample_rate=16000)
+    await stream.send_audio(np.zeros(320, np.int16))
+    await cloud.streams[0].queue.put(Transcript("turn one", final=True, t=0.0, speech_final=True))
+    it = aiter(stream)
+    assert (await anext(it)).text == "turn one"  # type: ignore[union-attr]
+    await stream.send_audio(np.zeros(320, np.int16))  # the rest of the pause
+    await stream.finalize()
+    await asyncio.sleep(0.2)  # four deadlines
+    assert chain.stats.switches == 0 and not local.streams
+    stream.speech_resumed()  # the caller went on: this time the finalize owes the words
+    await stream.send_audio(np.zeros(320, np.int16))
+    await stream.finalize()
+    async with asyncio.timeout(1.0):
+        assert (await anext(it)).text == "whisper heard 320"  # type: ignore[union-attr]
+    cloud.streams[0].release.set()
+    await stream.close()

@@ -22,6 +22,14 @@ When ``speech_final`` already closed the turn and the Finalize answer brings no 
 emitted. Interim results and non-closing finals become ``Transcript(final=False)`` with the running turn
 text. An empty ``speech_final`` is not a turn end (the Finalize answer will be).
 
+A recognizer that hangs with its socket open (no results, no close: issue 10) is told apart from "nothing
+was buffered" when the Finalize goes unanswered: Deepgram flushes on Finalize whatever it holds, and while
+it has audio to work on it answers about once a second (interim revisions), so an unanswered Finalize while
+it *holds words it showed* (an interim result never made final) or after more than ``STALL_AUDIO_S`` of
+audio with no message at all is a stall, not an empty buffer: the stream fails with
+:class:`ProviderTimeout` (a fallback chain replays the turn into the next recognizer) instead of closing
+the turn with the words it has, which would silently lose the caller's last words.
+
 Failures: handshake 401/403 -> :class:`ProviderAuthError`; 429 and 5xx -> retryable
 :class:`ProviderError`; close 1011 (``NET-*``) -> retryable, 1008/1009 -> not, both with the reason; a drop
 without close frame -> :class:`ProviderConnectionError`; bad JSON -> :class:`ProviderProtocolError`. They
@@ -72,6 +80,10 @@ PROVIDER = "deepgram"
 LISTEN_URL = "wss://api.deepgram.com/v1/listen"
 CLOSE_WAIT_S = 3.0  # CloseStream -> remaining Results, Metadata, close 1000
 PRIME_MS = 20
+# Audio sent with no message back that an unanswered Finalize cannot explain as "nothing buffered": Deepgram
+# revises interim results roughly once a second of audio (docs/provider-protocols.md §1), and parley's own
+# endpoint waits 0.7 s of silence, of which Deepgram's endpointing (300 ms) answers the first part.
+STALL_AUDIO_S = 1.0
 MAX_MESSAGE_BYTES = 4 * 2**20
 KEEPALIVE = json.dumps({"type": "KeepAlive"})
 FINALIZE = json.dumps({"type": "Finalize"})
@@ -86,18 +98,24 @@ class ListenAssembler:
     """``/v1/listen`` messages in, parley STT events out. No I/O, no clock: the shell reports Finalize
     requests and their timeouts."""
 
-    __slots__ = ("_awaiting", "_emitted", "_segments", "_t", "metadata")
+    __slots__ = ("_awaiting", "_emitted", "_holding", "_segments", "_t", "metadata")
 
     def __init__(self) -> None:
         self._segments: list[tuple[str, float | None]] = []  # is_final texts not yet in a closing transcript
         self._awaiting = False  # a Finalize was sent and not yet answered
         self._emitted = False  # a closing transcript went out, and no new words were heard since
+        self._holding = False  # an interim result showed words that no final result has carried yet
         self._t = 0.0  # end of the latest result, seconds of stream audio
         self.metadata: Mapping[str, object] = {}
 
     @property
     def awaiting_finalize(self) -> bool:
         return self._awaiting
+
+    @property
+    def holding_words(self) -> bool:
+        """Deepgram showed words (an interim result) it has not finalized: a Finalize must flush them."""
+        return self._holding
 
     def finalize_sent(self) -> None:
         self._awaiting = True
@@ -136,8 +154,10 @@ class ListenAssembler:
         if not message.get("is_final"):
             if not text:
                 return []
+            self._holding = True
             self._emitted = False  # new words: a Finalize answer must close this turn even if it adds none
             return [Transcript(self._joined(text), final=False, t=self._t, confidence=conf)]
+        self._holding = False
         if text:
             self._segments.append((text, conf))
         if message.get("from_finalize") is True and self._awaiting:
@@ -256,6 +276,7 @@ class DeepgramSTTStream:
         self._last_send = 0.0
         self._opened_at: float | None = None
         self.samples_sent = 0
+        self._heard_at = 0  # samples_sent when the last message came in
         self.samples_dropped = 0  # audio offered after the connection broke (the fallback chain replays it)
         self.keepalives = 0
         self._closing = False  # close() was called: a close 1000 is the normal end
@@ -363,6 +384,7 @@ class DeepgramSTTStream:
                 message = await self._ws.recv()
                 if isinstance(message, bytes):
                     raise ProviderProtocolError("deepgram: binary frame on /v1/listen", provider=PROVIDER)
+                self._heard_at = self.samples_sent
                 for event in self._assembler.feed(parse_message(message, self._api_key)):
                     self._events.put_nowait(event)
                 if not self._assembler.awaiting_finalize:
@@ -397,11 +419,26 @@ class DeepgramSTTStream:
 
     def _finalize_expired(self) -> None:
         self._timer = None
-        if not self._finished:
-            if self._assembler.awaiting_finalize:
-                log.debug("deepgram sent no answer to Finalize within %.1f s", self._provider.finalize_timeout_s)
-            for event in self._assembler.finalize_expired():
-                self._events.put_nowait(event)
+        if self._finished or not self._assembler.awaiting_finalize:
+            return
+        wait = self._provider.finalize_timeout_s
+        unanswered = (self.samples_sent - self._heard_at) / self.sample_rate
+        if self._assembler.holding_words or unanswered > STALL_AUDIO_S:
+            held = "words it showed" if self._assembler.holding_words else f"{unanswered:.1f} s of audio unanswered"
+            self._fail(ProviderTimeout(
+                f"deepgram: no answer to Finalize within {wait:.1f} s while holding {held}: the recognizer "
+                "stopped answering with its socket open", provider=PROVIDER))
+            return
+        log.debug("deepgram sent no answer to Finalize within %.1f s (nothing was buffered)", wait)
+        for event in self._assembler.finalize_expired():
+            self._events.put_nowait(event)
+
+    def _fail(self, error: ProviderError) -> None:
+        """Give up on a connection that still looks open: the error goes out now, the socket is dropped."""
+        self._finish(error)
+        if self._reader is not None:
+            self._reader.cancel()
+        self._ws.transport.abort()  # a hung peer would hold a close handshake for CLOSE_WAIT_S
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -10,7 +10,12 @@ What is safe to retry:
   text was spoken or audio queued, re-asking another provider would repeat or contradict it, so the error
   goes up (the session then apologises with a local voice).
 - An STT stream is replaced mid-call: the audio of the turn in progress is buffered and replayed into the
-  next provider's stream, so the caller does not have to repeat themselves.
+  next provider's stream, so the caller does not have to repeat themselves. Besides failing outright, a
+  recognizer can stop answering with its connection open (issue 10): after a finalize, the turn's closing
+  transcript is due within ``final_timeout_s``, else the stream counts as failed and is replaced the same
+  way (with no provider left, the chain's iterator raises :class:`AllProvidersFailed`). A failed stream is
+  closed off the switch's path, so a hung peer's close handshake does not hold the next provider up, and
+  the usage it reports then is passed on, marked failed.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -35,6 +40,7 @@ from parley.providers.base import (
     STTProvider,
     STTStream,
     ToolSpec,
+    Transcript,
     TTSEvent,
     TTSProvider,
     Usage,
@@ -42,6 +48,8 @@ from parley.providers.base import (
 from parley.providers.errors import ProviderError, ProviderTimeout
 
 log = logging.getLogger("parley.fallback")
+
+RETIRE_S = 2.0  # a failed STT stream's close and its last usage, awaited off the switch's path
 
 E = TypeVar("E")
 SwitchHook = Callable[[str, str, str, BaseException], None]  # capability, from, to, error
@@ -206,6 +214,12 @@ class FallbackTTS(_Chain[TTSProvider]):
 class FallbackSTT(_Chain[STTProvider]):
     capability = "stt"
 
+    def __init__(self, providers: Sequence[STTProvider], *, final_timeout_s: float | None = None,
+                 **options: Any) -> None:
+        super().__init__(providers, **options)
+        # After a finalize, the turn's closing transcript must come within this long (None: no deadline).
+        self.final_timeout_s = final_timeout_s
+
     async def open(self, *, sample_rate: int, language: str | None = None) -> STTStream:
         stream = FallbackSTTStream(self, sample_rate, language)
         await stream.start()
@@ -236,6 +250,13 @@ class FallbackSTTStream:
         # a switch during the next turn once replayed the old turn's "finalize" halfway through the new one
         # (whisper heard "Tuesday, please" as "two." + "stay").
         self._after_finalize = False
+        # the result deadline: finalizes whose closing transcript has not come, and the timer for the oldest
+        self._finals_owed = 0
+        self._final_timer: asyncio.TimerHandle | None = None
+        # the provider closed the turn by itself (a closing transcript with no finalize outstanding) and the
+        # caller has not resumed since: it may answer the finalize with nothing, and owes nothing
+        self._closed_by_provider = False
+        self._retiring: set[asyncio.Task[None]] = set()  # failed streams being closed, off the switch's path
 
     async def start(self, exclude: set[int] | None = None) -> None:
         errors: list[BaseException] = []
@@ -279,11 +300,11 @@ class FallbackSTTStream:
     async def _switch_locked(self, exc: BaseException) -> None:
         failed = self._index
         self._chain._failed(failed, None, exc)
-        if self._pump is not None:
-            self._pump.cancel()
+        self._cancel_final_timer()
         if self._inner is not None:
-            with contextlib.suppress(Exception):
-                await self._inner.close()
+            task = asyncio.create_task(self._retire(self._inner, self._pump), name="stt-retire")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         old = self._index
         try:
             await self.start(exclude={failed})
@@ -299,6 +320,43 @@ class FallbackSTTStream:
             await self._inner.send_audio(samples)
         if self._finalize_pending:
             await self._inner.finalize()
+            if self._finals_owed:
+                self._arm_final_timer(self._generation + 1)  # the new provider's own deadline
+
+    async def _retire(self, inner: STTStream, pump: asyncio.Task[None] | None) -> None:
+        """Close a failed provider's stream and pass on the usage it reports at the end (bounded)."""
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+        with contextlib.suppress(TimeoutError, Exception):
+            async with asyncio.timeout(RETIRE_S):
+                await inner.close()
+                async for ev in inner:
+                    if isinstance(ev, Usage):
+                        await self._events.put(ev if ev.failed else replace(ev, failed=True))
+
+    def _arm_final_timer(self, generation: int) -> None:
+        timeout = self._chain.final_timeout_s
+        if timeout is None:
+            return
+        self._cancel_final_timer()
+        self._final_timer = asyncio.get_running_loop().call_later(timeout, self._final_overdue, generation)
+
+    def _cancel_final_timer(self) -> None:
+        if self._final_timer is not None:
+            self._final_timer.cancel()
+            self._final_timer = None
+
+    def _final_overdue(self, generation: int) -> None:
+        self._final_timer = None
+        if generation != self._generation or self._closed:
+            return
+        name = self._chain.health.names[self._index]
+        timeout = self._chain.final_timeout_s or 0.0
+        stalled = ProviderTimeout(f"{name}: no final transcript within {timeout:.1f} s of the end of the turn",
+                                  provider=name)
+        self._events.put_nowait(_PumpFailure(stalled, generation))
 
     async def send_audio(self, samples: Int16Array) -> None:
         async with self._lock:
@@ -320,12 +378,18 @@ class FallbackSTTStream:
             self._inner.pause_hint()
 
     def speech_resumed(self) -> None:
+        self._closed_by_provider = False  # words after the provider's own close: the finalize must bring them
         if self._inner is not None:
             self._inner.speech_resumed()
 
     async def finalize(self) -> None:
         async with self._lock:
             self._finalize_pending = self._after_finalize = True
+            if not self._closed_by_provider:
+                self._finals_owed += 1
+                if self._final_timer is None:
+                    self._arm_final_timer(self._generation)
+            self._closed_by_provider = False
             assert self._inner is not None
             generation = self._generation
             try:
@@ -338,6 +402,7 @@ class FallbackSTTStream:
     async def close(self) -> None:
         """Close the current provider's stream and pass on what it says last (vendors report usage then)."""
         self._closed = True
+        self._cancel_final_timer()
         if self._inner is not None:
             with contextlib.suppress(ParleyError):
                 await self._inner.close()
@@ -346,6 +411,8 @@ class FallbackSTTStream:
                 async with asyncio.timeout(2.0):
                     await asyncio.shield(self._pump)
             self._pump.cancel()
+        if self._retiring:
+            await asyncio.wait(set(self._retiring), timeout=RETIRE_S)
         await self._events.put(None)
 
     def __aiter__(self) -> AsyncIterator[STTEvent]:
@@ -359,7 +426,14 @@ class FallbackSTTStream:
             if isinstance(item, _PumpFailure):
                 await self._switch(item.error, item.generation)
                 continue
-            if getattr(item, "speech_final", False):
+            if isinstance(item, Transcript) and item.speech_final:
                 self._turn_audio.clear()  # the turn is transcribed: nothing to replay any more
                 self._finalize_pending = False
+                if self._finals_owed:
+                    self._finals_owed -= 1
+                    self._cancel_final_timer()
+                    if self._finals_owed:
+                        self._arm_final_timer(self._generation)
+                else:
+                    self._closed_by_provider = True
             yield item
