@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""A local cluster rehearsal (issue 12 item 6): PostgreSQL, two fake FreeSWITCH nodes and two parley workers
+on this machine; calls through both nodes; one worker drained mid-call; then the checks, as a table.
+
+    .venv/bin/python scripts/cluster_rehearsal.py --calls-per-node 2 [--json out/rehearsal.json]
+
+What runs:
+- PostgreSQL from Debian's ``postgresql`` package in a temporary directory (as the ``postgres`` user when
+  run as root), migrated once with ``parley records migrate``; both workers write their call records there.
+- Two :class:`~parley.sim.fake_freeswitch.FakeFreeSwitch` nodes (fs-a, fs-b) in this process, each with its
+  own ESL port; a scripted caller per call (hibari, three semitones lower) waits for the greeting, says its
+  lines one turn at a time, waits for each answer and hangs up.
+- Two ``parley serve`` workers with the offline stack (whisper, the rules dialogue, hibari), each on its own
+  HTTP port. Layout ``nodes`` (parley holds several FreeSWITCH nodes): ``parley serve --workers 2`` with both
+  nodes under ``freeswitch.nodes``, the workers sharing one WebSocket port. Layout ``node-per-worker`` (until
+  then): one ``parley serve`` per node, each with its node as ``freeswitch.esl`` and its own WebSocket port.
+- Once every call's first turn is answered, SIGTERM goes to the worker holding the most calls (a drain: its
+  calls go on, it takes no new one, it exits 0 when they have ended); then the callers say their other turns.
+
+Checks (exit 1 when one fails): no call dropped (every call placed ended by its caller after all its turns
+were answered), every call record in PostgreSQL exactly once (completed, by a caller hangup), and the
+workers' ``parley_calls_started_total`` (each scraped over HTTP from its own ``/metrics``) adding up to the
+calls placed and to each worker's own records. Exit 77 when PostgreSQL cannot be started here. No timing is
+asserted; the timeouts only bound a hang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from parley.audio.pcm import Int16Array
+from parley.audio.resample import resample
+from parley.bench import write_json
+from parley.bench.cluster import (
+    ACTIVE_CALLS,
+    CALLS_ENDED,
+    CALLS_STARTED,
+    TURNS,
+    CallResult,
+    Node,
+    PgServer,
+    PostgresUnavailable,
+    Report,
+    WorkerResult,
+    metric_sums,
+    worker_config,
+    write_config,
+)
+from parley.freeswitch.stream_token import stream_token
+from parley.providers.base import AudioChunk, TTSProvider
+from parley.sim.echo_call import free_port
+from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
+from parley.sim.scripted_caller import ScriptedCaller
+
+EXIT_SKIP = 77
+LINES = ("What are your opening hours?", "Where is the office located?", "Do you have parking?")
+PHONE_RATE = 8000
+ANSWER_TIMEOUT_S = 90.0  # bounds a hang, not a figure: whisper on two shared cores can be slow
+QUIET_MS = 600.0
+NODE_NAMES = ("fs-a", "fs-b")
+LAYOUTS = ("node-per-worker", "nodes")  # the first is the default
+
+
+def two_free_ports() -> int:
+    """A port p with p + 1 free too (``parley serve --workers 2`` serves HTTP on observe.port + i)."""
+    import socket
+
+    for _ in range(100):
+        base = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError("no two consecutive free ports")
+
+
+@dataclass
+class Worker:
+    index: int
+    pid: int
+    http_port: int
+    nodes: list[str]
+    proc: subprocess.Popen[bytes] | None = None  # when this script started it itself (else the supervisor did)
+    counters: dict[str, float] = field(default_factory=dict)  # the last good scrape
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+@dataclass
+class Cluster:
+    """The parley processes this script started (group leaders) and the workers they are."""
+
+    leaders: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
+    ws_url: dict[str, str] = field(default_factory=dict)  # node name -> the stream URL its calls dial
+
+    async def stop(self, grace_s: float = 60.0) -> None:
+        """SIGTERM every leader (a drain; nothing is up by now), wait, then SIGKILL their process groups."""
+        for proc in self.leaders:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.leaders:
+            try:
+                await asyncio.to_thread(proc.wait, grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its own group (start_new_session): the workers too
+            await asyncio.to_thread(proc.wait)
+
+
+def spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def children_by_index(pid: int) -> dict[int, int]:
+    """The supervisor's workers: worker index -> pid (from /proc: each runs ``--worker-index i``)."""
+    out: dict[int, int] = {}
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for kid in kids:
+        try:
+            argv = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--worker-index" in argv:
+            out[int(argv[argv.index(b"--worker-index") + 1])] = int(kid)
+    return out
+
+
+async def start_cluster(
+    nodes: list[Node], pg: PgServer, tmp: Path, env: dict[str, str], *, multi_node: bool, grace_s: float,
+) -> Cluster:
+    cli = [sys.executable, "-m", "parley.cli"]
+    cluster = Cluster()
+    serve_flags = ["--drain-grace-s", str(grace_s)]
+    if multi_node:
+        ws, http = free_port(), two_free_ports()
+        conf = write_config(tmp / "parley.yaml", worker_config(
+            nodes, ws_port=ws, http_port=http, records_url=pg.url, spool_dir=tmp / "spool", records_host="rehearsal",
+            multi_node=True))
+        migrate([*cli, "--config", str(conf), "records", "migrate"], env, tmp)
+        sup = spawn([*cli, "--config", str(conf), "serve", "--workers", "2", *serve_flags], env, tmp / "serve.log", tmp)
+        cluster.leaders.append(sup)
+        for n in nodes:
+            cluster.ws_url[n.name] = f"ws://127.0.0.1:{ws}/call/{{uuid}}"
+        async with asyncio.timeout(120):
+            while len(kids := children_by_index(sup.pid)) < 2:
+                if sup.poll() is not None:
+                    raise RuntimeError(f"parley serve --workers 2 exited {sup.returncode}: see {tmp / 'serve.log'}")
+                await asyncio.sleep(0.1)
+        names = [n.name for n in nodes]
+        cluster.workers = [Worker(i, kids[i], http + i, names) for i in range(2)]
+        return cluster
+    # one node per worker: each `parley serve` has its node as freeswitch.esl and its own WebSocket port
+    for i, node in enumerate(nodes):
+        ws, http = free_port(), free_port()
+        conf = write_config(tmp / f"parley-w{i}.yaml", worker_config(
+            [node], ws_port=ws, http_port=http, records_url=pg.url, spool_dir=tmp / f"spool-w{i}",
+            records_host=f"rehearsal-w{i}", multi_node=False))
+        wenv = {**env, "PARLEY_ESL_PASSWORD": node.password}
+        if i == 0:
+            migrate([*cli, "--config", str(conf), "records", "migrate"], wenv, tmp)  # once, before any worker
+        proc = spawn([*cli, "--config", str(conf), "serve", "--call-ownership", "stream", *serve_flags], wenv,
+                     tmp / f"serve-w{i}.log", tmp)
+        cluster.leaders.append(proc)
+        cluster.workers.append(Worker(i, proc.pid, http, [node.name], proc=proc))
+        cluster.ws_url[node.name] = f"ws://127.0.0.1:{ws}/call/{{uuid}}"
+    return cluster
+
+
+def migrate(cmd: list[str], env: dict[str, str], tmp: Path) -> None:
+    done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"parley records migrate exited {done.returncode}: {done.stderr.decode()[-800:]}")
+
+
+async def status(client: httpx.AsyncClient, url: str) -> int:
+    try:
+        return (await client.get(url, timeout=5)).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+async def scrape(client: httpx.AsyncClient, worker: Worker) -> bool:
+    try:
+        reply = await client.get(f"{worker.base}/metrics", timeout=5)
+    except httpx.HTTPError:
+        return False
+    if reply.status_code != 200:
+        return False
+    worker.counters = metric_sums(reply.text)
+    return True
+
+
+async def keep_scraping(client: httpx.AsyncClient, workers: list[Worker]) -> None:
+    """Every worker's counters, again and again: a drained worker's last scrape before it exits is kept."""
+    while True:
+        await asyncio.gather(*(scrape(client, w) for w in workers))
+        await asyncio.sleep(0.2)
+
+
+async def render_lines(voice: TTSProvider, lines: tuple[str, ...]) -> list[Int16Array]:
+    out = []
+    for text in lines:
+        pieces, rate = [], voice.sample_rate
+        async for ev in voice.synthesize(text):
+            if isinstance(ev, AudioChunk):
+                pieces.append(ev.samples)
+                rate = ev.sample_rate
+        out.append(resample(np.concatenate(pieces), rate, PHONE_RATE))
+    return out
+
+
+async def caller(call: FakeCall, result: CallResult, turns: list[Int16Array], voice: TTSProvider,
+                 first_answered: asyncio.Event, drained: asyncio.Event) -> None:
+    """Greeting, turn 1, (the drain happens here), the other turns, hangup; notes what went wrong."""
+    ear = ScriptedCaller(call, voice)
+    try:
+        result.streamed = call.audio_stream is not None and call.ws_close is None
+        if not result.streamed:
+            result.dropped = f"stream refused {call.ws_close}"
+            return
+        if await ear.wait_agent_starts(0.0, timeout=ANSWER_TIMEOUT_S) is None:
+            result.dropped = "no greeting"
+            return
+        await ear.wait_agent_quiet(QUIET_MS, timeout=ANSWER_TIMEOUT_S)
+        for i, audio in enumerate(turns):
+            if call.hungup or call.ws_close is not None:
+                break
+            start = time.monotonic()
+            call.say(audio, PHONE_RATE)
+            result.turns_said += 1
+            await asyncio.sleep(audio.size / PHONE_RATE)
+            if await ear.wait_agent_starts(start, timeout=ANSWER_TIMEOUT_S) is None:
+                result.dropped = f"turn {i + 1} not answered"
+                return
+            result.turns_answered += 1
+            await ear.wait_agent_quiet(QUIET_MS, timeout=ANSWER_TIMEOUT_S)
+            if i == 0:
+                first_answered.set()
+                await drained.wait()
+        if call.hungup:
+            result.dropped = f"hung up by parley ({call.hangup_cause})"
+        elif call.ws_close is not None:
+            result.dropped = f"stream closed by parley {call.ws_close}"
+    finally:
+        first_answered.set()
+        if not call.hungup:
+            await call.hangup("NORMAL_CLEARING")
+
+
+async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
+    env = {**os.environ, "PARLEY_STREAM_TOKEN_SECRET": secrets.token_urlsafe(24), "PARLEY_LOG_LEVEL": "INFO",
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("PARLEY_ESL_PASSWORD", None)
+    secret = env["PARLEY_STREAM_TOKEN_SECRET"]
+    multi_node = report.layout == "nodes"
+    async with contextlib.AsyncExitStack() as stack:
+        pg_base = Path(tempfile.mkdtemp(prefix="parley-rehearsal-pg-"))  # its own: the postgres user owns it
+        stack.callback(shutil.rmtree, pg_base, True)
+        pg = await asyncio.to_thread(PgServer.create, pg_base, free_port())
+        stack.callback(pg.stop)
+        await asyncio.to_thread(pg.start)
+        fakes: list[FakeFreeSwitch] = []
+        for name in NODE_NAMES:
+            fs = FakeFreeSwitch(password=secrets.token_urlsafe(18), temp_dir=tmp / name)
+            await fs.start()
+            stack.push_async_callback(fs.close)
+            fakes.append(fs)
+        nodes = [Node(name, fs.esl_port, fs.password) for name, fs in zip(NODE_NAMES, fakes, strict=True)]
+        cluster = await start_cluster(nodes, pg, tmp, env, multi_node=multi_node, grace_s=args.drain_grace_s)
+        stack.push_async_callback(cluster.stop)
+        client = await stack.enter_async_context(httpx.AsyncClient())
+        async with asyncio.timeout(180):
+            while not all([await status(client, f"{w.base}/ready") == 200 for w in cluster.workers]):
+                if any(p.poll() is not None for p in cluster.leaders):
+                    raise RuntimeError(f"a parley process exited at start: see the logs in {tmp}")
+                await asyncio.sleep(0.2)
+        from parley.sim.caller_voice import caller_voice
+
+        voice = await asyncio.to_thread(caller_voice, "hibari-low")
+        turns = await render_lines(voice, LINES[: args.turns])
+        scraper = asyncio.ensure_future(keep_scraping(client, cluster.workers))
+        stack.callback(scraper.cancel)
+
+        first = [asyncio.Event() for _ in range(args.calls_per_node * len(fakes))]
+        drained = asyncio.Event()
+        callers = []
+        for n, (node, fs) in enumerate(zip(nodes, fakes, strict=True)):
+            for k in range(args.calls_per_node):
+                call_uuid = str(uuidlib.uuid4())
+                call = await fs.place_call(
+                    ws_url=cluster.ws_url[node.name], uuid=call_uuid, channel_vars={"parley_agent": "true"},
+                    extra_headers={"Authorization": f"Bearer {stream_token(secret, call_uuid)}"},
+                )
+                result = CallResult(call_uuid, node.name)
+                report.calls.append(result)
+                i = n * args.calls_per_node + k
+                callers.append(asyncio.ensure_future(caller(call, result, turns, voice, first[i], drained)))
+        try:
+            async with asyncio.timeout(args.timeout_s):
+                await asyncio.gather(*(e.wait() for e in first))
+                # every call is up and past its first answer: drain the worker holding the most calls
+                await asyncio.gather(*(scrape(client, w) for w in cluster.workers))
+                target = max(cluster.workers, key=lambda w: (w.counters.get(ACTIVE_CALLS, 0.0), -w.index))
+                active = {w.index: w.counters.get(ACTIVE_CALLS, 0.0) for w in cluster.workers}
+                os.kill(target.pid, signal.SIGTERM)
+                ready = await status(client, f"{target.base}/ready")
+                while ready == 200:
+                    await asyncio.sleep(0.05)
+                    ready = await status(client, f"{target.base}/ready")
+                on_target = await calls_on(target, pg)
+                drained.set()
+                await asyncio.gather(*callers)
+                await until(lambda: not pid_alive(target.pid))  # it exits once its calls have ended
+        finally:
+            drained.set()
+            for task in callers:
+                task.cancel()
+            await asyncio.gather(*callers, return_exceptions=True)
+        scraper.cancel()
+        await asyncio.gather(*(scrape(client, w) for w in cluster.workers if w is not target))
+        for w in cluster.workers:
+            report.workers.append(WorkerResult(
+                w.index, w.pid, w.http_port, w.nodes, w.counters.get(CALLS_STARTED, 0.0),
+                w.counters.get(CALLS_ENDED, 0.0), w.counters.get(TURNS, 0.0), active[w.index],
+                drained=w is target, ready_status_in_drain=ready if w is target else None))
+        for c in report.calls:
+            c.on_drained_worker = c.uuid in on_target
+        await cluster.stop()
+        for w, res in zip(cluster.workers, report.workers, strict=True):
+            res.exit_code = w.proc.returncode if w.proc is not None else None
+        if multi_node:
+            report.supervisor_exit = cluster.leaders[0].returncode
+        await read_records(pg, report, multi_node)
+
+
+async def calls_on(worker: Worker, pg: PgServer) -> set[str]:
+    """The calls the worker holds: their records carry its host (written when each call started)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(host="127.0.0.1", port=pg.port, user="parley", database="postgres")
+    try:
+        rows = await conn.fetch("SELECT fs_uuid FROM calls WHERE host LIKE $1", f"%-w{worker.index}")
+    finally:
+        await conn.close()
+    return {r["fs_uuid"] for r in rows}
+
+
+async def until(cond: Callable[[], bool], every_s: float = 0.1) -> None:
+    while True:
+        if cond():
+            return
+        await asyncio.sleep(every_s)
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (a zombie waiting for its supervisor to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+async def read_records(pg: PgServer, report: Report, multi_node: bool) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(host="127.0.0.1", port=pg.port, user="parley", database="postgres")
+    try:
+        rows = await conn.fetch(
+            "SELECT c.fs_uuid, c.host, c.status, c.outcome, c.hangup_by, "
+            "(SELECT count(*) FROM turns t WHERE t.call_id = c.id) AS turns FROM calls c")
+    finally:
+        await conn.close()
+    for row in rows:
+        report.record_rows.setdefault(row["fs_uuid"], []).append(dict(row))
+    for w in report.workers:
+        w.records = sum(1 for r in rows if str(r["host"] or "").endswith(f"-w{w.index}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--calls-per-node", type=int, default=2, help="calls placed through each node (default 2)")
+    p.add_argument("--turns", type=int, default=2, choices=range(1, len(LINES) + 1), help="caller turns per call")
+    p.add_argument("--layout", choices=LAYOUTS, default=LAYOUTS[0],
+                   help="nodes: parley serve --workers 2 holding both nodes; node-per-worker: one serve per node "
+                        f"(default {LAYOUTS[0]})")
+    p.add_argument("--drain-grace-s", type=float, default=300.0, help="the drained worker's grace (default 300)")
+    p.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long (default 600)")
+    p.add_argument("--json", help="also write the report as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
+    args = p.parse_args(argv)
+    report = Report(layout=args.layout)
+    tmp = Path(tempfile.mkdtemp(prefix="parley-rehearsal-"))
+    try:
+        asyncio.run(rehearse(args, tmp, report))
+    except PostgresUnavailable as exc:
+        print(f"SKIP: PostgreSQL cannot be started here: {exc}", flush=True)
+        return EXIT_SKIP
+    except Exception as exc:  # reported as a failed check, with the logs' tails
+        report.errors.append(f"{type(exc).__name__}: {exc}")
+        for log in sorted(tmp.glob("serve*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            print(f"--- {log.name} (last lines)\n" + "\n".join(tail), file=sys.stderr)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(report.table(), flush=True)
+    if args.json:
+        write_json(Path(args.json), report.as_dict())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
