@@ -287,6 +287,7 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
         pg = await asyncio.to_thread(PgServer.create, pg_base, free_port())
         stack.callback(pg.stop)
         await asyncio.to_thread(pg.start)
+        report.pids.append(pg.pid)
         fakes: list[FakeFreeSwitch] = []
         for name in NODE_NAMES:
             fs = FakeFreeSwitch(password=secrets.token_urlsafe(18), temp_dir=tmp / name)
@@ -296,6 +297,8 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
         nodes = [Node(name, fs.esl_port, fs.password) for name, fs in zip(NODE_NAMES, fakes, strict=True)]
         cluster = await start_cluster(nodes, pg, tmp, env, multi_node=multi_node, grace_s=args.drain_grace_s)
         stack.push_async_callback(cluster.stop)
+        report.pids.extend(p.pid for p in cluster.leaders)
+        report.pids.extend(w.pid for w in cluster.workers if w.proc is None)
         client = await stack.enter_async_context(httpx.AsyncClient())
         async with asyncio.timeout(180):
             while not all([await status(client, f"{w.base}/ready") == 200 for w in cluster.workers]):
@@ -390,7 +393,7 @@ def pid_alive(pid: int) -> bool:
 
 
 async def read_records(pg: PgServer, report: Report, multi_node: bool) -> None:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     conn = await asyncpg.connect(host="127.0.0.1", port=pg.port, user="parley", database="postgres")
     try:

@@ -12,6 +12,7 @@ Nothing here asserts timings; the checks are counts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -46,6 +47,7 @@ class PgServer:
     port: int
     run_as: list[str]
     started: bool = False
+    pid: int = 0  # the postmaster's, once started
 
     @property
     def data(self) -> Path:
@@ -96,6 +98,8 @@ class PgServer:
             tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
             raise PostgresUnavailable(f"pg_ctl start failed: {done.stderr.decode(errors='replace').strip()} {tail}")
         self.started = True
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self) -> None:
         """Stop (immediate: the data is thrown away); a no-op when not running."""
@@ -234,6 +238,7 @@ class Report:
     workers: list[WorkerResult] = field(default_factory=list)
     record_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # fs_uuid -> its rows
     supervisor_exit: int | None = None
+    pids: list[int] = field(default_factory=list)  # every process started (PostgreSQL, parley): gone at the end
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -325,6 +330,7 @@ class Report:
             "supervisor_exit": self.supervisor_exit,
             "checks": [asdict(c) for c in self.checks()],
             "errors": list(self.errors),
+            "pids": list(self.pids),
             "ok": self.ok,
             "workers": [asdict(w) for w in self.workers],
             "calls": [asdict(c) for c in self.calls],
