@@ -269,6 +269,9 @@ async def caller(call: FakeCall, result: CallResult, turns: list[Int16Array], vo
             result.dropped = f"hung up by parley ({call.hangup_cause})"
         elif call.ws_close is not None:
             result.dropped = f"stream closed by parley {call.ws_close}"
+    except asyncio.CancelledError:
+        result.dropped = result.dropped or "not finished (the rehearsal was stopped)"
+        raise
     finally:
         first_answered.set()
         if not call.hungup:
@@ -281,6 +284,9 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
     env.pop("PARLEY_ESL_PASSWORD", None)
     secret = env["PARLEY_STREAM_TOKEN_SECRET"]
     multi_node = report.layout == "nodes"
+    main_task = asyncio.current_task()
+    if main_task is not None:  # SIGTERM (a CI timeout): unwind, so every process started here is stopped
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     async with contextlib.AsyncExitStack() as stack:
         pg_base = Path(tempfile.mkdtemp(prefix="parley-rehearsal-pg-"))  # its own: the postgres user owns it
         stack.callback(shutil.rmtree, pg_base, True)
@@ -322,7 +328,7 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
                     ws_url=cluster.ws_url[node.name], uuid=call_uuid, channel_vars={"parley_agent": "true"},
                     extra_headers={"Authorization": f"Bearer {stream_token(secret, call_uuid)}"},
                 )
-                result = CallResult(call_uuid, node.name)
+                result = CallResult(call_uuid, node.name, turns_planned=len(turns))
                 report.calls.append(result)
                 i = n * args.calls_per_node + k
                 callers.append(asyncio.ensure_future(caller(call, result, turns, voice, first[i], drained)))
@@ -427,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     except PostgresUnavailable as exc:
         print(f"SKIP: PostgreSQL cannot be started here: {exc}", flush=True)
         return EXIT_SKIP
-    except Exception as exc:  # reported as a failed check, with the logs' tails
-        report.errors.append(f"{type(exc).__name__}: {exc}")
+    except (Exception, KeyboardInterrupt, asyncio.CancelledError) as exc:  # a failed check, with the logs' tails
+        report.errors.append(f"{type(exc).__name__}: {exc}" if str(exc) else f"interrupted ({type(exc).__name__})")
         for log in sorted(tmp.glob("serve*.log")):
             tail = log.read_text(errors="replace").splitlines()[-15:]
             print(f"--- {log.name} (last lines)\n" + "\n".join(tail), file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,20 +48,25 @@ def gone(pid: int) -> bool:
 def test_rehearsal_with_four_calls_drains_a_worker_and_everything_adds_up(tmp_path: Path) -> None:
     pytest.importorskip("asyncpg", reason="asyncpg is not installed (pip install asyncpg)")
     out = tmp_path / "report.json"
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--calls-per-node", "2", "--turns", "2", "--json", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=1200, check=False,  # bounds a hang only
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=1200)  # bounds a hang only
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the script tears its processes down on SIGTERM
+        stdout, stderr = proc.communicate(timeout=180)
     if proc.returncode == SKIP:
-        pytest.skip(proc.stdout.strip())
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-6000:]
-    assert "RESULT: PASS" in proc.stdout
+        pytest.skip(stdout.strip())
+    assert proc.returncode == 0, stdout + stderr[-6000:]
+    assert "RESULT: PASS" in stdout
     report = json.loads(out.read_text())
 
     assert report["placed"] == 4
     assert {c["node"] for c in report["calls"]} == {"fs-a", "fs-b"}
     assert report["calls_ended_normally"] == 4  # no call dropped
-    assert report["turns_said"] == report["turns_answered"] == 8
+    assert report["turns_planned"] == report["turns_said"] == report["turns_answered"] == 8
     assert report["records_exactly_once"] == report["records_total"] == 4
     assert report["metric_calls_started_sum"] == 4
     assert [w["calls_started"] for w in report["workers"]] == [w["records"] for w in report["workers"]]
@@ -93,7 +99,8 @@ def test_metric_sums_add_labelled_samples_with_and_without_prometheus_client(
 
 def _report(*, rows_per_call: int = 1, dropped: str = "", started: tuple[float, float] = (1, 1)) -> Report:
     report = Report(layout="node-per-worker")
-    report.calls = [CallResult("a" * 8, "fs-a", 2, 2, True, dropped, True), CallResult("b" * 8, "fs-b", 2, 2, True)]
+    report.calls = [CallResult("a" * 8, "fs-a", 2, 2, 2, True, dropped, True),
+                    CallResult("b" * 8, "fs-b", 2, 2, 2, True)]
     report.workers = [
         WorkerResult(0, 10, 1000, ["fs-a"], started[0], 1, 2, 1, drained=True, ready_status_in_drain=503,
                      exit_code=0, records=1),
@@ -114,6 +121,9 @@ def test_report_passes_when_everything_adds_up_and_fails_each_check_on_its_own()
     assert failed(_report(rows_per_call=2)) == ["records exactly once"]
     assert failed(_report(dropped="turn 2 not answered")) == ["no call dropped"]
     assert failed(_report(started=(2, 1))) == ["metrics add up"]
+    short = _report()
+    short.calls[1].turns_said = short.calls[1].turns_answered = 1  # stopped before its last turn
+    assert failed(short) == ["no call dropped"]
     broken = _report()
     broken.errors.append("RuntimeError: boom")
     assert not broken.ok and "FAIL  error: RuntimeError: boom" in broken.table()

@@ -199,6 +199,7 @@ class CallResult:
 
     uuid: str
     node: str
+    turns_planned: int = 0
     turns_said: int = 0
     turns_answered: int = 0
     streamed: bool = False
@@ -247,8 +248,8 @@ class Report:
 
     def checks(self) -> list[Check]:
         placed = self.placed
-        ended_ok = [c for c in self.calls if c.streamed and not c.dropped]
-        said = sum(c.turns_said for c in self.calls)
+        ended_ok = [c for c in self.calls if c.streamed and not c.dropped and c.turns_answered == c.turns_planned]
+        said = sum(c.turns_planned for c in self.calls)
         answered = sum(c.turns_answered for c in self.calls)
         dropped = [f"{c.uuid[:8]}: {c.dropped}" for c in self.calls if c.dropped or not c.streamed]
         once = [u for u, rows in self.record_rows.items() if len(rows) == 1]
@@ -321,7 +322,9 @@ class Report:
         return {
             "layout": self.layout,
             "placed": self.placed,
-            "calls_ended_normally": sum(1 for c in self.calls if c.streamed and not c.dropped),
+            "calls_ended_normally": sum(1 for c in self.calls
+                                        if c.streamed and not c.dropped and c.turns_answered == c.turns_planned),
+            "turns_planned": sum(c.turns_planned for c in self.calls),
             "turns_said": sum(c.turns_said for c in self.calls),
             "turns_answered": sum(c.turns_answered for c in self.calls),
             "records_exactly_once": sum(1 for rows in self.record_rows.values() if len(rows) == 1),
