@@ -1,9 +1,9 @@
 """The composition root: the only place that picks concrete parts and wires them together.
 
-Owns: building the ESL client, the mod_audio_stream server, the bridge and the agent from settings, the
-stream token secret's resolution (configured, else the shared secret file; `parley serve` refuses to run
-without one unless streams may be unauthenticated), the apology rendered once at start with the local
-voice, and running them until asked to stop. Nothing else in parley constructs these.
+Owns: building the ESL clients (one per FreeSWITCH node: :class:`EslNodes`), the mod_audio_stream server, the
+bridge and the agent from settings, the stream token secret's resolution (configured, else the shared secret
+file; `parley serve` refuses to run without one unless streams may be unauthenticated), the apology rendered
+once at start with the local voice, and running them until asked to stop. Nothing else in parley constructs these.
 
 Stopping is a drain (SIGTERM, SIGINT, ``parley drain`` = ``POST /drain`` from this host): ``/ready`` turns 503
 at once, new mod_audio_stream upgrades get 503 + Retry-After (FreeSWITCH reports mod_audio_stream::error
@@ -30,11 +30,12 @@ from parley.agent.realtime_engine import RealtimeEngine
 from parley.agent.session import CallSession, TurnRecord
 from parley.compose import Providers
 from parley.config import Settings
-from parley.errors import ConfigError, EslConnectError, ParleyError
+from parley.errors import ConfigError, ParleyError
 from parley.freeswitch.audio_stream import AudioStreamServer
 from parley.freeswitch.bridge import Agent, Apology, Bridge
 from parley.freeswitch.call import Call
 from parley.freeswitch.esl_client import EslClient
+from parley.freeswitch.esl_nodes import EslNodes
 from parley.freeswitch.stream_token import read_secret_file
 from parley.observe.http import HttpServer
 from parley.observe.metrics import Metrics
@@ -315,9 +316,10 @@ async def open_records(settings: Settings, stack: contextlib.AsyncExitStack) -> 
 
 @dataclass(slots=True)
 class Running:
-    """A started parley: its parts, for tests and the status endpoint."""
+    """A started parley: its parts, for tests and the status endpoint. ``nodes``: one ESL client per
+    FreeSWITCH node (``esl``: the first, with one node the only one)."""
 
-    esl: EslClient
+    nodes: EslNodes
     server: AudioStreamServer
     bridge: Bridge
     store: RecordStore | None = None
@@ -326,6 +328,10 @@ class Running:
     metrics: Metrics | None = None
     readiness: Readiness | None = None
     engine: Engine | None = None
+
+    @property
+    def esl(self) -> EslClient:
+        return self.nodes.first
 
     def begin_drain(self) -> None:
         """Not ready, and no new stream accepted, from now on (idempotent; the calls up go on)."""
@@ -351,7 +357,7 @@ class Running:
             await self.http.close()
         await self.bridge.close()
         await self.server.close()
-        await self.esl.close()
+        await self.nodes.close()
         if self.resources is not None:
             await self.resources.aclose()  # the records writer flushes what is queued
 
@@ -371,19 +377,21 @@ async def start(
     settings: Settings, agent: Agent | None = None, *, apology: Apology | None = None, observe: bool | None = None,
     call_ownership: Literal["event", "stream"] = "event", reuse_port: bool = False,
 ) -> Running:
-    """Start the WebSocket server and the ESL client; raise at once on a wrong ESL password or ACL.
+    """Start the WebSocket server and an ESL client per FreeSWITCH node; raise at once on a wrong ESL password
+    or ACL.
 
     If FreeSWITCH is simply not up yet, keep retrying in the background (a refused connection is not fatal).
     With ``agent`` given (tests, tools), ``apology`` is what the bridge plays when it gives a call up.
     ``observe``: serve HTTP (``/ready`` and ``/drain``; ``/metrics``, ``/health`` and the dashboard with the
     real agent) when ``settings.observe.enabled``; by default only without ``agent``. ``call_ownership``:
-    ``stream`` when several workers share one FreeSWITCH (a worker owns only the calls whose stream it holds).
+    ``stream`` when several workers share one FreeSWITCH (a worker owns only the calls whose stream it holds,
+    and its ESL connections filter in only those calls' events).
     """
     if not settings.freeswitch.audio_stream.token_secret:  # serve() resolved the secret file already
         log.warning("no stream token secret: mod_audio_stream connections are not authenticated")
     fs = settings.freeswitch
     _check_hosting(settings)
-    esl = EslClient(fs.esl)
+    nodes = EslNodes.from_settings(fs.esl_nodes(), filter_calls=call_ownership == "stream")
     store: RecordStore | None = None
     resources = contextlib.AsyncExitStack()
     metrics: Metrics | None = None
@@ -397,14 +405,11 @@ async def start(
         agent = ConversationAgent(engine, store, metrics=metrics, tracer=tracer)
         apology = await render_apology(engine)
     unserved = agent.record_unserved if isinstance(agent, ConversationAgent) else None
-    bridge = Bridge(fs, esl, agent, apology=apology, unserved=unserved, claim_by_event=call_ownership == "event")
+    bridge = Bridge(fs, nodes, agent, apology=apology, unserved=unserved, claim_by_event=call_ownership == "event")
     server = AudioStreamServer(fs.audio_stream, bridge.on_stream, on_refused=bridge.on_refused, reuse_port=reuse_port)
     await server.start()
     try:
-        await esl.start(wait=True)
-    except EslConnectError as exc:
-        log.warning("%s; will keep retrying", exc)
-        await esl.start(wait=False)
+        await nodes.start()
     except BaseException:
         await server.close()
         await resources.aclose()
@@ -416,7 +421,7 @@ async def start(
         http = HttpServer(settings.observe.host, settings.observe.port)
         readiness.install(http)
     if http is not None and metrics is not None and engine is not None:
-        metrics.watch(bridge=bridge, esl=esl, records=store, streams=server,
+        metrics.watch(bridge=bridge, esl=nodes, records=store, streams=server,
                       providers={"stt": engine.stt, "llm": engine.llm, "tts": engine.tts})
         metrics.install(http)
         if store is not None:
@@ -429,11 +434,12 @@ async def start(
         await http.start()
         log.info("ready, metrics, health and dashboard on %s/", http.url)
     log.info(
-        "parley ready: mod_audio_stream on ws://%s:%d%s/<uuid>, ESL %s:%d",
-        fs.audio_stream.listen_host, server.port, fs.audio_stream.path, fs.esl.host, fs.esl.port,
+        "parley ready: mod_audio_stream on ws://%s:%d%s/<uuid>, ESL %s",
+        fs.audio_stream.listen_host, server.port, fs.audio_stream.path,
+        ", ".join(f"{n} {c.host}:{c.port}" for n, c in nodes.items()),
     )
     voice = engine or (agent.engine if isinstance(agent, ConversationAgent) else None)  # says the goodbye
-    return Running(esl, server, bridge, store, resources, http, metrics, readiness, voice)
+    return Running(nodes, server, bridge, store, resources, http, metrics, readiness, voice)
 
 
 async def serve(
@@ -469,7 +475,7 @@ async def serve(
         from parley.workers import signal_supervisor
 
         running.readiness.on_drain = stop.set if worker_index is None else signal_supervisor
-    fatal = asyncio.ensure_future(running.esl.wait_fatal())
+    fatal = asyncio.ensure_future(running.nodes.wait_fatal())
     stopped = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({fatal, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -6,6 +6,11 @@ from the environment. Must not know how any setting is used. Everything below is
 
 Secrets never need to be in the file: ``PARLEY_ESL_PASSWORD`` and ``PARLEY_STREAM_TOKEN_SECRET`` override
 it. The FreeSWITCH default ESL password ``ClueCon`` is refused outright: ESL is shell access.
+
+FreeSWITCH nodes: ``freeswitch.nodes`` lists them (``{name, esl: {host, port, password}}``); a node's password
+may come from ``PARLEY_ESL_PASSWORD_<NAME>`` (the name upper-cased, ``-`` as ``_``). With no nodes listed (the
+default) there is one node, ``default``, made of ``freeswitch.esl`` and the ``PARLEY_ESL_*`` variables:
+:meth:`FreeSwitchSettings.esl_nodes` gives the list either way.
 """
 
 from __future__ import annotations
@@ -38,6 +43,23 @@ class EslSettings:
     reconnect_initial_s: float = 0.25
     reconnect_max_s: float = 8.0
     event_format: Literal["json", "plain"] = "json"
+
+
+NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a FreeSWITCH node's name (config, stream metadata, health)
+DEFAULT_NODE = "default"  # the one node made of freeswitch.esl when no nodes are listed
+
+
+def node_password_env(name: str) -> str:
+    """The environment variable holding a node's ESL password: ``PARLEY_ESL_PASSWORD_FS_B`` for ``fs-b``."""
+    return "PARLEY_ESL_PASSWORD_" + name.upper().replace("-", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class EslNodeSettings:
+    """One FreeSWITCH node parley controls calls through: its name (the stream metadata names it) and ESL."""
+
+    name: str = DEFAULT_NODE
+    esl: EslSettings = field(default_factory=EslSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +155,27 @@ class FreeSwitchSettings:
     dialplan: DialplanSettings = field(default_factory=DialplanSettings)
     # ESL clients allowed by the rendered ACL (CIDRs). Loopback only by default.
     esl_allowed_cidrs: tuple[str, ...] = ("127.0.0.1/32",)
+    # Several FreeSWITCH nodes, each with its own ESL: [{name: fs-a, esl: {host, port, password}}, ...].
+    # Empty: one node named "default" from `esl` above.
+    nodes: tuple[EslNodeSettings, ...] = ()
+
+    def esl_nodes(self) -> tuple[EslNodeSettings, ...]:
+        """The configured nodes, or the single ``default`` node made of ``esl``."""
+        return self.nodes or (EslNodeSettings(DEFAULT_NODE, self.esl),)
+
+    def node(self, name: str | None = None) -> EslNodeSettings:
+        """The node called ``name``; without a name, the only node (ConfigError when there are several)."""
+        nodes = self.esl_nodes()
+        if name is None:
+            if len(nodes) == 1:
+                return nodes[0]
+            names = ", ".join(n.name for n in nodes)
+            raise ConfigError(f"freeswitch.nodes lists {len(nodes)} nodes ({names}): name one")
+        for node in nodes:
+            if node.name == name:
+                return node
+        names = ", ".join(n.name for n in nodes)
+        raise ConfigError(f"no FreeSWITCH node named {name!r} (configured: {names})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +413,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return dict(value)
+    if origin is tuple and (args := get_args(tp)) and is_dataclass(args[0]) and isinstance(args[0], type):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_build(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
     if origin is tuple:
         if isinstance(value, str):
             value = [value]
@@ -431,12 +478,17 @@ def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
         esl = replace(esl, host=env["PARLEY_ESL_HOST"])
     if env.get("PARLEY_ESL_PORT"):
         esl = replace(esl, port=_coerce(int, env["PARLEY_ESL_PORT"], "PARLEY_ESL_PORT"))
+    nodes = tuple(
+        replace(n, esl=replace(n.esl, password=env[node_password_env(n.name)]))
+        if env.get(node_password_env(n.name)) else n
+        for n in fs.nodes
+    )
     if env.get("PARLEY_STREAM_TOKEN_SECRET"):
         stream = replace(stream, token_secret=env["PARLEY_STREAM_TOKEN_SECRET"])
     playback = fs.playback
     if env.get("PARLEY_SPOOL_DIR"):
         playback = replace(playback, spool_dir=env["PARLEY_SPOOL_DIR"])
-    fs = replace(fs, esl=esl, audio_stream=stream, playback=playback)
+    fs = replace(fs, esl=esl, audio_stream=stream, playback=playback, nodes=nodes)
     records = settings.records
     if env.get("PARLEY_RECORDS_URL"):
         records = replace(records, url=env["PARLEY_RECORDS_URL"])
@@ -466,10 +518,29 @@ def validate(settings: Settings) -> Settings:
     if stream.stall_timeout_s < 0:
         raise ConfigError("freeswitch.audio_stream.stall_timeout_s must be 0 (off) or more")
     settings.freeswitch.dialplan.fallback()  # raises on a malformed fallback_extension
+    validate_nodes(settings.freeswitch.nodes)
     pb = settings.freeswitch.playback
     if not 20 <= pb.first_chunk_ms <= pb.max_chunk_ms or not 20 <= pb.chunk_ms <= pb.max_chunk_ms:
         raise ConfigError("freeswitch.playback: need 20 <= first_chunk_ms, chunk_ms <= max_chunk_ms")
     return settings
+
+
+def validate_nodes(nodes: tuple[EslNodeSettings, ...]) -> None:
+    """Node names are letters, digits, ``-`` and ``_``, unique (also as environment variable names), and each
+    node's ESL port is a TCP port. ConfigError says which node is wrong and why."""
+    seen: dict[str, str] = {}
+    for i, node in enumerate(nodes):
+        where = f"freeswitch.nodes[{i}]"
+        if not isinstance(node.name, str) or not NODE_NAME.fullmatch(node.name):
+            raise ConfigError(f"{where}.name: {node.name!r} must be 1-64 letters, digits, '-' or '_' (the stream "
+                              "metadata and /health name the node by it)")
+        env = node_password_env(node.name)
+        if env in seen:
+            same = "is used twice" if seen[env] == node.name else f"and {seen[env]!r} share {env}"
+            raise ConfigError(f"{where}.name: {node.name!r} {same}: node names must be unique")
+        seen[env] = node.name
+        if not 0 < node.esl.port < 65536:
+            raise ConfigError(f"{where}.esl.port: {node.esl.port} is not a TCP port")
 
 
 def require_esl_password(esl: EslSettings) -> str:

@@ -71,7 +71,9 @@ def fs_globals(out: Path) -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
-_INNERMOST = re.compile(r"\$\{([A-Za-z0-9_]+)(?:\(([^${}()]*)\))?\}")
+# innermost ${var} / ${api(args)}; args may hold a balanced {...} with no ${ inside (the JSON metadata): the
+# expansion counts nested braces, so the metadata's own braces do not end the ${...}
+_INNERMOST = re.compile(r"\$\{([A-Za-z0-9_]+)(?:\(((?:[^${}()]|\{[^${}()]*\})*)\))?\}")
 
 
 def fs_expand(data: str, variables: Mapping[str, str], apis: Mapping[str, Callable[[str], str]]) -> str:
@@ -167,14 +169,16 @@ def test_stream_start_expands_to_the_command_parley_serves(tmp_path: Path, call_
     value = set_value(actions(tmp_path / "out" / DIALPLAN), "parley_stream_result")
     assert fs_expand(value, {"uuid": call_uuid}, apis) == "+OK Success\n"
     # mod_audio_stream splits on spaces into at most 6 tokens (FreeSWITCH switch_separate_string)
-    assert calls[0].split(" ") == [call_uuid, "start", f"ws://127.0.0.1:9100/fs/{call_uuid}", "mono", "8k"]
+    assert calls[0].split(" ") == [
+        call_uuid, "start", f"ws://127.0.0.1:9100/fs/{call_uuid}", "mono", "8k", '{"node":"default"}'
+    ]
 
 
 @pytest.mark.parametrize(("rate", "token"), [(8000, "8k"), (16000, "16k"), (48000, "48000")])
 def test_rate_argument(tmp_path: Path, rate: int, token: str) -> None:
     render(tmp_path, settings(audio_stream={"sample_rate": rate}))
     start = set_value(actions(tmp_path / "out" / DIALPLAN), "parley_stream_result")
-    assert start.endswith(f" mono {token})}}")
+    assert start.endswith(f' mono {token} {{"node":"default"}})}}')
     assert f'local RATE = "{token}"' in (tmp_path / "out" / LUA).read_text()
 
 

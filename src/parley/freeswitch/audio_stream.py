@@ -16,11 +16,12 @@ hangup. Binary frames from us are ignored by the module; text frames are read as
 Per connection: ``process_request`` refuses the upgrade (404 unknown path, 400 malformed uuid / rate /
 mix, 401 bad token when the path names the call, 503 with ``Retry-After`` while draining for a call the
 server was not told it owns: see :meth:`AudioStreamServer.drain`). Then one receive loop (the websockets handler task;
-no task per frame) treats a first TEXT frame that is a JSON object as metadata (it may name the call and
-override the format), calls ``on_stream`` once (after the first message, or after 0.5 s of silence;
-never for a connection refused by its first message or gone before), enqueues frames and counts
-garbage. Policy closes are 1008 (unidentified past the timeout, bad token, bad metadata, garbage
-flood); 1011 if ``on_stream`` raises. websockets answers pings; its DEBUG log is muted (tokens, audio).
+no task per frame) treats a first TEXT frame that is a JSON object as metadata (it may name the call,
+the FreeSWITCH node that placed it (``node``: letters, digits, ``-``, ``_``) and override the format),
+calls ``on_stream`` once (after the first message, or after 0.5 s of silence; never for a connection
+refused by its first message or gone before), enqueues frames and counts garbage. Policy closes are
+1008 (unidentified past the timeout, bad token, bad metadata, garbage flood); 1011 if ``on_stream``
+raises. websockets answers pings; its DEBUG log is muted (tokens, audio).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.exceptions import ProtocolError as WsProtocolError
 from websockets.http11 import Request, Response
 
-from parley.config import AudioStreamSettings
+from parley.config import NODE_NAME, AudioStreamSettings
 from parley.errors import AudioStreamProtocolError, CallGone
 from parley.freeswitch.stream_token import check_stream_token, is_call_uuid
 
@@ -277,6 +278,7 @@ class AudioStream:
         self.headers: Mapping[str, str] = MappingProxyType(_public_headers(ws.request.headers))
         self.remote = _remote(ws)
         self.metadata: Mapping[str, object] | None = None
+        self.node: str | None = None  # the FreeSWITCH node that placed the call, as the metadata names it
         base = StreamFormat(settings.sample_rate, 2 if settings.mix == "stereo" else 1)
         self.format = _format_from(base, query.get("rate"), query.get("mix"))
         self.frames = FrameQueue(settings.queue_frames)
@@ -412,6 +414,12 @@ class AudioStream:
             self._total.bad_metadata_closed += 1
             self._log.warning("refusing metadata: %s", exc)
             return "bad metadata"
+        node = meta.get("node")
+        if node is not None and not (isinstance(node, str) and NODE_NAME.fullmatch(node)):
+            self._total.bad_metadata_closed += 1
+            self._log.warning("refusing metadata: node %.70r is not a node name", node)
+            return "bad metadata"
+        self.node = node
         uuid = next(
             (v.lower() for k in _METADATA_UUID_KEYS if isinstance(v := meta.get(k), str) and is_call_uuid(v)), None
         )

@@ -26,6 +26,16 @@ go without hanging up: the other worker owns it from then on. Events of other ca
 only remembered briefly (a bounded cache) so that a stream that arrives later can be matched with the call's
 details.
 
+Several FreeSWITCH nodes (:class:`~parley.freeswitch.esl_nodes.EslNodes`): each call belongs to the node that
+placed it, named by its stream's metadata (``node``), else by the node whose ESL told us about it, else the only
+node. Its playback, breaks, hangup, transfer, restarts and events go through that node's ESL alone; a stream
+naming a node we do not know, or another node than its call's, is refused (1008, counted as rejected). A node
+whose ESL is down holds up only its own calls. With owned-call filters (``EslClient(filter_calls=True)``, set
+for ``--call-ownership stream``) a worker adds ``filter Unique-ID <uuid>`` on the call's node when it takes
+the call (on every node for a refused upgrade, whose node is not known yet) and deletes it when it lets the
+call go; the call's early events were filtered out, so it is confirmed with ``uuid_exists`` at once. Streams
+without a call UUID cannot be paired by ``::connect`` then (other calls' events never arrive).
+
 Drain (:meth:`Bridge.drain`, for SIGTERM or ``parley drain``): the calls held when it starts (and their
 restarted streams) go on; a new call's upgrade is refused by the server (503) and the call goes to the
 fallback without the apology (it was never answered by the agent); after ``grace_s`` the calls still up
@@ -50,6 +60,7 @@ from parley.freeswitch import esl_protocol as esl
 from parley.freeswitch.audio_stream import AudioStream
 from parley.freeswitch.call import Call
 from parley.freeswitch.esl_client import EslClient
+from parley.freeswitch.esl_nodes import EslNodes
 from parley.observe.redact import PhoneNumber
 
 log = logging.getLogger("parley.bridge")
@@ -98,7 +109,7 @@ class Bridge:
     def __init__(
         self,
         settings: FreeSwitchSettings,
-        esl_client: EslClient,
+        esl_client: EslClient | EslNodes,
         agent: Agent,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -109,19 +120,19 @@ class Bridge:
     ) -> None:
         self.settings = settings
         self.claim_by_event = claim_by_event  # False: a call is ours only when we hold (or refused) its stream
-        self.esl = esl_client
+        self.nodes = esl_client if isinstance(esl_client, EslNodes) else EslNodes.single(esl_client)
         self.agent = agent
         self.apology = apology
         self.unserved = unserved  # called for a call concluded before any agent ran (its record)
         self._clock = clock
         self._grace = hangup_grace_s
         self.calls: dict[str, Call] = {}
-        self._seen: OrderedDict[str, esl.Event] = OrderedDict()  # latest info event of not-yet-ours calls
+        self._seen: OrderedDict[str, tuple[str, esl.Event]] = OrderedDict()  # (node, latest info event), not ours
         # calls parley let go of (retired) that FreeSWITCH may still carry, e.g. transferred to a person:
         # their later events and streams must not bring them back as a new call (a second greeting)
         self._let_go: OrderedDict[str, None] = OrderedDict()
         self._anonymous: list[AudioStream] = []
-        self._connects: OrderedDict[str, float] = OrderedDict()  # ::connect of calls with no stream yet
+        self._connects: OrderedDict[str, tuple[float, str]] = OrderedDict()  # (t, node) of ::connect, no stream yet
         self._retiring: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._agents: dict[str, asyncio.Task[None]] = {}
@@ -133,8 +144,13 @@ class Bridge:
         self._kept: frozenset[str] | None = None  # while draining: the calls held when the drain began
         self._giving_up: set[asyncio.Future[None]] = set()  # refused calls being concluded and recorded
         self.stats = BridgeStats()
-        esl_client.on_event(self.on_esl_event)
-        esl_client.on_reconnect(self.on_esl_reconnect)
+        for name, client in self.nodes.items():
+            client.on_event(lambda ev, n=name: self.on_esl_event(ev, n))  # type: ignore[misc]
+            client.on_reconnect(lambda n=name: self.on_esl_reconnect(n))  # type: ignore[misc]
+
+    def client(self, call: Call) -> EslClient:
+        """The ESL client of the node that placed ``call``."""
+        return self.nodes[call.node]
 
     # ---- inputs ------------------------------------------------------------------------------------
 
@@ -142,6 +158,9 @@ class Bridge:
         """AudioStreamServer callback: a mod_audio_stream connection, possibly not yet identified."""
         if self._closing:
             self._spawn(stream.close(1001, "parley shutting down"))
+            return
+        if stream.node is not None and stream.node not in self.nodes:
+            self._reject(stream, f"unknown FreeSWITCH node {stream.node!r} (configured: {', '.join(self.nodes)})")
             return
         if stream.call_uuid is None:
             if not self.settings.audio_stream.allow_anonymous:
@@ -154,26 +173,39 @@ class Bridge:
         self._connects.pop(stream.call_uuid, None)
         self._attach(stream.call_uuid, stream)
 
+    def _reject(self, stream: AudioStream, why: str) -> None:
+        """Refuse a stream after its metadata (1008), counted as a rejected stream."""
+        self.stats.streams_rejected += 1
+        log.warning("refusing stream #%s of call %s: %s", stream.conn_id, stream.call_uuid or "-", why)
+        self._spawn(stream.close(1008, why[:120]))
+
     def on_refused(self, call_uuid: str | None, reason: str) -> None:
         """AudioStreamServer callback: an upgrade refused before the WebSocket opened (a 401 for a token)."""
         self.stats.streams_rejected += 1
         if call_uuid is not None:
             self._refusals[call_uuid] = reason
+            for client in self.nodes.clients.values():  # its node is not known yet: its events, from any node
+                if client.filter_calls:
+                    self._spawn(self._own(client, call_uuid))
             while len(self._refusals) > _CACHE_MAX:
-                self._refusals.popitem(last=False)
+                gone, _ = self._refusals.popitem(last=False)
+                if gone not in self.calls:
+                    for client in self.nodes.clients.values():
+                        self._spawn(self._release(client, gone))
 
-    def on_esl_event(self, event: esl.Event) -> None:
-        """ESL events of calls not (yet) routed to a Call."""
+    def on_esl_event(self, event: esl.Event, node: str | None = None) -> None:
+        """ESL events of calls not (yet) routed to a Call, from ``node`` (default: the first node)."""
         uuid = event.unique_id
         if not uuid or self._closing:
             return
+        node = node or self.nodes.names[0]
         call = self.calls.get(uuid)
         if call is None and uuid in self._let_go:
             if event.name == "CHANNEL_HANGUP_COMPLETE":
                 self._let_go.pop(uuid, None)
             return
         if event.subclass == "mod_audio_stream::connect" and (call is None or call.stream is None):
-            self._connects[uuid] = self._clock()
+            self._connects[uuid] = (self._clock(), node)
             while len(self._connects) > _CACHE_MAX:
                 self._connects.popitem(last=False)
         elif event.name == "CHANNEL_HANGUP":
@@ -181,15 +213,18 @@ class Bridge:
         if call is None and event.variable("parley_agent") == "true" and (
             self.claim_by_event or uuid in self._refusals
         ):
-            call = self._new_call(uuid)
+            call = self._new_call(uuid, node)
+            for other, client in self.nodes.items():  # a refused call's filter was added on every node
+                if other != node and client.filter_calls:
+                    self._spawn(self._release(client, uuid))
         if call is not None:
             self._call_event(call, event)
             return
         if event.subclass == "mod_audio_stream::connect":
-            self._seen[uuid] = event
+            self._seen[uuid] = (node, event)
             self._correlate()
         elif event.name in _INFO_EVENTS:
-            self._seen[uuid] = event
+            self._seen[uuid] = (node, event)
             self._seen.move_to_end(uuid)
             while len(self._seen) > _CACHE_MAX:
                 self._seen.popitem(last=False)
@@ -204,7 +239,7 @@ class Bridge:
         """
         now = self._clock()
         window = self.settings.audio_stream.unidentified_timeout_s
-        for uuid, t in list(self._connects.items()):
+        for uuid, (t, _node) in list(self._connects.items()):
             if now - t > window or (uuid in self.calls and self.calls[uuid].stream is not None):
                 del self._connects[uuid]
         waiting = [st for st in self._anonymous if not st.closed.is_set()]
@@ -214,7 +249,7 @@ class Bridge:
                             "in the stream URL or metadata", len(waiting), len(self._connects))
             return
         stream = waiting[0]
-        uuid, _ = self._connects.popitem()
+        uuid, (_t, node) = self._connects.popitem()
         self._anonymous.remove(stream)
         try:
             stream.bind(uuid)
@@ -222,11 +257,12 @@ class Bridge:
             log.warning("could not bind unidentified stream #%s to call %s: %s", stream.conn_id, uuid, exc)
             return
         log.info("bound unidentified stream #%s to call %s by its mod_audio_stream::connect", stream.conn_id, uuid)
-        self._attach(uuid, stream)
+        self._attach(uuid, stream, node)
 
-    def on_esl_reconnect(self) -> None:
-        """Events were lost during the outage: ask FreeSWITCH which of our calls still exist."""
-        self._spawn(self._resync())
+    def on_esl_reconnect(self, node: str | None = None) -> None:
+        """Events were lost during the outage: ask FreeSWITCH (``node``'s; default every node) which of our
+        calls still exist."""
+        self._spawn(self._resync(node))
 
     # ---- lifecycle -----------------------------------------------------------------------------------
 
@@ -314,22 +350,44 @@ class Bridge:
             async with asyncio.timeout(2):
                 await call.hangup("NORMAL_CLEARING")
 
-    def _new_call(self, uuid: str) -> Call:
-        call = Call(uuid, self.esl, self.settings, clock=self._clock)
+    def _new_call(self, uuid: str, node: str) -> Call:
+        client = self.nodes[node]
+        call = Call(uuid, client, self.settings, clock=self._clock, node=node)
         call.concluder = self._conclude
         self.calls[uuid] = call
-        self.esl.route_call(uuid, lambda ev, c=call: self._call_event(c, ev))  # type: ignore[misc]
+        client.route_call(uuid, lambda ev, c=call: self._call_event(c, ev))  # type: ignore[misc]
         cached = self._seen.pop(uuid, None)
-        if cached is not None:
-            call.handle_event(cached)
+        if cached is not None and cached[0] == node:
+            call.handle_event(cached[1])
         return call
 
-    def _attach(self, uuid: str, stream: AudioStream) -> None:
+    def _node_of(self, uuid: str, stream: AudioStream, hint: str | None) -> str | None:
+        """The node of a new call: what its stream's metadata says, else the node whose events told us about
+        it, else the only node. None: several nodes and nothing says which."""
+        if stream.node is not None:
+            return stream.node
+        if hint is not None:
+            return hint
+        seen = self._seen.get(uuid)
+        if seen is not None:
+            return seen[0]
+        return self.nodes.default
+
+    def _attach(self, uuid: str, stream: AudioStream, hint: str | None = None) -> None:
         if uuid not in self.calls and uuid in self._let_go:  # ended or handed over: nobody streams to it now
             self.stats.streams_rejected += 1
             self._spawn(stream.close(1008, "call no longer handled by parley"))
             return
-        call = self.calls.get(uuid) or self._new_call(uuid)
+        call = self.calls.get(uuid)
+        if call is not None and stream.node is not None and stream.node != call.node:
+            self._reject(stream, f"names FreeSWITCH node {stream.node!r}, its call is on {call.node!r}")
+            return
+        if call is None:
+            node = self._node_of(uuid, stream, hint)
+            if node is None:
+                self._spawn(self._find_node(uuid, stream))
+                return
+            call = self._new_call(uuid, node)
         if call.media_ended or call.transferred_to is not None:
             self._spawn(stream.close(1008, "call no longer handled by parley"))
             return
@@ -345,15 +403,42 @@ class Bridge:
         else:
             self._spawn(self._confirm(call))
 
+    async def _find_node(self, uuid: str, stream: AudioStream) -> None:
+        """A stream whose metadata names no node, with several nodes: the node whose FreeSWITCH knows the UUID
+        (``uuid_exists`` on each), else the stream is refused."""
+        async def knows(client: EslClient) -> bool:
+            try:
+                async with asyncio.timeout(self.settings.audio_stream.unidentified_timeout_s):
+                    return (await client.api(f"uuid_exists {uuid}", check=False)).strip() == "true"
+            except (FreeSwitchError, TimeoutError):
+                return False
+
+        names = list(self.nodes)
+        found = [n for n, yes in zip(names, await asyncio.gather(*(knows(self.nodes[n]) for n in names)),
+                                     strict=True) if yes]
+        if stream.closed.is_set() or self._closing:
+            return
+        if uuid in self.calls:  # its events came meanwhile (claimed by event)
+            self._attach(uuid, stream)
+        elif len(found) == 1:
+            self._attach(uuid, stream, found[0])
+        else:
+            self._reject(stream, f"its metadata names no FreeSWITCH node and {len(found)} of the {len(names)} "
+                                 "nodes know the call")
+
     async def _confirm(self, call: Call) -> None:
         """A stream named a call ESL has not told us about: wait for its events, then ask FreeSWITCH."""
         deadline = self.settings.audio_stream.unidentified_timeout_s
+        client = self.client(call)
+        if client.filter_calls:  # its events so far were filtered out: take them from now on, then ask at once
+            await self._own(client, call.uuid)
+            deadline = 0.0
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(deadline):
                 await Call.wait_any(call.confirmed, call.hungup)
         if not call.esl_confirmed:
             try:
-                exists = (await self.esl.api(f"uuid_exists {call.uuid}", check=False)).strip() == "true"
+                exists = (await client.api(f"uuid_exists {call.uuid}", check=False)).strip() == "true"
             except FreeSwitchError as exc:
                 call.log.warning("cannot confirm with FreeSWITCH (%s)", exc)
                 exists = False
@@ -487,9 +572,11 @@ class Bridge:
             self.stats.stream_restarts += 1
             failed.clear()
             try:
-                await self.esl.api(f"uuid_audio_stream {call.uuid} stop", check=False)
-                await self.esl.api(
-                    f"uuid_audio_stream {call.uuid} start {cfg.dial_url}/{call.uuid} {cfg.mix} {rate}"
+                # the metadata names the node, so a restarted stream that lands on another worker is placed right
+                await self.client(call).api(f"uuid_audio_stream {call.uuid} stop", check=False)
+                await self.client(call).api(
+                    f"uuid_audio_stream {call.uuid} start {cfg.dial_url}/{call.uuid} {cfg.mix} {rate} "
+                    + json.dumps({"node": call.node}, separators=(",", ":"))
                 )
             except (FreeSwitchError, CallGone) as exc:
                 call.log.warning("stream restart %d failed: %s", attempt + 1, exc)
@@ -612,7 +699,7 @@ class Bridge:
         if call.hungup.is_set() or call.stream is not stream or call.uuid in self._recovering:
             return
         try:
-            exists = (await self.esl.api(f"uuid_exists {call.uuid}", check=False)).strip() == "true"
+            exists = (await self.client(call).api(f"uuid_exists {call.uuid}", check=False)).strip() == "true"
         except FreeSwitchError:
             exists = True
         if not exists:
@@ -673,7 +760,10 @@ class Bridge:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1):
                     await call.stream.close(1000, "call ended")
-        self.esl.route_call(call.uuid, lambda ev: None)()  # drop the route
+        client = self.client(call)
+        client.route_call(call.uuid, lambda ev: None)()  # drop the route
+        if client.filter_calls:
+            self._spawn(self._release(client, call.uuid))
         del self.calls[call.uuid]
         self._let_go[call.uuid] = None
         while len(self._let_go) > _CACHE_MAX:
@@ -691,10 +781,22 @@ class Bridge:
         if stream.call_uuid is not None and stream.call_uuid not in self.calls and not stream.closed.is_set():
             self._attach(stream.call_uuid, stream)  # identified later by its own metadata
 
-    async def _resync(self) -> None:
+    async def _own(self, client: EslClient, uuid: str) -> None:
+        try:
+            await client.own_call(uuid)
+        except FreeSwitchError as exc:
+            log.warning("cannot filter in the events of call %s: %s", uuid, exc)
+
+    async def _release(self, client: EslClient, uuid: str) -> None:
+        with contextlib.suppress(FreeSwitchError):
+            await client.release_call(uuid)
+
+    async def _resync(self, node: str | None = None) -> None:
         for call in list(self.calls.values()):
+            if node is not None and call.node != node:
+                continue
             try:
-                exists = (await self.esl.api(f"uuid_exists {call.uuid}", check=False)).strip() == "true"
+                exists = (await self.client(call).api(f"uuid_exists {call.uuid}", check=False)).strip() == "true"
             except FreeSwitchError as exc:
                 call.log.warning("resync failed: %s", exc)
                 continue

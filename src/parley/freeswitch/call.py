@@ -115,8 +115,10 @@ class Call:
         settings: FreeSwitchSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        node: str = "default",
     ) -> None:
         self.uuid = uuid
+        self.node = node  # the FreeSWITCH node that placed the call: its ESL controls it (esl_client)
         self.info = CallInfo(uuid)
         self.settings = settings
         self.esl = CallEsl(esl_client)
@@ -323,6 +325,8 @@ class Call:
 
     def handle_event(self, event: esl.Event) -> None:
         self.confirmed.set()
+        if self.info.caller_number is None:  # the first event seen (owned-call filters miss the early ones)
+            self.update_info(event)
         if event.variable("parley_fallback") == "lua":
             self.fallback_by_dialplan = True  # the Lua helper transfers a call whose stream never connects
         name = event.name

@@ -11,6 +11,13 @@ anything about a call. The token formula used here must stay the one in
 secret generation and the writing. Templates are package data in ``conf/`` with ``@@{name}``
 placeholders, because ``${...}`` and ``$${...}`` belong to FreeSWITCH.
 
+Several FreeSWITCH nodes: the files are rendered for one node (``node``, default the only one): its ESL
+address, port and password go into ``event_socket.conf.xml``, and the stream's first text frame (the
+mod_audio_stream metadata, in both dialplans and on parley's own restarts) is ``{"node":"<name>"}`` so that
+parley controls the call through that node's ESL. The metadata is compact JSON without spaces, quotes or
+backslashes beyond its own double quotes, so the argument splitter and the dialplan expansion leave it intact
+(code reading of ``switch_separate_string`` and the nested-brace count of the variable expansion).
+
 One deliberate shape: the dialplan reads the secret from the global variable ``parley_stream_secret``
 (set in ``vars.parley.xml``) rather than carrying it inline in ``${md5(<secret>:${uuid})}``.
 mod_dialplan_xml logs every action's data *before* expansion at DEBUG level, which the vanilla log file
@@ -127,15 +134,17 @@ def generate_secret(token: Callable[[int], str] = secrets.token_urlsafe, nbytes:
 
 
 def render_config(
-    settings: Settings, out_dir: Path, *, esl_password: str | None = None, stream_secret: str | None = None
+    settings: Settings, out_dir: Path, *, esl_password: str | None = None, stream_secret: str | None = None,
+    node: str | None = None,
 ) -> RenderResult:
     """Write parley's FreeSWITCH configuration under ``out_dir``.
 
     Secrets: the argument, else the configured value, else a generated one. A configured ESL password
     that is a well-known default, short, or made of characters FreeSWITCH would mangle is refused
-    with :class:`ConfigError`. Nothing is written unless every file renders.
+    with :class:`ConfigError`. Nothing is written unless every file renders. ``node``: the FreeSWITCH node
+    the files are for (its ESL settings; the stream metadata names it); default the only node.
     """
-    esl = settings.freeswitch.esl
+    esl = settings.freeswitch.node(node).esl
     if esl_password or esl.password:  # refuses the well-known defaults with parley's usual message
         require_esl_password(replace(esl, password=esl_password or esl.password))
     password, password_generated = _choose(esl_password or esl.password, "ESL password", ESL_PASSWORD_ENV)
@@ -150,12 +159,12 @@ def render_config(
         secret_generated = stored is None
         secret = stored if stored is not None else generate_secret()
         _check_secret(secret, "stream token secret", STREAM_SECRET_ENV)
-    files, warnings = render_files(settings, esl_password=password, stream_secret=secret)
+    files, warnings = render_files(settings, esl_password=password, stream_secret=secret, node=node)
     if secret_file is not None and secret_generated:
         stored = create_secret_file(secret_file, secret)
         if stored != secret:  # another render stored one first: FreeSWITCH and parley must share that one
             secret, secret_generated = stored, False
-            files, warnings = render_files(settings, esl_password=password, stream_secret=secret)
+            files, warnings = render_files(settings, esl_password=password, stream_secret=secret, node=node)
     out_dir = Path(out_dir)
     paths = tuple(_write(out_dir, f) for f in files)
     return RenderResult(out_dir, paths, password, password_generated, secret, secret_generated, tuple(warnings),
@@ -163,12 +172,15 @@ def render_config(
 
 
 def render_files(
-    settings: Settings, *, esl_password: str, stream_secret: str
+    settings: Settings, *, esl_password: str, stream_secret: str, node: str | None = None
 ) -> tuple[list[RenderedFile], list[str]]:
     """Every output file's text, plus warnings for the user. Pure: no I/O besides reading templates."""
     _check_secret(esl_password, "ESL password", ESL_PASSWORD_ENV)
     _check_secret(stream_secret, "stream token secret", STREAM_SECRET_ENV)
     fs = settings.freeswitch
+    esl = fs.node(node).esl
+    node_name = fs.node(node).name
+    metadata = '{"node":"' + node_name + '"}'  # NODE_NAME: letters, digits, '-', '_' only
     dp = fs.dialplan
     warnings: list[str] = []
     context = _name(dp.context, "freeswitch.dialplan.context")
@@ -176,9 +188,9 @@ def render_files(
     pattern = _plain(dp.destination_pattern, "freeswitch.dialplan.destination_pattern")
     url = _stream_url(fs.audio_stream, warnings)
     mix, rate, heartbeat = _stream_params(fs.audio_stream, warnings)
-    if not 0 < fs.esl.port < 65536:
-        raise ConfigError(f"freeswitch.esl.port: {fs.esl.port} is not a TCP port")
-    listen_ip = _esl_listen_ip(fs.esl.host, fs.esl.port, warnings)
+    if not 0 < esl.port < 65536:
+        raise ConfigError(f"freeswitch.esl.port: {esl.port} is not a TCP port")
+    listen_ip = _esl_listen_ip(esl.host, esl.port, warnings)
     networks = _acl_networks(fs.esl_allowed_cidrs, listen_ip, warnings)
     fb_dest, fb_dialplan, fb_context = _fallback(dp.fallback_extension, context)
     common = {
@@ -186,12 +198,12 @@ def render_files(
         "acl_name": ESL_ACL_NAME,
         "secret_var": STREAM_SECRET_VAR,
         "listen_ip": listen_ip,
-        "port": str(fs.esl.port),
+        "port": str(esl.port),
     }
 
     # FreeSWITCH expands ${uuid} and the global ${parley_stream_secret} inside the md5 API's argument.
     headers = '{"Authorization":"Bearer ${md5(${' + STREAM_SECRET_VAR + '}:${uuid})}"}'
-    start = f"${{uuid_audio_stream(${{uuid}} start {url}/${{uuid}} {mix} {rate})}}"
+    start = f"${{uuid_audio_stream(${{uuid}} start {url}/${{uuid}} {mix} {rate} {metadata})}}"
     record = ""
     if dp.record_sessions:
         record = "\n      ".join(
@@ -214,6 +226,7 @@ def render_files(
         "dial_url": _lua(url),
         "mix": _lua(mix),
         "rate": _lua(rate),
+        "node": _lua(node_name),
         "heartbeat_s": _lua(str(heartbeat)),
         "record_sessions": "true" if dp.record_sessions else "false",
         "fallback_dest": _lua(fb_dest),

@@ -41,6 +41,14 @@ When a command is re-sent (the one rule per command, see :func:`command_is_repea
 - A written command that times out raises :class:`~parley.errors.EslTimeout`; for a command that is not
   repeatable it says so and is not retryable (it may still run).
 
+Owned-call filters (``filter_calls=True``, for `parley serve --call-ownership stream`): FreeSWITCH sends a
+listener every subscribed event while it has no filter, and only the events a positive filter matches once
+it has one (``mod_event_socket.c`` ``event_handler``). So each connection adds ``filter Unique-ID
+<NO_CALL>`` (matches nothing: an idle worker gets no call's events) and ``filter Event-Name BACKGROUND_JOB``
+(bgapi results carry no Unique-ID) right after subscribing, then ``filter Unique-ID <uuid>`` for every call
+this worker owns (:meth:`EslClient.own_call`; :meth:`EslClient.release_call` sends ``filter delete
+Unique-ID <uuid>``). Filters belong to a connection: a reconnect adds them all again.
+
 Size: over the 400-line aim because the link's whole life (connect, handshake, reader, supervisor) and the
 re-send rules share one connection object and its pending-reply FIFO; splitting them would expose it.
 """
@@ -99,6 +107,7 @@ REPEATABLE_API: frozenset[str] = frozenset(
 # commands that only change this connection's own state (re-done on a new connection anyway)
 REPEATABLE_VERBS: frozenset[str] = frozenset({"event", "nixevent", "noevents", "filter", "myevents", "exit"})
 _EXECUTED_MAX = 4096  # Application-UUIDs of CHANNEL_EXECUTE remembered for executed()
+NO_CALL = "parley-owns-no-call-yet"  # a Unique-ID filter value no channel has: with it, no filter = no events
 
 EventHandler = Callable[[esl.Event], None]
 LinkState = Literal["connecting", "connected", "down", "refused", "closed"]
@@ -199,8 +208,11 @@ class EslClient:
         events: Sequence[str] = CALL_EVENTS,
         custom: Sequence[str] = MOD_AUDIO_STREAM_EVENTS,
         clock: Callable[[], float] = time.monotonic,
+        filter_calls: bool = False,
     ) -> None:
         self._password = require_esl_password(settings)
+        self.filter_calls = filter_calls  # only the owned calls' events (see the module docstring)
+        self._owned: dict[str, None] = {}  # calls whose events this connection filters in (ordered)
         self._settings = settings
         self._events = tuple(events)
         self._custom = tuple(custom)
@@ -261,6 +273,14 @@ class EslClient:
         return self._fatal
 
     @property
+    def host(self) -> str:
+        return self._settings.host
+
+    @property
+    def port(self) -> int:
+        return self._settings.port
+
+    @property
     def connected(self) -> bool:
         return self._conn is not None and self.stats.state == "connected"
 
@@ -309,6 +329,36 @@ class EslClient:
                 del self._call_handlers[call_uuid]
 
         return unroute
+
+    # ---- owned-call filters ------------------------------------------------------------------------------
+
+    @property
+    def owned_calls(self) -> frozenset[str]:
+        return frozenset(self._owned)
+
+    async def own_call(self, call_uuid: str) -> None:
+        """From now on this connection receives ``call_uuid``'s events (``filter Unique-ID <uuid>``; kept across
+        reconnects). Without ``filter_calls``, nothing to do: every event comes anyway. Returns once FreeSWITCH
+        acknowledged the filter, or at once while the link is down (the next connection adds it)."""
+        if not self.filter_calls or call_uuid in self._owned:
+            return
+        self._owned[call_uuid] = None
+        if self.connected:
+            await self._filter(esl.filter_command("Unique-ID", call_uuid))
+
+    async def release_call(self, call_uuid: str) -> None:
+        """No more events of ``call_uuid`` (``filter delete Unique-ID <uuid>``)."""
+        if self._owned.pop(call_uuid, 0) is None and self.connected:
+            await self._filter(esl.filter_delete_command("Unique-ID", call_uuid))
+
+    async def _filter(self, data: bytes) -> None:
+        try:
+            reply = (await self.send(data)).reply
+        except (EslConnectionLost, EslTimeout) as exc:  # the link went: the next handshake sets the filters
+            log.info("ESL %r not acknowledged (%s); the next connection sets the filters", _verb(data), exc)
+            return
+        if not isinstance(reply, esl.CommandReply) or not reply.ok:
+            raise EslCommandError(_verb(data), getattr(reply, "reply_text", type(reply).__name__))
 
     # ---- commands ------------------------------------------------------------------------------------
 
@@ -546,6 +596,21 @@ class EslClient:
         reply = await next_message()
         if not isinstance(reply, esl.CommandReply) or not reply.ok:
             raise EslCommandError("event subscription", getattr(reply, "reply_text", type(reply).__name__))
+        if self.filter_calls:  # nothing but our own calls (and bgapi results), from the first event on
+            filters = [("Unique-ID", NO_CALL), ("Event-Name", "BACKGROUND_JOB")]
+            filters += [("Unique-ID", uuid) for uuid in list(self._owned)]
+            await write(b"".join(esl.filter_command(h, v) for h, v in filters))
+            self.stats.commands += len(filters)
+            early: list[esl.Message] = []  # events that passed before the filters were in place
+            for header, value in filters:
+                reply = await next_message()
+                while isinstance(reply, esl.Event):
+                    early.append(reply)
+                    reply = await next_message()
+                if not isinstance(reply, esl.CommandReply) or not reply.ok:
+                    why = getattr(reply, "reply_text", type(reply).__name__)
+                    raise EslCommandError(f"filter {header} {value}", why)
+            return early + backlog
         return backlog
 
     async def _read_loop(self, conn: _Connection) -> None:

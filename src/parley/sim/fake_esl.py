@@ -18,7 +18,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from parley.testing.esl_wire import (
+from parley.sim.esl_wire import (
     AUTH_REQUEST,
     DISCONNECT_NOTICE,
     MYEVENTS,
@@ -33,7 +33,7 @@ from parley.testing.esl_wire import (
 )
 
 if TYPE_CHECKING:
-    from parley.testing.fake_freeswitch import FakeFreeSwitch
+    from parley.sim.fake_freeswitch import FakeFreeSwitch
 
 MAX_PENDING_WRITE_BYTES = 64 * 1024 * 1024  # a listener that stops reading is dropped (FreeSWITCH kills it)
 _READ_CHUNK = 64 * 1024
@@ -45,6 +45,7 @@ class EslConnection:
         self._reader = reader
         self._writer = writer
         self.sub = Subscription()
+        self.delivered: set[str] = set()  # Unique-IDs of the events this connection was sent (tests: filters)
         self.authed = False
         self.closed = False
 
@@ -85,6 +86,8 @@ class EslConnection:
 
     def deliver(self, event: FsEvent) -> None:
         if self.authed and not self.closed and self.sub.wants(event):
+            if (uuid := event.get("Unique-ID")) is not None:
+                self.delivered.add(uuid)
             self._send(event.serialize(self.sub.fmt))
 
     def _send(self, data: bytes) -> None:
@@ -186,7 +189,7 @@ class EslConnection:
                 self._reply("-ERR invalid syntax")
                 return
             self.sub.delete_filter(name, val or None)
-            self._reply(f"+OK filter deleted. [{name}]=[{val}]")
+            self._reply(f"+OK filter deleted. [{name}][{val}]")  # no '=' here (mod_event_socket.c)
         elif header and value:
             self.sub.add_filter(header, value)
             self._reply(f"+OK filter added. [{header}]=[{value}]")

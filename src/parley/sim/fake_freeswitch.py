@@ -1,10 +1,10 @@
 """A fake FreeSWITCH 1.10 + community mod_audio_stream that speaks the real wire protocols over real sockets.
 
 Owns: the Event Socket server (inbound mode: parley connects as a client), the calls it places, and the
-composition of the parts: :mod:`~parley.testing.esl_wire` (bytes), :mod:`~parley.testing.fake_esl` (one ESL
-connection), :mod:`~parley.testing.fake_api` (``api``/``bgapi`` commands), :mod:`~parley.testing.fake_call`
-(dialplan, execute queue, playback, DTMF, hangup), :mod:`~parley.testing.fake_audio_stream` (the
-mod_audio_stream WebSocket client) and :mod:`~parley.testing.fake_channel` (event templates derived from
+composition of the parts: :mod:`~parley.sim.esl_wire` (bytes), :mod:`~parley.sim.fake_esl` (one ESL
+connection), :mod:`~parley.sim.fake_api` (``api``/``bgapi`` commands), :mod:`~parley.sim.fake_call`
+(dialplan, execute queue, playback, DTMF, hangup), :mod:`~parley.sim.fake_audio_stream` (the
+mod_audio_stream WebSocket client) and :mod:`~parley.sim.fake_channel` (event templates derived from
 the genuine recordings in ``shared/fixtures/freeswitch``). Must not be imported by production code.
 
 Usage::
@@ -19,12 +19,17 @@ Usage::
         await call.hangup()
         assert fs.calls[call.uuid].playbacks[0].status == "done"
 
+A named node (``FakeFreeSwitch(node="fs-a")``) plays one of several FreeSWITCH nodes: every stream it starts
+sends the metadata ``{"node":"fs-a"}`` as its first text frame (unless ``place_call`` is given its own),
+as `parley freeswitch config --node fs-a` renders it, and it has its own ESL port; two fakes side by side
+are two nodes.
+
 Timing defaults are the medians measured on a real box (README of the fixtures): a playback starts
 ~21 ms after its ``sendmsg``, ``uuid_break`` stops it ~21 ms after the command, ``uuid_broadcast``
 starts ~110 ms after (its ``lead-frames: 5``). ``clock`` must advance in real time (it timestamps
 records and schedules media, e.g. ``time.monotonic`` or the event loop's ``time``).
 
-Reproduced from the recordings (and checked by ``tests/testing/test_fake_fidelity.py``): the handshake
+Reproduced from the recordings (and checked by ``tests/sim/test_fake_fidelity.py``): the handshake
 bytes, every reply text, event names / header names and order / static values / variable order,
 plain and JSON serialization, the dialplan event sequence (``agent``: answer, set x4, log, park; without a
 WS URL ``park``: answer, park), WS-before-ESL ordering, playback/break/flush/DTMF-``*`` semantics,
@@ -34,7 +39,10 @@ disconnect notice, ESL refused for a while) and ``reload mod_event_socket`` (:me
 
 Modelled from FreeSWITCH / mod_audio_stream source knowledge, not recorded: ``-ERR command not found``
 before auth (the connection stays open); ``filter``/``nixevent``/``noevents``/``myevents`` replies and
-filter semantics; FILE NOT FOUND (CHANNEL_EXECUTE then CHANNEL_EXECUTE_COMPLETE, no PLAYBACK_*);
+filter semantics (no recording covers ``filter``: from ``mod_event_socket.c``, ``+OK filter added.
+[Unique-ID]=[<uuid>]``, ``+OK filter deleted. [Unique-ID][<uuid>]``; a listener with no filter gets every
+event it subscribed to, one with filters only those a positive filter matches and no negative one does);
+FILE NOT FOUND (CHANNEL_EXECUTE then CHANNEL_EXECUTE_COMPLETE, no PLAYBACK_*);
 ``uuid_kill``/``sendmsg hangup`` (``sip_hangup_disposition=send_bye``, no ``sip_term_*``); ``uuid_transfer``
 (ends the park loop, re-parks); ``::error`` codes other than "connection refused"; ``::disconnect``
 1006 when the app drops TCP; temp files deleted on ``stop``/hangup; ``mixed``/``stereo`` streams
@@ -52,6 +60,7 @@ with nothing playing is dropped; a listener more than 64 MiB behind is disconnec
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import tempfile
@@ -64,12 +73,12 @@ from types import MappingProxyType, TracebackType
 import numpy as np
 import numpy.typing as npt
 
-from parley.testing.esl_wire import SHUTDOWN_NOTICE, FsEvent
-from parley.testing.fake_api import ApiCommands, SessionStats
-from parley.testing.fake_call import CallContext, FakeCall
-from parley.testing.fake_channel import ChannelState, EventFactory, Templates
-from parley.testing.fake_esl import EslConnection
-from parley.testing.fake_playback import PlaybackRecord
+from parley.sim.esl_wire import SHUTDOWN_NOTICE, FsEvent
+from parley.sim.fake_api import ApiCommands, SessionStats
+from parley.sim.fake_call import CallContext, FakeCall
+from parley.sim.fake_channel import ChannelState, EventFactory, Templates
+from parley.sim.fake_esl import EslConnection
+from parley.sim.fake_playback import PlaybackRecord
 
 __all__ = ["FakeCall", "FakeFreeSwitch", "PlaybackRecord"]
 
@@ -91,8 +100,10 @@ class FakeFreeSwitch:
         break_stop_delay_s: float = 0.021,
         broadcast_lead_s: float = 0.110,
         clock: Callable[[], float] = time.monotonic,
+        node: str | None = None,
     ) -> None:
         self.password = password
+        self.node = node  # the node name this fake plays: its streams' metadata says it
         self.host = host
         self.esl_port = esl_port
         self.temp_dir = temp_dir
@@ -179,6 +190,11 @@ class FakeFreeSwitch:
         return MappingProxyType(self._calls)
 
     @property
+    def esl_connections(self) -> frozenset[EslConnection]:
+        """The ESL connections open now (each has ``sub.filters`` and ``delivered``: what it was sent)."""
+        return frozenset(self._conns)
+
+    @property
     def api(self) -> ApiCommands:
         if self._api is None:
             raise RuntimeError("FakeFreeSwitch is not started")
@@ -216,6 +232,8 @@ class FakeFreeSwitch:
         if stream_rate <= 0 or stream_rate % 8000:
             raise ValueError(f"mod_audio_stream only accepts multiples of 8000 Hz, not {stream_rate}")
         call_uuid = uuid or str(uuidlib.uuid4())
+        if metadata is None and self.node is not None and ws_url:
+            metadata = json.dumps({"node": self.node}, separators=(",", ":"))
         if call_uuid in self._calls:
             raise ValueError(f"a call with uuid {call_uuid} already exists")
         self._stats.total += 1
