@@ -296,7 +296,8 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
         report.pids.append(pg.pid)
         fakes: list[FakeFreeSwitch] = []
         for name in NODE_NAMES:
-            fs = FakeFreeSwitch(password=secrets.token_urlsafe(18), temp_dir=tmp / name)
+            named = {"node": name} if multi_node else {}  # a named node's streams say so in their metadata
+            fs = FakeFreeSwitch(password=secrets.token_urlsafe(18), temp_dir=tmp / name, **named)
             await fs.start()
             stack.push_async_callback(fs.close)
             fakes.append(fs)

@@ -305,6 +305,14 @@ class Report:
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         for r in rows:
             lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+        lines.append("")
+        for node in sorted({c.node for c in self.calls}):
+            mine = [c for c in self.calls if c.node == node]
+            recorded = sum(1 for c in mine if len(self.record_rows.get(c.uuid, ())) == 1)
+            lines.append(f"node {node}: {len(mine)} calls, {sum(c.turns_answered for c in mine)}/"
+                         f"{sum(c.turns_planned for c in mine)} caller turns answered, "
+                         f"{sum(1 for c in mine if not c.dropped)} ended by the caller, {recorded} recorded once, "
+                         f"{sum(c.on_drained_worker for c in mine)} on the drained worker")
         for w in self.workers:
             if w.drained:
                 lines.append(f"(worker {w.index} drained and exited: its figures are its last /metrics scrape before "
