@@ -72,6 +72,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from parley.errors import ConfigError, ParleyError
+from parley.observe.records_spill import SpilledWrite, claim_spills, write_spill
 from parley.observe.redact import redact_number
 from parley.providers.base import Usage
 
@@ -368,6 +369,7 @@ class WriterStats:
     dropped: int = 0  # queue full, store closing, or given up at shutdown
     rejected: int = 0  # the database refused the row (constraint / bad data)
     retries: int = 0  # batches retried after a transient failure
+    spilled: int = 0  # writes still queued at close kept in the spill folder (written at the next start)
     last_error: str | None = None
 
 
@@ -501,6 +503,27 @@ class _Finish:
 _Op: TypeAlias = _Insert | _Finish
 
 
+_MODELS: dict[str, type[Base]] = {}
+
+
+def _spilled(op: _Op) -> SpilledWrite:
+    if isinstance(op, _Insert):
+        return SpilledWrite("insert", table=op.model.__tablename__, rows=op.rows, lifecycle=op.lifecycle)
+    return SpilledWrite("finish", call_id=op.call_id, values=op.values, start=op.start)
+
+
+def _unspilled(write: SpilledWrite) -> _Op | None:
+    if not _MODELS:
+        _MODELS.update({m.__tablename__: m for m in (CallModel, TurnModel, UsageModel, EventModel)})
+    if write.kind == "finish":
+        return _Finish(write.call_id, dict(write.values or {}), dict(write.start or {}))
+    model = _MODELS.get(write.table)
+    if model is None:
+        log.error("call records: a spilled write for an unknown table %r is skipped", write.table)
+        return None
+    return _Insert(model, write.rows, lifecycle=write.lifecycle)
+
+
 class CallRecorder:
     """One call's handle on the store. Every method returns at once and never raises."""
 
@@ -625,8 +648,10 @@ class RecordStore:
         close_timeout_s: float,
         host: str,
         now: Callable[[], datetime],
+        spill_dir: Path | None = None,
     ) -> None:
         self.engine = engine
+        self.spill_dir = spill_dir  # where writes still queued at close go (records_spill); None: lost
         self.pricer = pricer
         self.now = now
         self.host = host
@@ -643,6 +668,7 @@ class RecordStore:
         self._idle.set()
         self._active: set[str] = set()  # calls started by this store and not finished
         self._task: asyncio.Task[None] | None = None
+        self._replaying: list[Path] = []  # spill files whose writes are queued here, deleted once written
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -659,7 +685,10 @@ class RecordStore:
         close_timeout_s: float = 5.0,
         host: str | None = None,
         now: Callable[[], datetime] = _utcnow,
+        spill_dir: Path | None = None,
     ) -> AsyncIterator[RecordStore]:
+        """The store, migrated. ``spill_dir``: where the writes still queued when it closes (the database
+        down, full or read-only) are kept, and from where the ones an earlier run left are written now."""
         engine = make_engine(url, busy_timeout_s=busy_timeout_s)
         try:
             if migrate:
@@ -677,9 +706,11 @@ class RecordStore:
                 close_timeout_s=close_timeout_s,
                 host=host or socket.gethostname(),
                 now=now,
+                spill_dir=spill_dir,
             )
             store._task = asyncio.create_task(store._run(), name="parley-records-writer")
             try:
+                await store._replay()
                 yield store
             finally:
                 await store._close()
@@ -771,8 +802,7 @@ class RecordStore:
             try:
                 await self._write(batch)
             except asyncio.CancelledError:
-                for op in batch:
-                    self._drop(op, "the store closed while the database was unavailable")
+                self._pending.extendleft(reversed(batch))  # _close spills or drops them with the rest
                 raise
             except Exception:  # a bug here must not stop recording for every later call
                 log.exception("call records: writer error; %d op(s) lost", len(batch))
@@ -825,14 +855,57 @@ class RecordStore:
 
     async def _close(self) -> None:
         self.closed = True
-        if not await self.flush(self._close_timeout_s):
-            log.warning("call records: %d write(s) still queued at shutdown are lost", len(self._pending))
+        flushed = await self.flush(self._close_timeout_s)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if flushed or not self._pending:
+            self._done_replaying()
+            return
+        queued = list(self._pending)
+        if self.spill_dir is not None:
+            try:
+                path = write_spill(self.spill_dir, (_spilled(op) for op in queued), host=self.host)
+            except OSError as exc:
+                log.error("call records: cannot spill %d queued write(s) to %s: %s", len(queued), self.spill_dir, exc)
+            else:
+                self._pending.clear()
+                self.stats.spilled += len(queued)
+                self._done_replaying()
+                log.warning("call records: the database is unavailable (%s); %d queued write(s) kept in %s and "
+                            "written at the next start", self.stats.last_error, len(queued), path)
+                return
+        log.warning("call records: %d write(s) still queued at shutdown are lost", len(queued))
         for op in self._take():
             self._drop(op, "the store closed while the database was unavailable")
+
+    async def _replay(self) -> None:
+        """Queue the writes earlier runs spilled (before any call of this run), and delete their files once
+        written. Still unwritten when this store closes, they are spilled again with its own."""
+        if self.spill_dir is None:
+            return
+        count = 0
+        for claimed in claim_spills(self.spill_dir):
+            self._replaying.append(claimed.path)
+            for write in claimed.writes:
+                op = _unspilled(write)
+                if op is not None:
+                    self._pending.append(op)  # not bounded by queue_max: a file's worth, written once
+                    self._bulk += 0 if op.lifecycle else 1
+                    count += 1
+        if not self._replaying:
+            return
+        self._idle.clear()
+        self._wakeup.set()
+        if await self.flush(self._close_timeout_s):
+            log.warning("call records: %d write(s) spilled by an earlier run written", count)
+            self._done_replaying()
+
+    def _done_replaying(self) -> None:
+        for path in self._replaying:
+            path.unlink(missing_ok=True)
+        self._replaying.clear()
 
     # ---- start-up recovery ----
 
