@@ -1,6 +1,6 @@
 """The density benchmark's load generator: a fake FreeSWITCH placing N talking calls, in its own process.
 
-Owns: running :class:`~parley.testing.fake_freeswitch.FakeFreeSwitch` outside the parley process (so the
+Owns: running :class:`~parley.sim.fake_freeswitch.FakeFreeSwitch` outside the parley process (so the
 parley process's CPU and memory are measured alone), the callers' audio (a recorded speech excerpt,
 ``parley/data/caller_1.wav``, repeated every ``period_s`` over -70 dBFS line noise, each call at its own
 random offset so turns do not line up across calls), placing the calls, holding them for the measured
@@ -15,8 +15,11 @@ Secrets come from the environment, not argv (``ps`` shows argv). Protocol with t
 object per stdout line: ``{"event": "ready", "esl_port": N}``; then it waits for one line on stdin,
 ``{"ws_url": "ws://127.0.0.1:PORT/call/{uuid}"}``, sent once parley is up and connected to it; places the
 calls; ``{"event": "placed", ...}``; holds them ``--seconds``;
-``{"event": "window_end"}``; hangs up every call; ``{"event": "done", ...}`` with its own CPU use; and
-stops its fake FreeSWITCH when stdin closes (after parley has disconnected from it).
+``{"event": "window_end"}``; keeps the calls up one answer slot more (the next turn's start) and hangs
+them up; ``{"event": "done", ...}`` with its own CPU use and the
+caller turns answered in the window (:mod:`parley.bench.answers`: counted when the answer's playback
+starts, as the caller hears it, whichever process or worker answered); and stops its fake FreeSWITCH when
+stdin closes (after parley has disconnected from it).
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from parley.audio.pcm import Int16Array
+from parley.bench.answers import CallTurns, all_answers
 from parley.bench.host import cpu_ms, raise_fd_limit
 from parley.freeswitch.stream_token import stream_token
-from parley.testing.echo_call import packaged_wav
-from parley.testing.fake_freeswitch import FakeCall, FakeFreeSwitch
-from parley.testing.fake_playback import resample
+from parley.sim.echo_call import packaged_wav
+from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
+from parley.sim.fake_playback import resample
 
 STREAM_RATE = 16000
 PASSWORD_ENV = "PARLEY_BENCH_ESL_PASSWORD"
@@ -77,10 +81,11 @@ async def run(calls: int, seconds: float, password: str, secret: str, seed: int)
     # every call's audio is made before the first call starts: no stalls in this loop while calls stream
     n = round(total_s * STREAM_RATE)
     line = np.rint(rng.normal(0.0, NOISE_RMS, n + round(PERIOD_S * STREAM_RATE))).astype(np.int16)
-    audios = []
+    audios, offsets = [], []
     for _ in range(calls):
         shift = round(pick.uniform(0.0, PERIOD_S) * STREAM_RATE)
-        audios.append(caller_timeline(speech, line[shift : shift + n], FIRST_SPEECH_S + shift / STREAM_RATE, PERIOD_S))
+        offsets.append(FIRST_SPEECH_S + shift / STREAM_RATE)
+        audios.append(caller_timeline(speech, line[shift : shift + n], offsets[-1], PERIOD_S))
     raise_fd_limit(calls)
     fs = FakeFreeSwitch(password=password)
     await fs.start()
@@ -110,7 +115,9 @@ async def run(calls: int, seconds: float, password: str, secret: str, seed: int)
         await asyncio.sleep(seconds)
         cpu2, t2 = cpu_ms(), time.monotonic()
         _emit("window_end")
+        await asyncio.sleep(PERIOD_S - speech.size / STREAM_RATE)  # the window's last turns get their answer slot
         await asyncio.gather(*(c.hangup() for c in placed if not c.hungup), return_exceptions=True)
+        answers = all_answers(_turns(placed, offsets, speech.size / STREAM_RATE), (t1, t2))
         plays = sum(len(c.playbacks) for c in placed)
         breaks = sum(1 for c in placed for p in c.playbacks if p.status == "break")
         _emit(
@@ -122,10 +129,27 @@ async def run(calls: int, seconds: float, password: str, secret: str, seed: int)
             ramp_cpu_ms=round(cpu1 - cpu0, 1),
             window_cpu_ms=round(cpu2 - cpu1, 1),
             window_s=round(t2 - t1, 3),
+            turns=answers.turns,
+            answered=answers.answered,
+            answer_ms=[round(x, 1) for x in answers.latencies_ms],
         )
         await loop.run_in_executor(None, sys.stdin.readline)  # parley disconnects first, then stdin closes
     finally:
         await fs.close()
+
+
+def _turns(placed: Sequence[FakeCall], offsets: Sequence[float], speech_s: float) -> list[CallTurns]:
+    out = []
+    for call, offset in zip(placed, offsets, strict=True):
+        stream = next((s for s in call.streams if s.first_frame_at is not None), None)  # detached at hangup
+        if stream is None or stream.first_frame_at is None:
+            continue  # never streamed: its turns are not parley's to answer (the ramp reports it)
+        out.append(CallTurns(
+            origin=stream.first_frame_at - stream.frame_s,  # frame 0 leaves once its 20 ms have been read
+            offset_s=offset, period_s=PERIOD_S, speech_s=speech_s,
+            playback_starts=tuple(p.started_at for p in call.playbacks if p.started_at is not None),
+        ))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
