@@ -43,7 +43,7 @@ from parley.config import (
     Settings,
 )
 from parley.freeswitch.stream_token import stream_token
-from parley.observe.http import HttpServer, Request
+from parley.observe.http import HttpServer
 from parley.observe.readiness import Readiness, is_loopback
 from parley.observe.records import CallRecord, RecordStore
 from parley.providers.base import AudioChunk, LLMEvent, Message, STTEvent, ToolSpec, TTSEvent
@@ -251,21 +251,49 @@ async def test_drain_grace_over_says_goodbye_and_hangs_up(
     assert rec.status == "completed" and rec.hangup_by == "agent"
 
 
+def non_loopback_address() -> str | None:
+    """This box's address on its first non-loopback interface (no packet is sent), if it has one."""
+    import socket
+
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
+        address = str(probe.getsockname()[0])
+        return None if is_loopback(address) else address
+    return None
+
+
 async def test_drain_endpoint_is_loopback_only_and_ready_reports() -> None:
     drained: list[bool] = []
     ready = Readiness(lambda: 3, on_drain=lambda: drained.append(True))
-    server = HttpServer()
+    server = HttpServer("127.0.0.1", 0)
     ready.install(server)
-    ok = await server.handle(Request("GET", "/ready"))
-    assert ok.status == 200 and b'"ready": true' in ok.body
-    assert (await server.handle(Request("GET", "/drain", remote="127.0.0.1"))).status == 405
-    assert (await server.handle(Request("POST", "/drain", remote="10.0.0.7"))).status == 403 and not drained
-    assert (await server.handle(Request("POST", "/drain", remote="::1"))).status == 202 and drained
-    assert (await server.handle(Request("POST", "/metrics"))).status == 404
-    ready.begin_drain()
-    gone = await server.handle(Request("GET", "/ready"))
-    assert gone.status == 503 and b'"reason": "draining"' in gone.body and b'"active_calls": 3' in gone.body
-    assert is_loopback("::ffff:127.0.0.1") and not is_loopback("") and not is_loopback("192.168.1.1")
+    async with server, httpx.AsyncClient(base_url=server.url) as http:
+        ok = await http.get("/ready")
+        assert ok.status_code == 200 and ok.json()["ready"] is True
+        assert (await http.get("/drain")).status_code == 405
+        assert (await http.post("/metrics")).status_code == 404
+        assert (await http.post("/drain", headers={"X-Forwarded-For": "127.0.0.1"})).status_code == 202 and drained
+        ready.begin_drain()
+        gone = await http.get("/ready")
+        assert gone.status_code == 503 and gone.json()["reason"] == "draining" and gone.json()["active_calls"] == 3
+    assert is_loopback("::ffff:127.0.0.1") and is_loopback("::1")
+    assert not is_loopback("") and not is_loopback("192.168.1.1")
+
+
+async def test_drain_from_another_address_is_refused() -> None:
+    """The peer's own address decides, over a real socket from this box's non-loopback interface."""
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("no non-loopback interface to connect from")
+    drained: list[bool] = []
+    ready = Readiness(on_drain=lambda: drained.append(True))
+    server = HttpServer(address, 0)
+    ready.install(server)
+    async with server, httpx.AsyncClient(base_url=server.url) as http:
+        refused = await http.post("/drain", headers={"X-Forwarded-For": "127.0.0.1"})
+        assert refused.status_code == 403 and refused.text == "403 Forbidden: drain only from this host\n"
+        assert not drained and ready.ready
+        assert (await http.get("/ready")).status_code == 200  # probes and scrapes may come from anywhere
 
 
 async def test_parley_drain_command_posts_and_waits_for_zero_calls() -> None:
@@ -273,8 +301,9 @@ async def test_parley_drain_command_posts_and_waits_for_zero_calls() -> None:
 
     calls = [2]
     ready = Readiness(lambda: calls[0])
-    async with HttpServer() as server:
-        ready.install(server)
+    server = HttpServer()
+    ready.install(server)
+    async with server:
         url = server.url
         assert await asyncio.to_thread(main, ["drain", "--url", server.url]) == 0
         assert not ready.ready and ready.reason == "draining"

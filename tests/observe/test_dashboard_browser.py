@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
 from parley.observe import timings as tm
@@ -84,20 +85,16 @@ async def seed(store: RecordStore) -> tuple[str, str]:
 async def served(tmp_path: Path) -> AsyncIterator[tuple[HttpServer, str]]:
     async with RecordStore.open(f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}") as store:
         call_id, _ = await seed(store)
-        async with HttpServer("127.0.0.1", 0) as server:
-            Dashboard(store, prices=PriceTable.load()).install(server)
+        server = HttpServer("127.0.0.1", 0)
+        Dashboard(store, prices=PriceTable.load()).install(server)
+        async with server:
             yield server, call_id
 
 
 async def fetch(server: HttpServer, path: str) -> tuple[int, dict[str, str], str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split(" ")[1]), headers, body.decode("utf-8")
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        r = await http.get(path)
+    return r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.text
 
 
 # ---- without a browser --------------------------------------------------------------------------------
@@ -137,8 +134,9 @@ async def test_pages_escape_everything_redact_callers_and_send_a_strict_csp(serv
 async def test_cost_falls_back_to_the_stored_total_without_prices(tmp_path: Path) -> None:
     async with RecordStore.open(f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}") as store:
         call_id, other_id = await seed(store)
-        async with HttpServer("127.0.0.1", 0) as server:
-            Dashboard(store, redact=False).install(server)
+        server = HttpServer("127.0.0.1", 0)
+        Dashboard(store, redact=False).install(server)
+        async with server:
             _, _, body = await fetch(server, f"/calls/{call_id}")
             assert "Stored cost $0.019400" in body and 'class="grid cost"' not in body
             assert "+15551234567" in body  # redaction off
@@ -156,12 +154,9 @@ async def test_run_dashboard_serves_until_stopped(tmp_path: Path) -> None:
             break
         await asyncio.sleep(0.05)
     assert ready and not task.done()
-    host, port = ready[0].removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    page = (await asyncio.wait_for(reader.read(), 10)).decode()
-    writer.close()
-    assert page.startswith("HTTP/1.1 200 OK") and "No calls recorded yet." in page
+    async with httpx.AsyncClient() as http:
+        page = await http.get(ready[0] + "/")
+    assert page.status_code == 200 and "No calls recorded yet." in page.text
     stop.set()
     assert await asyncio.wait_for(task, 10) == 0
     assert (tmp_path / "new" / "calls.db").exists()

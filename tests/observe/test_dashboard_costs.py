@@ -1,4 +1,4 @@
-"""The dashboard's Costs page, without a browser: its handler over a seeded SQLite call-records database.
+"""The dashboard's Costs page, without a browser: over HTTP, over a seeded SQLite call-records database.
 
 The page's figures are checked against :func:`summarize_calls` over the same calls written out by hand (not
 read back through the page's own query), so a wrong minute, direction or period would show.
@@ -12,12 +12,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from parley.observe.cost import PriceTable
 from parley.observe.cost_report import CallUsage, CostReport, summarize_calls
 from parley.observe.dashboard import Dashboard
-from parley.observe.http import Request, Response
+from parley.observe.http import HttpServer
 from parley.observe.records import CallEnd, CallStart, RecordStore
 from parley.providers.base import Usage
 
@@ -59,9 +60,13 @@ def expected(prices: PriceTable, since: datetime, hosting: str | None) -> CostRe
     return summarize_calls(calls, prices=prices, since=since, until=NOW, hosting=share)
 
 
-async def get(dashboard: Dashboard, **query: str) -> tuple[Response, str]:
-    response = await dashboard.costs_page(Request("GET", "/costs", query))
-    return response, response.body.decode("utf-8")
+async def get(dashboard: Dashboard, path: str = "/costs", **query: str) -> tuple[httpx.Response, str]:
+    """``path`` over real HTTP, the dashboard's routes on a fresh server."""
+    server = HttpServer("127.0.0.1", 0)
+    dashboard.install(server)
+    async with server, httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.get(path, params=query)
+    return response, response.text
 
 
 def row_values(body: str, attr: str) -> dict[str, Decimal]:
@@ -72,8 +77,8 @@ async def test_costs_page_shows_the_report_by_kind_and_hour(store: RecordStore) 
     prices = PriceTable.load()
     dashboard = Dashboard(store, prices=prices, now=lambda: NOW)
     response, body = await get(dashboard, hosting="gpu_box")  # the default period: the last 24 hours
-    assert response.status == 200 and response.content_type == "text/html; charset=utf-8"
-    assert "script-src" not in dict(response.headers)["Content-Security-Policy"]
+    assert response.status_code == 200 and response.headers["content-type"] == "text/html; charset=utf-8"
+    assert "script-src" not in response.headers["Content-Security-Policy"]
     r = expected(prices, NOW - timedelta(hours=24), "gpu_box")
     assert r.calls == 3 and r.failed_calls == 1 and r.total > 0
     assert "<title>parley · costs, last 24 hours</title>" in body and "<h1>Costs: last 24 hours</h1>" in body
@@ -110,15 +115,15 @@ async def test_costs_page_period_hosting_and_errors(store: RecordStore) -> None:
     assert "No calls in this period." in body and "No hour of the period had calls." in body
 
     response, body = await get(dashboard, since="<b>soon</b>")
-    assert response.status == 400 and "<b>" not in body and "got &#x27;&lt;b&gt;soon&lt;/b&gt;&#x27;" in body
+    assert response.status_code == 400 and "<b>" not in body and "got &#x27;&lt;b&gt;soon&lt;/b&gt;&#x27;" in body
     response, body = await get(dashboard, hosting="<i>mainframe</i>")
-    assert response.status == 400 and "<i>" not in body and "known: none, cpu_box, gpu_box" in body
+    assert response.status_code == 400 and "<i>" not in body and "known: none, cpu_box, gpu_box" in body
     response, _ = await get(dashboard, since="9" * 60)
-    assert response.status == 400
+    assert response.status_code == 400
     response, body = await get(Dashboard(store, now=lambda: NOW))
-    assert response.status == 404 and "without a price table" in body
+    assert response.status_code == 404 and "without a price table" in body
 
 
 async def test_the_calls_list_links_to_the_costs_page(store: RecordStore) -> None:
-    response = await Dashboard(store, prices=PriceTable.load()).calls_page(Request("GET", "/", {}))
-    assert '<div class="page-head"><h1>Calls</h1><a href="/costs">Costs →</a></div>' in response.body.decode()
+    _, body = await get(Dashboard(store, prices=PriceTable.load()), "/")
+    assert '<div class="page-head"><h1>Calls</h1><a href="/costs">Costs →</a></div>' in body

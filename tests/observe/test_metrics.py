@@ -1,26 +1,21 @@
-"""Metrics exposition, /health, and the small HTTP server (parser unit tests and real sockets)."""
+"""Metrics exposition (prometheus_client, read back by a strict parser of the text format) and /health."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import math
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 
 from parley.freeswitch.bridge import BridgeStats
 from parley.freeswitch.esl_client import EslStats
 from parley.observe import timings as tm
-from parley.observe.http import HttpError, HttpServer, Request, Response, parse_request_head, render_response
-from parley.observe.metrics import (
-    COST_BUCKETS_USD,
-    LATENCY_BUCKETS_MS,
-    Metrics,
-    format_value,
-    normalize_cause,
-)
+from parley.observe.http import HttpServer
+from parley.observe.metrics import COST_BUCKETS_USD, LATENCY_BUCKETS_MS, Metrics, normalize_cause
 from parley.observe.records import WriterStats
 from parley.providers.fallback import FallbackLLM, FallbackSTT
 
@@ -94,9 +89,14 @@ def check_histogram(name: str, fam: Family) -> None:
         assert parts["count"][0][1] == counts[-1], f"{name}{key}: _count equals the +Inf bucket"
 
 
+def _le(labels: dict[str, str]) -> dict[str, object]:
+    """``le`` compared as a number: prometheus_client writes ``le="1000.0"``, as Prometheus 3 normalises it."""
+    return {k: float(v.replace("Inf", "inf")) if k == "le" else v for k, v in labels.items()}
+
+
 def value_of(families: dict[str, Family], sample: str, **labels: str) -> float:
     family = families[re.sub(r"_(bucket|sum|count)$", "", sample)] if sample not in families else families[sample]
-    found = [v for n, lab, v in family.samples if n == sample and lab == labels]
+    found = [v for n, lab, v in family.samples if n == sample and _le(lab) == _le(labels)]
     assert len(found) == 1, f"{sample}{labels}: {len(found)} samples"
     return found[0]
 
@@ -176,7 +176,7 @@ def test_turn_latencies_land_in_the_right_buckets() -> None:
     assert value_of(f, "parley_turns_total") == 3
     les = [lab["le"] for n, lab, _ in f["parley_turn_latency_ms"].samples
            if n.endswith("_bucket") and lab["stage"] == "voice_to_voice"]
-    assert les == [format_value(b) for b in LATENCY_BUCKETS_MS] + ["+Inf"]
+    assert [float(le.replace("Inf", "inf")) for le in les] == [*LATENCY_BUCKETS_MS, math.inf]
 
 
 def test_calls_barge_ins_causes_and_cost() -> None:
@@ -297,115 +297,67 @@ def test_health_ok_then_degraded_when_esl_drops_or_a_capability_has_no_working_p
     assert (report.status, report.esl_connected, report.http_status) == ("degraded", False, 503)
 
 
-# ---- the HTTP server ------------------------------------------------------------------------------------------
+# ---- /metrics and /health over HTTP ---------------------------------------------------------------------------
 
 
-def test_parse_request_head() -> None:
-    req = parse_request_head(b"GET /calls/a%20b?page=2&page=3&x HTTP/1.1\r\nHost: h\r\nX-Y:  z \r\n\r\n")
-    assert req == Request("GET", "/calls/a b", {"page": "2", "x": ""}, {"host": "h", "x-y": "z"})
-    bad = {
-        b"\r\n\r\n": 400,
-        b"GET /\r\n\r\n": 400,
-        b"GET / HTTP/2.0\r\n\r\n": 505,
-        b"get / HTTP/1.1\r\n\r\n": 400,
-        b"GET http://x/ HTTP/1.1\r\n\r\n": 400,
-        b"GET / HTTP/1.1\r\nno colon\r\n\r\n": 400,
-        b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n": 400,
-        "GET /é HTTP/1.1\r\n\r\n".encode(): 400,
-    }
-    for head, status in bad.items():
-        with pytest.raises(HttpError) as info:
-            parse_request_head(head)
-        assert info.value.status == status, head
-
-
-def test_render_response_and_header_injection() -> None:
-    out = render_response(Response.text("hi"), head_only=False)
-    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nhi")
-    assert b"Content-Length: 2\r\n" in out and b"Connection: close\r\n" in out
-    assert render_response(Response.text("hi"), head_only=True).endswith(b"\r\n\r\n")
-    with pytest.raises(ValueError):
-        render_response(Response(headers=(("X", "a\r\nSet-Cookie: x"),)))
-
-
-async def request(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split(" ")[1]), headers, body
-
-
-async def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    return await request(port, f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-
-
-async def test_server_serves_metrics_health_404_405_and_errors() -> None:
+async def test_server_serves_metrics_and_health() -> None:
     m = Metrics()
     esl = FakeEsl()
     m.watch(esl=esl, providers={"stt": Named("whisper")})  # type: ignore[dict-item]
-
-    async def boom(_req: Request) -> Response:
-        raise RuntimeError("secret detail")
-
-    async with HttpServer("127.0.0.1", 0, read_timeout_s=0.5, max_head_bytes=1024) as server:
-        m.install(server)
-        server.route("/boom", boom)
-        port = server.port
-        status, headers, body = await get(port, "/metrics")
-        assert status == 200 and headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
-        parse_exposition(body.decode())
-        status, headers, body = await get(port, "/health")
-        assert status == 200 and headers["content-type"] == "application/json"
-        assert json.loads(body)["status"] == "ok"
+    server = HttpServer("127.0.0.1", 0)
+    m.install(server)
+    async with server, httpx.AsyncClient(base_url=server.url) as http:
+        r = await http.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        families = parse_exposition(r.text)
+        assert value_of(families, "parley_esl_connected") == 1
+        assert not [name for name in families if name.endswith("_created")]
+        r = await http.get("/health")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert r.json()["status"] == "ok"
         esl.connected = False
-        status, _, body = await get(port, "/health")
-        assert status == 503 and json.loads(body) == {
+        r = await http.get("/health")
+        assert r.status_code == 503 and r.json() == {
             "status": "degraded", "esl_connected": False,
             "providers": {"stt": [{"name": "whisper", "status": "ok", "errors": 0}], "llm": [], "tts": []},
             "active_calls": 0,
         }
-        assert (await get(port, "/nope"))[0] == 404
-        assert (await get(port, "/metrics/extra"))[0] == 404
-        status, headers, _ = await get(port, "/metrics", "POST")
-        assert status == 405 and headers["allow"] == "GET, HEAD"
-        status, headers, body = await get(port, "/metrics", "HEAD")
-        assert status == 200 and body == b"" and int(headers["content-length"]) > 0
-        status, _, body = await get(port, "/boom")
-        assert status == 500 and b"secret" not in body
-        assert (await request(port, b"BLAH\r\n\r\n"))[0] == 400
-        assert (await request(port, b"GET / HTTP/1.1\r\nX: " + b"a" * 4096 + b"\r\n\r\n"))[0] == 431
-        assert (await request(port, b"GET / HTTP/1.1\r\n"))[0] == 408  # the head never completes
-        _reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a port probe: connect, close
-        writer.close()
-        assert (await get(port, "/metrics"))[0] == 200  # still serving
-    with pytest.raises(RuntimeError):
-        _ = server.port
+        assert (await http.get("/metrics/extra")).status_code == 404
+        r = await http.post("/metrics")
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+        r = await http.head("/metrics")
+        assert r.status_code == 200 and r.content == b""
 
 
-async def test_prefix_routes_longest_first() -> None:
-    server = HttpServer()
+def test_fallback_chains_are_watched_by_shape_and_metrics_does_not_import_providers() -> None:
+    """Anything with ``health.names`` and ``stats.failures`` is a chain (issue 11: observe must not import
+    parley.providers); the real chains satisfy it (the tests above watch FallbackSTT/FallbackLLM)."""
 
-    def answer(text: str):  # type: ignore[no-untyped-def]
-        async def handler(_req: Request) -> Response:
-            return Response.text(text)
-        return handler
+    @dataclass
+    class Names:
+        names: list[str]
 
-    server.route("/calls/", answer("call"), prefix=True)
-    server.route("/calls/x/", answer("deeper"), prefix=True)
-    server.route("/", answer("root"))
-    assert (await server.handle(Request("GET", "/calls/1"))).body == b"call"
-    assert (await server.handle(Request("GET", "/calls/x/1"))).body == b"deeper"
-    assert (await server.handle(Request("GET", "/"))).body == b"root"
-    assert (await server.handle(Request("GET", "/other"))).status == 404
-    with pytest.raises(ValueError):
-        server.route("nope", answer("x"))
+    @dataclass
+    class Failures:
+        failures: dict[str, int]
+
+    @dataclass
+    class Chain:
+        health: Names
+        stats: Failures
+        name: str = "chain"
+
+    chain = Chain(Names(["a", "b"]), Failures({"b": 2}))
+    m = Metrics()
+    m.watch(providers={"tts": chain})
+    chain.stats.failures["a"] = 1
+    f = parse_exposition(m.render())
+    assert value_of(f, "parley_provider_errors_total", capability="tts", provider="a") == 1
+    assert value_of(f, "parley_provider_errors_total", capability="tts", provider="b") == 2
+    code = ("import sys, parley.observe.metrics, parley.observe.http, parley.observe.readiness; "
+            "print(sorted(m for m in sys.modules if m.startswith('parley.providers')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_dropped_frames_count_live_from_the_stream_server_not_at_stream_end() -> None:

@@ -27,13 +27,14 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from aiohttp import web
 from sqlalchemy import exc as sa_exc
 
 from parley.errors import ConfigError
 from parley.observe import timings as tm
 from parley.observe.cost import CallCost, PriceTable, Rate, call_cost
 from parley.observe.dashboard_costs import cost_report_for, costs_body, read_query
-from parley.observe.http import HttpServer, Request, Response
+from parley.observe.http import HttpServer
 from parley.observe.markup import Html, WebAssets, el, esc, fmt_duration, fmt_ms, fmt_time, fmt_usd, join
 from parley.observe.records import CallDetail, CallSummary, RecordStore, TurnRow
 
@@ -166,10 +167,10 @@ class Dashboard:
     def install(self, server: HttpServer) -> None:
         server.route("/", self.calls_page)
         server.route("/calls", self.calls_page)
-        server.route("/calls/", self.call_page, prefix=True)
+        server.route("/calls/{call_id}", self.call_page)
         server.route("/costs", self.costs_page)
 
-    async def calls_page(self, request: Request) -> Response:
+    async def calls_page(self, request: web.Request) -> web.Response:
         page = _page_number(request.query.get("page"))
         try:
             calls = await self.store.list_calls(self.page_size + 1, (page - 1) * self.page_size, redact=self.redact)
@@ -186,9 +187,9 @@ class Dashboard:
         body.append(el("nav", join(pager), class_="pager"))
         return self.assets.render("parley · calls", join(body))
 
-    async def call_page(self, request: Request) -> Response:
-        call_id = request.path.removeprefix("/calls/").strip("/")
-        if not call_id or "/" in call_id or len(call_id) > 64:
+    async def call_page(self, request: web.Request) -> web.Response:
+        call_id = request.match_info["call_id"]
+        if len(call_id) > 64:
             return self._not_found()
         try:
             detail = await self.store.get_call(call_id, redact=self.redact)
@@ -199,7 +200,7 @@ class Dashboard:
         return self.assets.render(f"parley · call {fmt_time(detail.call.started_at)}",
                                   call_body(detail, self.prices))
 
-    async def costs_page(self, request: Request) -> Response:
+    async def costs_page(self, request: web.Request) -> web.Response:
         """What the calls of a period cost (``?since=24h``, ``?hosting=NAME``), as ``parley cost report``."""
         if self.prices is None:
             return self._costs_problem("No price table", "This dashboard was started without a price table.", 404)
@@ -213,18 +214,18 @@ class Dashboard:
             return self._unavailable(exc)
         return self.assets.render(f"parley · costs, {query.label}", costs_body(report, query, self.prices))
 
-    def _costs_problem(self, title: str, text: str, status: int) -> Response:
+    def _costs_problem(self, title: str, text: str, status: int) -> web.Response:
         retry = el("a", "Costs of the last 24 hours", href="/costs")
         body = join([el("a", "← all calls", href="/", class_="back"), el("h1", title),
                      el("div", el("p", text), retry, class_="card empty")])
         return self.assets.render("parley · costs", body, status)
 
-    def _not_found(self) -> Response:
+    def _not_found(self) -> web.Response:
         body = join([el("a", "← all calls", href="/", class_="back"), el("h1", "No such call"),
                      el("div", "This call is not in the records.", class_="card empty")])
         return self.assets.render("parley · not found", body, 404)
 
-    def _unavailable(self, exc: BaseException) -> Response:
+    def _unavailable(self, exc: BaseException) -> web.Response:
         log.warning("dashboard: the call records database is unavailable: %s", exc)
         body = join([el("h1", "Call records unavailable"),
                      el("div", "The call records database cannot be read right now; try again shortly.",
@@ -395,12 +396,14 @@ async def run_dashboard(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        async with RecordStore.open(url) as store, HttpServer(host, port) as server:
-            Dashboard(store, redact=redact, prices=prices, hosting=hosting).install(server)
-            log.info("parley dashboard on %s/ (call records: %s)", server.url, _safe_url(url))
-            if on_ready is not None:
-                on_ready(server.url)
-            await stop.wait()
+        async with RecordStore.open(url) as store:
+            server = HttpServer(host, port)
+            Dashboard(store, redact=redact, prices=prices, hosting=hosting).install(server)  # routes, then start
+            async with server:
+                log.info("parley dashboard on %s/ (call records: %s)", server.url, _safe_url(url))
+                if on_ready is not None:
+                    on_ready(server.url)
+                await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -21,7 +21,9 @@ from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from string import Template
 
-from parley.observe.http import Response
+from aiohttp import web
+
+from parley.observe.http import respond
 
 # ---- markup that cannot forget to escape ----------------------------------------------------------------
 
@@ -108,7 +110,7 @@ class WebAssets:
         return (f"default-src 'none'; style-src 'sha256-{digest}'; img-src data:; base-uri 'none'; "
                 "form-action 'none'; frame-ancestors 'none'")
 
-    def render(self, title: str, body: Html, status: int = 200) -> Response:
+    def render(self, title: str, body: Html, status: int = 200) -> web.Response:
         text = self.page.substitute(title=esc(title), style=self.style, body=body, version=esc(self.version))
-        return Response(status, text.encode("utf-8"), "text/html; charset=utf-8",
-                        headers=(("Content-Security-Policy", self.csp), ("X-Frame-Options", "DENY")))
+        return respond(text, status, "text/html; charset=utf-8",
+                       headers=(("Content-Security-Policy", self.csp), ("X-Frame-Options", "DENY")))

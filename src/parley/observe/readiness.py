@@ -20,7 +20,9 @@ import json
 import time
 from collections.abc import Callable
 
-from parley.observe.http import HttpServer, Request, Response
+from aiohttp import web
+
+from parley.observe.http import HttpServer, error_response, respond
 
 
 def is_loopback(address: str) -> bool:
@@ -70,15 +72,15 @@ class Readiness:
         server.route("/ready", self.ready_endpoint)
         server.route("/drain", self.drain_endpoint, methods=("POST",))
 
-    async def ready_endpoint(self, request: Request) -> Response:
+    async def ready_endpoint(self, request: web.Request) -> web.Response:
         body = json.dumps(self.report()) + "\n"
-        return Response.text(body, 200 if self.ready else 503, "application/json")
+        return respond(body, 200 if self.ready else 503, "application/json")
 
-    async def drain_endpoint(self, request: Request) -> Response:
-        if not is_loopback(request.remote):
-            return Response.error(403, "drain only from this host")
+    async def drain_endpoint(self, request: web.Request) -> web.Response:
+        if not is_loopback(request.remote or ""):  # the socket's peer: no X-Forwarded-For is believed
+            return error_response(403, "drain only from this host")
         if self.on_drain is not None:
             self.on_drain()
         else:
             self.begin_drain()
-        return Response.text(json.dumps(self.report()) + "\n", 202, "application/json")
+        return respond(json.dumps(self.report()) + "\n", 202, "application/json")
