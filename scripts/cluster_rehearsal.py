@@ -33,14 +33,13 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid as uuidlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -59,10 +58,8 @@ from parley.bench.cluster import (
     PostgresUnavailable,
     Report,
     WorkerResult,
-    metric_sums,
-    worker_config,
-    write_config,
 )
+from parley.bench.cluster_procs import Cluster, Worker, keep_scraping, pid_alive, scrape, status, until
 from parley.freeswitch.stream_token import stream_token
 from parley.providers.base import AudioChunk, TTSProvider
 from parley.sim.echo_call import free_port
@@ -76,153 +73,6 @@ ANSWER_TIMEOUT_S = 90.0  # bounds a hang, not a figure: whisper on two shared co
 QUIET_MS = 600.0
 NODE_NAMES = ("fs-a", "fs-b")
 LAYOUTS = ("node-per-worker", "nodes")  # the first is the default
-
-
-def two_free_ports() -> int:
-    """A port p with p + 1 free too (``parley serve --workers 2`` serves HTTP on observe.port + i)."""
-    import socket
-
-    for _ in range(100):
-        base = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", base + 1))
-            except OSError:
-                continue
-        return base
-    raise RuntimeError("no two consecutive free ports")
-
-
-@dataclass
-class Worker:
-    index: int
-    pid: int
-    http_port: int
-    nodes: list[str]
-    proc: subprocess.Popen[bytes] | None = None  # when this script started it itself (else the supervisor did)
-    counters: dict[str, float] = field(default_factory=dict)  # the last good scrape
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-
-@dataclass
-class Cluster:
-    """The parley processes this script started (group leaders) and the workers they are."""
-
-    leaders: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    workers: list[Worker] = field(default_factory=list)
-    ws_url: dict[str, str] = field(default_factory=dict)  # node name -> the stream URL its calls dial
-
-    async def stop(self, grace_s: float = 60.0) -> None:
-        """SIGTERM every leader (a drain; nothing is up by now), wait, then SIGKILL their process groups."""
-        for proc in self.leaders:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.leaders:
-            try:
-                await asyncio.to_thread(proc.wait, grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # its own group (start_new_session): the workers too
-            await asyncio.to_thread(proc.wait)
-
-
-def spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def children_by_index(pid: int) -> dict[int, int]:
-    """The supervisor's workers: worker index -> pid (from /proc: each runs ``--worker-index i``)."""
-    out: dict[int, int] = {}
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return out
-    for kid in kids:
-        try:
-            argv = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--worker-index" in argv:
-            out[int(argv[argv.index(b"--worker-index") + 1])] = int(kid)
-    return out
-
-
-async def start_cluster(
-    nodes: list[Node], pg: PgServer, tmp: Path, env: dict[str, str], *, multi_node: bool, grace_s: float,
-) -> Cluster:
-    cli = [sys.executable, "-m", "parley.cli"]
-    cluster = Cluster()
-    serve_flags = ["--drain-grace-s", str(grace_s)]
-    if multi_node:
-        ws, http = free_port(), two_free_ports()
-        conf = write_config(tmp / "parley.yaml", worker_config(
-            nodes, ws_port=ws, http_port=http, records_url=pg.url, spool_dir=tmp / "spool", records_host="rehearsal",
-            multi_node=True))
-        migrate([*cli, "--config", str(conf), "records", "migrate"], env, tmp)
-        sup = spawn([*cli, "--config", str(conf), "serve", "--workers", "2", *serve_flags], env, tmp / "serve.log", tmp)
-        cluster.leaders.append(sup)
-        for n in nodes:
-            cluster.ws_url[n.name] = f"ws://127.0.0.1:{ws}/call/{{uuid}}"
-        async with asyncio.timeout(120):
-            while len(kids := children_by_index(sup.pid)) < 2:
-                if sup.poll() is not None:
-                    raise RuntimeError(f"parley serve --workers 2 exited {sup.returncode}: see {tmp / 'serve.log'}")
-                await asyncio.sleep(0.1)
-        names = [n.name for n in nodes]
-        cluster.workers = [Worker(i, kids[i], http + i, names) for i in range(2)]
-        return cluster
-    # one node per worker: each `parley serve` has its node as freeswitch.esl and its own WebSocket port
-    for i, node in enumerate(nodes):
-        ws, http = free_port(), free_port()
-        conf = write_config(tmp / f"parley-w{i}.yaml", worker_config(
-            [node], ws_port=ws, http_port=http, records_url=pg.url, spool_dir=tmp / f"spool-w{i}",
-            records_host=f"rehearsal-w{i}", multi_node=False))
-        wenv = {**env, "PARLEY_ESL_PASSWORD": node.password}
-        if i == 0:
-            migrate([*cli, "--config", str(conf), "records", "migrate"], wenv, tmp)  # once, before any worker
-        proc = spawn([*cli, "--config", str(conf), "serve", "--call-ownership", "stream", *serve_flags], wenv,
-                     tmp / f"serve-w{i}.log", tmp)
-        cluster.leaders.append(proc)
-        cluster.workers.append(Worker(i, proc.pid, http, [node.name], proc=proc))
-        cluster.ws_url[node.name] = f"ws://127.0.0.1:{ws}/call/{{uuid}}"
-    return cluster
-
-
-def migrate(cmd: list[str], env: dict[str, str], tmp: Path) -> None:
-    done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, timeout=300, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"parley records migrate exited {done.returncode}: {done.stderr.decode()[-800:]}")
-
-
-async def status(client: httpx.AsyncClient, url: str) -> int:
-    try:
-        return (await client.get(url, timeout=5)).status_code
-    except httpx.HTTPError:
-        return 0
-
-
-async def scrape(client: httpx.AsyncClient, worker: Worker) -> bool:
-    try:
-        reply = await client.get(f"{worker.base}/metrics", timeout=5)
-    except httpx.HTTPError:
-        return False
-    if reply.status_code != 200:
-        return False
-    worker.counters = metric_sums(reply.text)
-    return True
-
-
-async def keep_scraping(client: httpx.AsyncClient, workers: list[Worker]) -> None:
-    """Every worker's counters, again and again: a drained worker's last scrape before it exits is kept."""
-    while True:
-        await asyncio.gather(*(scrape(client, w) for w in workers))
-        await asyncio.sleep(0.2)
 
 
 async def render_lines(voice: TTSProvider, lines: tuple[str, ...]) -> list[Int16Array]:
@@ -278,11 +128,54 @@ async def caller(call: FakeCall, result: CallResult, turns: list[Int16Array], vo
             await call.hangup("NORMAL_CLEARING")
 
 
+@dataclass
+class Drain:
+    """What the drain of one worker looked like: who, how many calls it held, /ready after the signal."""
+
+    target: Worker
+    active: dict[int, float]  # worker index -> parley_active_calls at the signal
+    ready: int  # the target's /ready status once it stopped saying 200
+    calls: set[str]  # the fs uuids of the calls it held
+
+
+async def drain_busiest(client: httpx.AsyncClient, workers: list[Worker], pg: PgServer) -> Drain:
+    """SIGTERM to the worker holding the most calls; returns once its /ready has stopped saying 200."""
+    await asyncio.gather(*(scrape(client, w) for w in workers))
+    target = max(workers, key=lambda w: (w.counters.get(ACTIVE_CALLS, 0.0), -w.index))
+    active = {w.index: w.counters.get(ACTIVE_CALLS, 0.0) for w in workers}
+    os.kill(target.pid, signal.SIGTERM)
+    ready = await status(client, f"{target.base}/ready")
+    while ready == 200:
+        await asyncio.sleep(0.05)
+        ready = await status(client, f"{target.base}/ready")
+    return Drain(target, active, ready, await calls_on(target, pg))
+
+
+async def place_calls(fakes: list[FakeFreeSwitch], names: tuple[str, ...], cluster: Cluster, per_node: int,
+                      secret: str, turns: list[Int16Array], voice: TTSProvider, report: Report,
+                      drained: asyncio.Event) -> tuple[list[asyncio.Future[None]], list[asyncio.Event]]:
+    """``per_node`` calls through each node, a scripted caller on each; (callers, first turn answered)."""
+    callers: list[asyncio.Future[None]] = []
+    first: list[asyncio.Event] = []
+    for name, fs in zip(names, fakes, strict=True):
+        for _ in range(per_node):
+            call_uuid = str(uuidlib.uuid4())
+            call = await fs.place_call(
+                ws_url=cluster.ws_url[name], uuid=call_uuid, channel_vars={"parley_agent": "true"},
+                extra_headers={"Authorization": f"Bearer {stream_token(secret, call_uuid)}"},
+            )
+            result = CallResult(call_uuid, name, turns_planned=len(turns))
+            report.calls.append(result)
+            first.append(asyncio.Event())
+            callers.append(asyncio.ensure_future(caller(call, result, turns, voice, first[-1], drained)))
+    return callers, first
+
+
 async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
-    env = {**os.environ, "PARLEY_STREAM_TOKEN_SECRET": secrets.token_urlsafe(24), "PARLEY_LOG_LEVEL": "INFO",
+    secret = secrets.token_urlsafe(24)
+    env = {**os.environ, "PARLEY_STREAM_TOKEN_SECRET": secret, "PARLEY_LOG_LEVEL": "INFO",
            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     env.pop("PARLEY_ESL_PASSWORD", None)
-    secret = env["PARLEY_STREAM_TOKEN_SECRET"]
     multi_node = report.layout == "nodes"
     main_task = asyncio.current_task()
     if main_task is not None:  # SIGTERM (a CI timeout): unwind, so every process started here is stopped
@@ -296,22 +189,18 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
         report.pids.append(pg.pid)
         fakes: list[FakeFreeSwitch] = []
         for name in NODE_NAMES:
-            named = {"node": name} if multi_node else {}  # a named node's streams say so in their metadata
+            named: dict[str, Any] = {"node": name} if multi_node else {}  # its streams' metadata names it
             fs = FakeFreeSwitch(password=secrets.token_urlsafe(18), temp_dir=tmp / name, **named)
             await fs.start()
             stack.push_async_callback(fs.close)
             fakes.append(fs)
         nodes = [Node(name, fs.esl_port, fs.password) for name, fs in zip(NODE_NAMES, fakes, strict=True)]
-        cluster = await start_cluster(nodes, pg, tmp, env, multi_node=multi_node, grace_s=args.drain_grace_s)
+        cluster = Cluster()
         stack.push_async_callback(cluster.stop)
-        report.pids.extend(p.pid for p in cluster.leaders)
-        report.pids.extend(w.pid for w in cluster.workers if w.proc is None)
+        await cluster.start(nodes, pg.url, tmp, env, multi_node=multi_node, grace_s=args.drain_grace_s)
+        report.pids.extend([p.pid for p in cluster.leaders] + [w.pid for w in cluster.workers if w.proc is None])
         client = await stack.enter_async_context(httpx.AsyncClient())
-        async with asyncio.timeout(180):
-            while not all([await status(client, f"{w.base}/ready") == 200 for w in cluster.workers]):
-                if any(p.poll() is not None for p in cluster.leaders):
-                    raise RuntimeError(f"a parley process exited at start: see the logs in {tmp}")
-                await asyncio.sleep(0.2)
+        await cluster.wait_ready(client)
         from parley.sim.caller_voice import caller_voice
 
         voice = await asyncio.to_thread(caller_voice, "hibari-low")
@@ -319,56 +208,36 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
         scraper = asyncio.ensure_future(keep_scraping(client, cluster.workers))
         stack.callback(scraper.cancel)
 
-        first = [asyncio.Event() for _ in range(args.calls_per_node * len(fakes))]
         drained = asyncio.Event()
-        callers = []
-        for n, (node, fs) in enumerate(zip(nodes, fakes, strict=True)):
-            for k in range(args.calls_per_node):
-                call_uuid = str(uuidlib.uuid4())
-                call = await fs.place_call(
-                    ws_url=cluster.ws_url[node.name], uuid=call_uuid, channel_vars={"parley_agent": "true"},
-                    extra_headers={"Authorization": f"Bearer {stream_token(secret, call_uuid)}"},
-                )
-                result = CallResult(call_uuid, node.name, turns_planned=len(turns))
-                report.calls.append(result)
-                i = n * args.calls_per_node + k
-                callers.append(asyncio.ensure_future(caller(call, result, turns, voice, first[i], drained)))
+        callers, first = await place_calls(fakes, NODE_NAMES, cluster, args.calls_per_node, secret, turns, voice,
+                                           report, drained)
         try:
             async with asyncio.timeout(args.timeout_s):
-                await asyncio.gather(*(e.wait() for e in first))
-                # every call is up and past its first answer: drain the worker holding the most calls
-                await asyncio.gather(*(scrape(client, w) for w in cluster.workers))
-                target = max(cluster.workers, key=lambda w: (w.counters.get(ACTIVE_CALLS, 0.0), -w.index))
-                active = {w.index: w.counters.get(ACTIVE_CALLS, 0.0) for w in cluster.workers}
-                os.kill(target.pid, signal.SIGTERM)
-                ready = await status(client, f"{target.base}/ready")
-                while ready == 200:
-                    await asyncio.sleep(0.05)
-                    ready = await status(client, f"{target.base}/ready")
-                on_target = await calls_on(target, pg)
-                drained.set()
+                await asyncio.gather(*(e.wait() for e in first))  # every call is up and past its first answer
+                drain = await drain_busiest(client, cluster.workers, pg)
+                drained.set()  # the callers say their other turns while the worker drains
                 await asyncio.gather(*callers)
-                await until(lambda: not pid_alive(target.pid))  # it exits once its calls have ended
+                await until(lambda: not pid_alive(drain.target.pid))  # it exits once its calls have ended
         finally:
             drained.set()
             for task in callers:
                 task.cancel()
             await asyncio.gather(*callers, return_exceptions=True)
         scraper.cancel()
-        await asyncio.gather(*(scrape(client, w) for w in cluster.workers if w is not target))
+        await asyncio.gather(*(scrape(client, w) for w in cluster.workers if w is not drain.target))
         for w in cluster.workers:
             report.workers.append(WorkerResult(
                 w.index, w.pid, w.http_port, w.nodes, w.counters.get(CALLS_STARTED, 0.0),
-                w.counters.get(CALLS_ENDED, 0.0), w.counters.get(TURNS, 0.0), active[w.index],
-                drained=w is target, ready_status_in_drain=ready if w is target else None))
+                w.counters.get(CALLS_ENDED, 0.0), w.counters.get(TURNS, 0.0), drain.active[w.index],
+                drained=w is drain.target, ready_status_in_drain=drain.ready if w is drain.target else None))
         for c in report.calls:
-            c.on_drained_worker = c.uuid in on_target
+            c.on_drained_worker = c.uuid in drain.calls
         await cluster.stop()
         for w, res in zip(cluster.workers, report.workers, strict=True):
             res.exit_code = w.proc.returncode if w.proc is not None else None
         if multi_node:
             report.supervisor_exit = cluster.leaders[0].returncode
-        await read_records(pg, report, multi_node)
+        await read_records(pg, report)
 
 
 async def calls_on(worker: Worker, pg: PgServer) -> set[str]:
@@ -383,23 +252,7 @@ async def calls_on(worker: Worker, pg: PgServer) -> set[str]:
     return {r["fs_uuid"] for r in rows}
 
 
-async def until(cond: Callable[[], bool], every_s: float = 0.1) -> None:
-    while True:
-        if cond():
-            return
-        await asyncio.sleep(every_s)
-
-
-def pid_alive(pid: int) -> bool:
-    """Running (a zombie waiting for its supervisor to reap it counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-async def read_records(pg: PgServer, report: Report, multi_node: bool) -> None:
+async def read_records(pg: PgServer, report: Report) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(host="127.0.0.1", port=pg.port, user="parley", database="postgres")

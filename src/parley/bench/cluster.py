@@ -270,7 +270,7 @@ class Report:
                   f"{len(ended_ok)}/{placed} ended by the caller after their turns; {answered}/{said} caller "
                   "turns answered" + (f"; dropped: {', '.join(dropped)}" if dropped else "")),
             Check("drained mid-call", len(drained) == 1 and drained[0].active_at_drain > 0
-                  and drained[0].ready_status_in_drain in (503, 0) and drained[0].exit_code in (0, None)
+                  and drained[0].ready_status_in_drain == 503 and drained[0].exit_code in (0, None)
                   and (self.supervisor_exit in (0, None)) and sum(c.on_drained_worker for c in self.calls) > 0,
                   "; ".join(f"worker {w.index}: {w.active_at_drain:g} call(s) up at SIGTERM, /ready "
                             f"{w.ready_status_in_drain}, exit {w.exit_code}" for w in drained) or "no worker drained"),
