@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The long fuzz run of parley's parsers (issue 10 item 6): ``scripts/fuzz.py --inputs 1000000``.
 
-Feeds each parser ``--inputs`` mutated inputs (seeded, reproducible: see :mod:`parley.testing.fuzz`) and prints
+Feeds each parser ``--inputs`` mutated inputs (seeded, reproducible: see :mod:`testkit.fuzz`) and prints
 per parser: inputs, its own protocol errors (expected), crashes by exception class, and the slowest input in
 ms (as measured, and re-timed best of 5: a lone GC pause or a busy shared core shows in the first figure
 only). Crash examples and each parser's slowest input are written to ``--out``. Exit status 1 when any parser
@@ -20,9 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from parley.testing.fuzz import Mutator, Report, Target, run_target, targets
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the fuzz harness is test code (tests/testkit), not in the wheel
+
+from testkit.fuzz import Mutator, Report, Target, run_target, targets  # noqa: E402
+
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "freeswitch"
 
 

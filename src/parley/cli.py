@@ -119,8 +119,8 @@ def cmd_freeswitch_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from parley.testing.demo_report import print_report
-    from parley.testing.echo_call import run_echo_call
+    from parley.sim.demo_report import print_report
+    from parley.sim.echo_call import run_echo_call
 
     _setup_logging("WARNING" if not args.verbose else "INFO", _settings_for_logging(args))
     result = asyncio.run(run_echo_call())
@@ -133,9 +133,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import tempfile
 
     from parley.app import build_engine
-    from parley.testing.caller_voice import caller_voice
-    from parley.testing.sim_report import print_simulation
-    from parley.testing.simulate import load_scenario, run_scenario, shipped_scenarios, write_recording
+    from parley.sim.caller_voice import caller_voice
+    from parley.sim.sim_report import print_simulation
+    from parley.sim.simulate import load_scenario, run_scenario, shipped_scenarios, write_recording
 
     settings = _settings(args)
     _setup_logging("INFO" if args.verbose else "WARNING", settings)

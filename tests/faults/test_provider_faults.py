@@ -31,12 +31,12 @@ from parley.app import build_engine
 from parley.compose import Providers, _record_switch
 from parley.config import settings_from_mapping
 from parley.observe.records import CallDetail, RecordStore
-from parley.testing.caller_voice import caller_voice
-from parley.testing.fakes import openai_chat
-from parley.testing.fakes.deepgram import FakeDeepgram, Faults
-from parley.testing.fakes.elevenlabs import FakeElevenLabs, Fault
-from parley.testing.fakes.openai_chat import FakeOpenAI, Script, dialogue
-from parley.testing.simulate import SimulationResult, load_scenario, run_scenario
+from parley.sim.caller_voice import caller_voice
+from parley.sim.simulate import SimulationResult, load_scenario, run_scenario
+from testkit.fakes import openai_chat
+from testkit.fakes.deepgram import FakeDeepgram, Faults
+from testkit.fakes.elevenlabs import FakeElevenLabs, Fault
+from testkit.fakes.openai_chat import FakeOpenAI, Script, dialogue
 
 pytest.importorskip("faster_whisper")
 
