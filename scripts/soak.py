@@ -36,9 +36,9 @@ from parley.bench.load_proc import FIRST_SPEECH_S, NOISE_RMS, PERIOD_S, STREAM_R
 from parley.config import AudioStreamSettings, EslSettings, FreeSwitchSettings, PlaybackSettings, Settings
 from parley.freeswitch.stream_token import stream_token
 from parley.observe.records import RecordStore
-from parley.testing.echo_call import packaged_wav
-from parley.testing.fake_freeswitch import FakeCall, FakeFreeSwitch
-from parley.testing.fake_playback import resample
+from parley.sim.echo_call import packaged_wav
+from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
+from parley.sim.fake_playback import resample
 
 
 def open_fds() -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parley.testing.echo_call import EchoCallResult, run_echo_call
+from parley.sim.echo_call import EchoCallResult, run_echo_call
 
 
 @pytest.fixture(scope="module", params=["json", "plain"])

@@ -76,7 +76,7 @@ def test_serve_runs_against_freeswitch_and_stops_cleanly_on_sigterm(tmp_path: Pa
     fake = subprocess.Popen(
         [sys.executable, "-c", (
             "import asyncio,sys\n"
-            "from parley.testing.fake_freeswitch import FakeFreeSwitch\n"
+            "from parley.sim.fake_freeswitch import FakeFreeSwitch\n"
             "async def main():\n"
             f"    fs = FakeFreeSwitch(password={password!r})\n"
             "    await fs.start(); print(fs.esl_port, flush=True)\n"
@@ -126,7 +126,7 @@ def test_serve_exits_with_a_clear_error_on_a_wrong_password(tmp_path: Path) -> N
     fake = subprocess.Popen(
         [sys.executable, "-c", (
             "import asyncio\n"
-            "from parley.testing.fake_freeswitch import FakeFreeSwitch\n"
+            "from parley.sim.fake_freeswitch import FakeFreeSwitch\n"
             "async def main():\n"
             "    fs = FakeFreeSwitch(password='the-right-password-123x')\n"
             "    await fs.start(); print(fs.esl_port, flush=True)\n"

@@ -15,11 +15,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from parley.app import build_engine
 from parley.compose import Providers
 from parley.config import settings_from_mapping
-from parley.testing.caller_voice import caller_voice
-from parley.testing.fakes.deepgram import FakeDeepgram, Faults
-from parley.testing.fakes.elevenlabs import FakeElevenLabs
-from parley.testing.fakes.openai_chat import FakeOpenAI, dialogue
-from parley.testing.simulate import SimulationResult, load_scenario, run_scenario
+from parley.sim.caller_voice import caller_voice
+from parley.sim.simulate import SimulationResult, load_scenario, run_scenario
+from testkit.fakes.deepgram import FakeDeepgram, Faults
+from testkit.fakes.elevenlabs import FakeElevenLabs
+from testkit.fakes.openai_chat import FakeOpenAI, dialogue
 
 pytest.importorskip("faster_whisper")
 
@@ -106,7 +106,7 @@ def test_providers_fail_mid_call_and_the_local_stack_takes_over(tmp_path: Path) 
 
 def test_providers_check_reports_reachability_and_authentication() -> None:
     from parley.compose import check_providers
-    from parley.testing.echo_call import free_port
+    from parley.sim.echo_call import free_port
 
     async def main() -> dict[str, str]:
         dg = FakeDeepgram(ENV["DEEPGRAM_API_KEY"])

@@ -47,8 +47,8 @@ from parley.observe.http import HttpServer
 from parley.observe.readiness import Readiness, is_loopback
 from parley.observe.records import CallRecord, RecordStore
 from parley.providers.base import AudioChunk, LLMEvent, Message, STTEvent, ToolSpec, TTSEvent
-from parley.testing.echo_call import free_port
-from parley.testing.fake_freeswitch import FakeCall, FakeFreeSwitch
+from parley.sim.echo_call import free_port
+from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
 from parley.turns.policy import TurnPolicy
 from parley.turns.vad import VadResult
 

@@ -15,9 +15,9 @@ import pytest
 
 from parley.compose import Providers, check_providers, live_check
 from parley.config import settings_from_mapping
-from parley.testing.fakes.deepgram import FakeDeepgram
-from parley.testing.fakes.openai_chat import FakeOpenAI, dialogue
-from parley.testing.fakes.openai_realtime import FakeOpenAIRealtime
+from testkit.fakes.deepgram import FakeDeepgram
+from testkit.fakes.openai_chat import FakeOpenAI, dialogue
+from testkit.fakes.openai_realtime import FakeOpenAIRealtime
 
 KEY = "sk-test-check-0123"
 ENV = {"DEEPGRAM_API_KEY": "dg-test-key", "OPENAI_API_KEY": KEY}

@@ -19,10 +19,10 @@ from parley.app import build_engine
 from parley.compose import Providers
 from parley.config import settings_from_mapping
 from parley.observe import timings as tm
-from parley.testing.caller_voice import caller_voice
-from parley.testing.fakes.gemini_live import FakeGeminiLive, LiveReply
-from parley.testing.fakes.openai_realtime import FakeOpenAIRealtime, RealtimeFaults, Reply
-from parley.testing.simulate import SimulationResult, load_scenario, run_scenario
+from parley.sim.caller_voice import caller_voice
+from parley.sim.simulate import SimulationResult, load_scenario, run_scenario
+from testkit.fakes.gemini_live import FakeGeminiLive, LiveReply
+from testkit.fakes.openai_realtime import FakeOpenAIRealtime, RealtimeFaults, Reply
 
 pytest.importorskip("faster_whisper")
 

@@ -20,9 +20,9 @@ from parley.errors import ConfigError
 from parley.observe import timings as tm
 from parley.observe.metrics import Metrics
 from parley.providers.base import AudioChunk
-from parley.testing.caller_voice import caller_voice
-from parley.testing.scripted_caller import Pause
-from parley.testing.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios
+from parley.sim.caller_voice import caller_voice
+from parley.sim.scripted_caller import Pause
+from parley.sim.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios
 
 pytest.importorskip("faster_whisper")
 pytest.importorskip("hibari")
@@ -192,7 +192,7 @@ class ToneVoice:
 
 def test_say_list_pieces_are_joined_at_their_audible_edges() -> None:
     from parley.audio.trim import audible_windows
-    from parley.testing.scripted_caller import ScriptedCaller
+    from parley.sim.scripted_caller import ScriptedCaller
 
     voice: object = ToneVoice()
     caller = ScriptedCaller(None, voice)  # type: ignore[arg-type]

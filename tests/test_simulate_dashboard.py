@@ -30,7 +30,7 @@ import pytest
 
 from parley.observe import timings as tm
 from parley.observe.redact import redact_number
-from parley.testing.simulate import load_scenario, shipped_scenarios
+from parley.sim.simulate import load_scenario, shipped_scenarios
 
 if TYPE_CHECKING:
     from tests.conftest import OpenPage, Screenshot

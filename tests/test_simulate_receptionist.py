@@ -15,8 +15,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from parley.agent.engine import Engine
 from parley.config import Settings
-from parley.testing.caller_voice import caller_voice
-from parley.testing.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios
+from parley.sim.caller_voice import caller_voice
+from parley.sim.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios
 
 pytest.importorskip("faster_whisper")
 pytest.importorskip("hibari")

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from parley.freeswitch.stream_token import stream_token
-from parley.testing.echo_call import free_port
-from parley.testing.fake_freeswitch import FakeFreeSwitch
+from parley.sim.echo_call import free_port
+from parley.sim.fake_freeswitch import FakeFreeSwitch
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from parley.testing.fake_playback import PlaybackRecord
-from parley.testing.simulate import SimulationResult
+from parley.sim.fake_playback import PlaybackRecord
+from parley.sim.simulate import SimulationResult
 
 Interval = tuple[float, float]
 

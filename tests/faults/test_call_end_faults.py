@@ -20,8 +20,8 @@ from parley.agent.engine import Engine
 from parley.app import build_engine
 from parley.config import Settings
 from parley.observe.records import CallDetail, RecordStore
-from parley.testing.caller_voice import caller_voice
-from parley.testing.simulate import SimulationResult, load_scenario, run_scenario
+from parley.sim.caller_voice import caller_voice
+from parley.sim.simulate import SimulationResult, load_scenario, run_scenario
 
 RecordRow = Callable[..., None]  # the fault_row fixture of tests/faults/conftest.py
 

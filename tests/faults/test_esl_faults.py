@@ -38,9 +38,9 @@ from parley.config import (
 from parley.freeswitch.call import Call
 from parley.freeswitch.esl_client import EslClient, command_is_repeatable
 from parley.freeswitch.stream_token import stream_token
-from parley.testing.echo_call import free_port, packaged_wav
-from parley.testing.fake_freeswitch import FakeCall, FakeFreeSwitch
-from parley.testing.fault_proxy import FaultProxy
+from parley.sim.echo_call import free_port, packaged_wav
+from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
+from testkit.fault_proxy import FaultProxy
 
 RecordRow = Callable[..., None]  # the fault_row fixture of tests/faults/conftest.py
 

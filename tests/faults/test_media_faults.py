@@ -47,8 +47,8 @@ from parley.freeswitch import esl_protocol as esl
 from parley.freeswitch.stream_token import stream_token
 from parley.observe.records import CallRecord, RecordStore
 from parley.providers.base import AudioChunk, LLMEvent, Message, STTEvent, ToolSpec, TTSEvent
-from parley.testing.echo_call import free_port
-from parley.testing.fake_freeswitch import FakeCall, FakeFreeSwitch
+from parley.sim.echo_call import free_port
+from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
 from parley.turns.policy import TurnPolicy
 from parley.turns.vad import VadResult
 

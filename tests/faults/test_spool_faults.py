@@ -25,8 +25,8 @@ from parley.audio.wav import write_wav_atomic
 from parley.config import Settings
 from parley.freeswitch import playback
 from parley.observe.records import RecordStore
-from parley.testing.caller_voice import caller_voice
-from parley.testing.simulate import SimulationResult, load_scenario, run_scenario
+from parley.sim.caller_voice import caller_voice
+from parley.sim.simulate import SimulationResult, load_scenario, run_scenario
 
 RecordRow = Callable[..., None]  # the fault_row fixture of tests/faults/conftest.py
 

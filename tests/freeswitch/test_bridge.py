@@ -19,8 +19,8 @@ from parley import app
 from parley.config import AudioStreamSettings, EslSettings, FreeSwitchSettings, PlaybackSettings, Settings
 from parley.errors import EslCommandError
 from parley.freeswitch.call import Call, Dtmf, Hangup
-from parley.testing.echo_call import free_port
-from parley.testing.fake_freeswitch import FakeFreeSwitch
+from parley.sim.echo_call import free_port
+from parley.sim.fake_freeswitch import FakeFreeSwitch
 
 
 @dataclass

@@ -21,9 +21,9 @@ from parley.errors import EslConnectError, EslConnectionLost, EslOutcomeUnknown,
 from parley.freeswitch import esl_protocol as esl
 from parley.freeswitch.esl_client import EslClient, Sent, command_is_repeatable
 from parley.observe.metrics import Metrics
-from parley.testing.esl_wire import SHUTDOWN_NOTICE
-from parley.testing.fake_freeswitch import FakeFreeSwitch
-from parley.testing.fault_proxy import FaultProxy
+from parley.sim.esl_wire import SHUTDOWN_NOTICE
+from parley.sim.fake_freeswitch import FakeFreeSwitch
+from testkit.fault_proxy import FaultProxy
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "freeswitch"
 PASSWORD = "a-long-test-password-xyz"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from parley.errors import EslProtocolError
 from parley.freeswitch import esl_protocol as esl
-from parley.testing.fuzz import Mutator, Target, run_target, targets
+from testkit.fuzz import Mutator, Target, run_target, targets
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "freeswitch"
 TARGETS = {t.name: t for t in targets(FIXTURES)}

@@ -20,8 +20,8 @@ from parley.agent.engine import Engine
 from parley.freeswitch.call import CallLog
 from parley.observe import logs
 from parley.observe.redact import CallerText, PhoneNumber, mask_numbers, redact_number, reveal
-from parley.testing.caller_voice import caller_voice
-from parley.testing.simulate import SimulationResult, load_scenario, run_scenario
+from parley.sim.caller_voice import caller_voice
+from parley.sim.simulate import SimulationResult, load_scenario, run_scenario
 
 UUID = "6f0b3e0a-2f0b-4d8e-9a51-0c3c7f6e2a11"
 NUMBER = "+15550001111"  # the fake FreeSWITCH's caller

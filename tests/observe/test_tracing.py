@@ -38,8 +38,8 @@ from parley.freeswitch.call import CallInfo
 from parley.observe import timings as tm
 from parley.observe.metrics import LATENCY_STAGES
 from parley.observe.tracing import CallOutcome, CallTracer, traces_url
-from parley.testing.echo_call import free_port
-from parley.testing.simulate import SimulationResult, load_scenario, run_scenario
+from parley.sim.echo_call import free_port
+from parley.sim.simulate import SimulationResult, load_scenario, run_scenario
 
 CALLER_NUMBER = "+15550001111"  # the fake FreeSWITCH's default caller
 
@@ -285,7 +285,7 @@ def engine() -> Iterator[Engine]:
 
 
 def simulate(engine: Engine, tmp: Path, script: str, observe: ObserveSettings) -> SimulationResult:
-    from parley.testing.caller_voice import caller_voice
+    from parley.sim.caller_voice import caller_voice
 
     path = tmp / "scenario.yaml"
     path.write_text(script)

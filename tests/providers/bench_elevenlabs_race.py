@@ -18,7 +18,7 @@ import time
 from parley.providers.base import AudioChunk
 from parley.providers.elevenlabs_tts import ElevenLabsTTS
 from parley.providers.errors import ProviderError
-from parley.testing.fakes.elevenlabs import FakeElevenLabs
+from testkit.fakes.elevenlabs import FakeElevenLabs
 
 KEY = "xi-bench-key-0123456789"
 

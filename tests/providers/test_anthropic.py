@@ -21,7 +21,7 @@ from parley.providers.errors import (
     ProviderTimeout,
 )
 from parley.providers.fallback import FallbackLLM
-from parley.testing.fakes.anthropic import AnthropicReply, FakeAnthropic, error_reply, reply, text, tool_use
+from testkit.fakes.anthropic import AnthropicReply, FakeAnthropic, error_reply, reply, text, tool_use
 
 KEY = "sk-ant-test-0123456789abcdef"
 MODEL = "claude-haiku-4-5"

@@ -30,7 +30,7 @@ from parley.providers.errors import (
     ProviderProtocolError,
     ProviderTimeout,
 )
-from parley.testing.fakes.assemblyai import FakeAssemblyAI, ScriptedTurn, SessionFault
+from testkit.fakes.assemblyai import FakeAssemblyAI, ScriptedTurn, SessionFault
 
 KEY = "aai-test-key-0123456789"
 RATE = 16000

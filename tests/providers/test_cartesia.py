@@ -34,7 +34,7 @@ from parley.providers.errors import (
     ProviderTimeout,
 )
 from parley.providers.fallback import FallbackTTS
-from parley.testing.fakes.cartesia import FakeCartesia, Fault
+from testkit.fakes.cartesia import FakeCartesia, Fault
 
 KEY = "sk_car_test_0123456789"
 VOICE = "a0e99841-438c-4a64-b679-ae501e7d6091"

@@ -30,7 +30,7 @@ from parley.providers.errors import (
     ProviderTimeout,
 )
 from parley.providers.fallback import FallbackTTS
-from parley.testing.fakes.elevenlabs import FakeElevenLabs, Fault
+from testkit.fakes.elevenlabs import FakeElevenLabs, Fault
 
 KEY = "xi-test-key-0123456789"
 SENTENCE = "Hello there, how can I help?"

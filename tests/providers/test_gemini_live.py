@@ -23,7 +23,7 @@ from parley.providers.realtime_base import (
     RealtimeEvent,
     ResponseDone,
 )
-from parley.testing.fakes.gemini_live import FakeGeminiLive, LiveFaults, LiveReply
+from testkit.fakes.gemini_live import FakeGeminiLive, LiveFaults, LiveReply
 
 KEY = "gm-test-key-0123456789"
 HANGUP = ToolSpec("hangup", "End the call.", {"type": "object", "properties": {}})

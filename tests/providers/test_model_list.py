@@ -7,7 +7,7 @@ import pytest
 
 from parley.providers.errors import ProviderAuthError
 from parley.providers.model_list import ModelList, fetch_models, verdict
-from parley.testing.fakes.openai_realtime import FakeOpenAIRealtime
+from testkit.fakes.openai_realtime import FakeOpenAIRealtime
 
 KEY = "sk-test-models-0123"
 

@@ -28,7 +28,7 @@ from parley.providers.openai_llm import (
     SSEDecoder,
     wire_message,
 )
-from parley.testing.fakes.openai_chat import (
+from testkit.fakes.openai_chat import (
     FIRST,
     USAGE,
     Connection,

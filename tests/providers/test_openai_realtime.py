@@ -23,7 +23,7 @@ from parley.providers.realtime_base import (
     RealtimeEvent,
     ResponseDone,
 )
-from parley.testing.fakes.openai_realtime import FakeOpenAIRealtime, RealtimeFaults, Reply
+from testkit.fakes.openai_realtime import FakeOpenAIRealtime, RealtimeFaults, Reply
 
 KEY = "sk-test-realtime-0123"
 HANGUP = ToolSpec("hangup", "End the call.", {"type": "object", "properties": {}})

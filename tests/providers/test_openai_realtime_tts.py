@@ -13,7 +13,7 @@ from parley.observe.cost import PriceTable
 from parley.providers.base import AudioChunk, TTSEvent, Usage
 from parley.providers.errors import ProviderAuthError, ProviderError
 from parley.providers.openai_realtime_tts import DEFAULT_MODEL, OpenAIRealtimeTTS
-from parley.testing.fakes.openai_realtime import FakeOpenAIRealtime, RealtimeFaults
+from testkit.fakes.openai_realtime import FakeOpenAIRealtime, RealtimeFaults
 
 KEY = "sk-test-realtime-tts-0123"
 

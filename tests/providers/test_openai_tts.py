@@ -22,7 +22,7 @@ from parley.providers.errors import (
 )
 from parley.providers.fallback import FallbackTTS
 from parley.providers.openai_tts import OpenAITTS, PcmAssembler
-from parley.testing.fakes.openai_tts import FakeOpenAITTS, TTSReply
+from testkit.fakes.openai_tts import FakeOpenAITTS, TTSReply
 
 KEY = "sk-tts-test-0123456789abcdef"
 TEXT = "Your table for two is booked for seven."

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from parley.audio.pcm import Int16Array
-from parley.testing.ear import CallerTurnAudio, EarTurn, match_turns, measure_ear, silent_at_ear
+from parley.sim.ear import CallerTurnAudio, EarTurn, match_turns, measure_ear, silent_at_ear
 
 RATE = 8000
 ORIGIN = 1000.0  # the call timeline's sample 0, on the monotonic clock

@@ -38,12 +38,12 @@ from gen_fake_templates import build_templates, render
 from websockets.asyncio.server import ServerConnection, serve
 
 from parley.freeswitch import esl_protocol as esl
-from parley.testing import esl_wire
-from parley.testing.fake_freeswitch import FakeFreeSwitch
+from parley.sim import esl_wire
+from parley.sim.fake_freeswitch import FakeFreeSwitch
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "freeswitch"
 TEMPLATE_FILE = (
-    Path(__file__).resolve().parents[2] / "src" / "parley" / "testing" / "data" / "fake_freeswitch_events.json"
+    Path(__file__).resolve().parents[2] / "src" / "parley" / "sim" / "data" / "fake_freeswitch_events.json"
 )
 PASSWORD = "fidelity-pw"
 MEDIA = "/srv/fsrun/test/rec/media/"
@@ -415,4 +415,4 @@ def test_every_recorded_event_reserializes_to_the_same_bytes() -> None:
 
 
 def test_shipped_templates_are_generated_from_the_recordings() -> None:
-    assert TEMPLATE_FILE.read_text() == render(build_templates()), "run: python tests/testing/gen_fake_templates.py"
+    assert TEMPLATE_FILE.read_text() == render(build_templates()), "run: python tests/sim/gen_fake_templates.py"

@@ -22,9 +22,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 
 from parley.freeswitch import esl_protocol as esl
-from parley.testing.esl_wire import ClientCommandParser, FsEvent, Subscription, url_encode
-from parley.testing.fake_freeswitch import FakeFreeSwitch
-from parley.testing.fake_playback import split_file_arg
+from parley.sim.esl_wire import ClientCommandParser, FsEvent, Subscription, url_encode
+from parley.sim.fake_freeswitch import FakeFreeSwitch
+from parley.sim.fake_playback import split_file_arg
 
 PW = "test-password"
 SUBSCRIBE = (

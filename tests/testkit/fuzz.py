@@ -8,7 +8,7 @@ adds hypothesis-generated values. Must not know about calls, sessions or asyncio
 
 Seeds: the genuine FreeSWITCH recordings (``shared/fixtures/freeswitch/*.esl-in.bin``, cut into messages;
 an input is a window of 1-6 consecutive messages, which is what one socket read holds), the messages the
-vendor fakes build (:mod:`parley.testing.fakes`) and the examples of ``docs/provider-protocols.md``. A
+vendor fakes build (:mod:`testkit.fakes`) and the examples of ``docs/provider-protocols.md``. A
 vendor input is a session: frames separated by ``\\n`` (one WebSocket text frame each) or an SSE body, so
 the stateful assemblers see sequences, not just single messages.
 
@@ -46,8 +46,8 @@ from parley.providers import (
     openai_tts,
 )
 from parley.providers.errors import ProviderError
-from parley.testing.fakes import anthropic as fake_anthropic
-from parley.testing.fakes import openai_chat as fake_openai
+from testkit.fakes import anthropic as fake_anthropic
+from testkit.fakes import openai_chat as fake_openai
 
 __all__ = ["Mutator", "Report", "Target", "run_target", "targets"]
 

@@ -1,10 +1,10 @@
 """``parley bench latency``: the scripted scenarios on the local stack, N times, summarized per stage.
 
-Owns: running scenarios through :func:`parley.testing.simulate.run_scenario` (the real bridge, session
+Owns: running scenarios through :func:`parley.sim.simulate.run_scenario` (the real bridge, session
 and providers against the fake FreeSWITCH over real sockets), aggregating every caller turn's stage
 offsets, voice-to-voice, engine overhead and barge-in timings into p50/p95 (:func:`latency_report`, a
 pure function over the turns' ``as_dict()`` form), and printing them with the endpoint setting in force.
-The headline is what the caller heard (:mod:`parley.testing.ear`): the caller's true speech end -> the
+The headline is what the caller heard (:mod:`parley.sim.ear`): the caller's true speech end -> the
 first audible agent sample in the rendered audio, p50/p90/p95 over every scripted caller turn, with the
 cut-ins and talk-over; parley's own figures and PLAYBACK_START follow as stages.
 It reports figures; it never judges them. Must not know how the timings are taken (that is the session
@@ -238,7 +238,7 @@ def _print_ear(ear: object, w: Callable[[str], object]) -> None:
 
 
 def resolve_scenarios(names: Sequence[str] | None) -> list[Path]:
-    from parley.testing.simulate import shipped_scenarios
+    from parley.sim.simulate import shipped_scenarios
 
     shipped = shipped_scenarios()
     if not names:
@@ -266,8 +266,8 @@ async def collect_turns(
     blocks), the policy in force and the ear's caller turns."""
     from parley.app import build_engine
     from parley.providers.base import TTSProvider
-    from parley.testing.caller_voice import caller_voice
-    from parley.testing.simulate import load_scenario, run_scenario
+    from parley.sim.caller_voice import caller_voice
+    from parley.sim.simulate import load_scenario, run_scenario
 
     scenarios = [load_scenario(p) for p in scenario_paths]
     conv = settings.conversation

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TextIO
 
 from parley.audio.wav import write_stereo_wav
-from parley.testing.echo_call import RATE, EchoCallResult
+from parley.sim.echo_call import RATE, EchoCallResult
 
 
 def _ms(a: float | None, b: float | None) -> str:

@@ -32,7 +32,7 @@ from parley.config import (
     Settings,
 )
 from parley.freeswitch.stream_token import stream_token
-from parley.testing.fake_freeswitch import FakeCall, FakeFreeSwitch
+from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
 
 RATE = 8000
 

@@ -8,7 +8,7 @@ after ``mod_event_socket.c`` ``event_handler``). Knows nothing of sockets, clock
 
 The byte shapes were checked against the recordings in ``shared/fixtures/freeswitch``: re-serializing every
 recorded event from its decoded headers reproduces the recorded bytes exactly (see
-``tests/testing/test_fake_fidelity.py``).
+``tests/sim/test_fake_fidelity.py``).
 """
 
 from __future__ import annotations

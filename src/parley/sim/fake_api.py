@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from parley.testing.fake_call import FakeCall
+from parley.sim.fake_call import FakeCall
 
 VERSION = "FreeSWITCH Version 1.10.12-release~64bit ( 64bit)\n"
 NO_CHANNEL = "-ERR No such channel!\n"

@@ -38,7 +38,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.typing import Origin
 
-from parley.testing.fake_playback import Int16Array
+from parley.sim.fake_playback import Int16Array
 
 FIRST_FRAME_DELAY_S = 0.020  # recorded: the first frame arrives 10-45 ms after the upgrade
 CONNECT_TIMEOUT_S = 2.0  # libwsc's connect timeout

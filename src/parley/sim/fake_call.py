@@ -1,6 +1,6 @@
 """One fake FreeSWITCH call: the dialplan, the park loop's queue of executes, playback, DTMF, hangup.
 
-Owns: a call's channel (via :class:`~parley.testing.fake_channel.ChannelState`), the events it emits, its
+Owns: a call's channel (via :class:`~parley.sim.fake_channel.ChannelState`), the events it emits, its
 queue of ``sendmsg``/``uuid_broadcast`` executes (event-locked, FIFO, as the park loop runs them), the
 playback timing measured on FreeSWITCH 1.10.12 (start ~21 ms after the command, back-to-back with no
 gap, ``uuid_break`` -> PLAYBACK_STOP ``break`` ~21 ms later, ``all`` flushes queued ones without any
@@ -22,18 +22,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from parley.testing.esl_wire import FsEvent
-from parley.testing.fake_audio_stream import AudioStream
-from parley.testing.fake_call_media import CallMedia
-from parley.testing.fake_channel import (
+from parley.sim.esl_wire import FsEvent
+from parley.sim.fake_audio_stream import AudioStream
+from parley.sim.fake_call_media import CallMedia
+from parley.sim.fake_channel import (
     Q850,
     STATE_HANGUP,
     STATE_REPORTING,
     ChannelState,
     EventFactory,
 )
-from parley.testing.fake_dialplan import INLINE_APPS, STREAM_DIALPLAN, ChannelEvents
-from parley.testing.fake_playback import (
+from parley.sim.fake_dialplan import INLINE_APPS, STREAM_DIALPLAN, ChannelEvents
+from parley.sim.fake_playback import (
     Int16Array,
     PlaybackRecord,
     heard_audio,
@@ -72,7 +72,7 @@ class _Interrupt(NamedTuple):
 
 
 class FakeCall:
-    """A parked inbound call on the fake FreeSWITCH (see :class:`~parley.testing.FakeFreeSwitch`)."""
+    """A parked inbound call on the fake FreeSWITCH (see :class:`~parley.sim.FakeFreeSwitch`)."""
 
     def __init__(
         self,

@@ -15,8 +15,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
-from parley.testing.fake_audio_stream import FIRST_FRAME_DELAY_S, AudioStream, EventSink, HeardSource
-from parley.testing.fake_playback import Int16Array, resample
+from parley.sim.fake_audio_stream import FIRST_FRAME_DELAY_S, AudioStream, EventSink, HeardSource
+from parley.sim.fake_playback import Int16Array, resample
 
 
 class CallMedia:

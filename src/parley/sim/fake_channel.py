@@ -1,8 +1,8 @@
 """Channel state and event construction for the fake FreeSWITCH.
 
 Owns: the recorded event templates (``data/fake_freeswitch_events.json``, generated from the genuine
-FreeSWITCH 1.10.12 recordings by ``tests/testing/gen_fake_templates.py``), one channel's state (its
-ordered channel variables, state names, times) and turning both into :class:`~parley.testing.esl_wire.FsEvent`
+FreeSWITCH 1.10.12 recordings by ``tests/sim/gen_fake_templates.py``), one channel's state (its
+ordered channel variables, state names, times) and turning both into :class:`~parley.sim.esl_wire.FsEvent`
 objects with the header names, order and static values FreeSWITCH uses. Knows nothing of sockets or
 asyncio; it never reads the shared fixtures.
 
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 
-from parley.testing.esl_wire import FsEvent
+from parley.sim.esl_wire import FsEvent
 
 TEMPLATE_FILE = "fake_freeswitch_events.json"
 
@@ -74,7 +74,7 @@ class Templates:
 
     @classmethod
     def load(cls) -> Templates:
-        text = resources.files("parley.testing").joinpath("data").joinpath(TEMPLATE_FILE).read_text(encoding="utf-8")
+        text = resources.files("parley.sim").joinpath("data").joinpath(TEMPLATE_FILE).read_text(encoding="utf-8")
         return cls.from_json(json.loads(text))
 
     @classmethod

@@ -13,8 +13,8 @@ import json
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
 
-from parley.testing.esl_wire import FsEvent
-from parley.testing.fake_channel import STATE_ACTIVE, STATE_ANSWERING, STATE_RINGING, ChannelState, EventFactory
+from parley.sim.esl_wire import FsEvent
+from parley.sim.fake_channel import STATE_ACTIVE, STATE_ANSWERING, STATE_RINGING, ChannelState, EventFactory
 
 STREAM_DIALPLAN = (("STREAM_MESSAGE_DEFLATE", "true"), ("STREAM_BUFFER_SIZE", "20"))
 INLINE_APPS = frozenset({"answer", "pre_answer", "ring_ready", "log", "info", "event", "set", "unset", "export"})

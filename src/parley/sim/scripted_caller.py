@@ -19,8 +19,8 @@ from parley.audio.pcm import Int16Array
 from parley.audio.resample import resample
 from parley.audio.trim import first_audible_index, last_audible_index
 from parley.providers.base import AudioChunk, TTSProvider
-from parley.testing.ear import CallerTurnAudio
-from parley.testing.fake_freeswitch import FakeCall
+from parley.sim.ear import CallerTurnAudio
+from parley.sim.fake_freeswitch import FakeCall
 
 PHONE_RATE = 8000
 PIECE_PAD_MS = 15.0  # kept around each piece's audible part where a say list joins pieces

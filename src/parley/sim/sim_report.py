@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from parley.observe import timings as tm
-from parley.testing.simulate import SimulationResult
+from parley.sim.simulate import SimulationResult
 
 COLUMNS = (
     ("endpoint", tm.ENDPOINT),

@@ -26,7 +26,7 @@ Scenario schema::
 A ``say`` list is one caller turn: its text pieces are spoken with the given pauses between their audible
 edges (each piece's own leading/trailing silence is cut there, so the pause is the designed one).
 
-The result is measured at the caller's ear too (:mod:`parley.testing.ear`): each scripted turn's true speech
+The result is measured at the caller's ear too (:mod:`parley.sim.ear`): each scripted turn's true speech
 end is its last audible sample, on the session's clock (the media time of the frame it went out in), and
 the agent's audio is what FreeSWITCH played to the caller. ``as_dict()`` reports both parley's own figures
 and the ear's, and how far apart they are.
@@ -70,10 +70,10 @@ from parley.observe.metrics import Metrics
 from parley.observe.timings import percentiles
 from parley.observe.tracing import CallTracer
 from parley.providers.base import TTSProvider
-from parley.testing.ear import CallerTurnAudio, EarTurn, match_turns, measure_ear, silent_at_ear
-from parley.testing.echo_call import free_port
-from parley.testing.fake_freeswitch import FakeCall, FakeFreeSwitch
-from parley.testing.scripted_caller import PHONE_RATE, Pause, SayPiece, ScriptedCaller
+from parley.sim.ear import CallerTurnAudio, EarTurn, match_turns, measure_ear, silent_at_ear
+from parley.sim.echo_call import free_port
+from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
+from parley.sim.scripted_caller import PHONE_RATE, Pause, SayPiece, ScriptedCaller
 
 _STEP_KEYS = {"say", "say_ms", "pause_ms", "wait_agent", "quiet_ms", "barge_in_at_ms", "silence_s", "hangup", "dtmf"}
 

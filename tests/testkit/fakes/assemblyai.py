@@ -50,7 +50,7 @@ from websockets.http11 import Request, Response
 
 __all__ = ["FakeAssemblyAI", "ScriptedTurn", "SessionFault", "SessionRecord"]
 
-log = logging.getLogger("parley.testing.fakes.assemblyai")
+log = logging.getLogger("testkit.fakes.assemblyai")
 ENCODINGS = {"pcm_s16le": 2, "pcm_mulaw": 1}  # bytes per sample
 
 

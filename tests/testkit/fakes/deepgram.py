@@ -321,7 +321,7 @@ class FakeDeepgram:
         self._server = await serve(
             self._handle, "127.0.0.1", 0, process_request=self._check, process_response=self._stamp,
             compression=None, server_header=None, ping_interval=None,
-            logger=_QuietLog(logging.getLogger("parley.testing.fakes.deepgram"), {}),
+            logger=_QuietLog(logging.getLogger("testkit.fakes.deepgram"), {}),
         )
 
     async def close(self) -> None:

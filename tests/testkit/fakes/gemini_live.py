@@ -113,7 +113,7 @@ class FakeGeminiLive:
     async def __aenter__(self) -> Self:
         self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._check, compression=None,
                                    server_header=None, ping_interval=None,
-                                   logger=_QuietLog(logging.getLogger("parley.testing.fakes.gemini_live"), {}))
+                                   logger=_QuietLog(logging.getLogger("testkit.fakes.gemini_live"), {}))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

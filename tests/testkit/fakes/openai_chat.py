@@ -98,7 +98,7 @@ class FakeOpenAI:
             request = Request(method, path, headers, body)
             self.requests.append(request)
             if method == "GET" and path.endswith("/models"):  # the same list the Realtime fake serves
-                from parley.testing.fakes.openai_realtime import MODELS
+                from testkit.fakes.openai_realtime import MODELS
 
                 await Connection(request, reader, writer).json_response(200, {"object": "list", "data": [
                     {"id": mid, "object": "model", "owned_by": "system", "shutdown_date": date}

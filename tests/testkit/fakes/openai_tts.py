@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from parley.testing.fakes.anthropic import HttpExchange, HttpRequest, LoopbackHttpServer
+from testkit.fakes.anthropic import HttpExchange, HttpRequest, LoopbackHttpServer
 
 __all__ = ["FakeOpenAITTS", "TTSReply"]
 
