@@ -304,9 +304,11 @@ async def open_records(settings: Settings, stack: contextlib.AsyncExitStack) -> 
     if not settings.records.enabled:
         return None
     from parley.observe.cost import PriceTable, pricer
+    from parley.observe.records_spill import spill_folder
 
     store = await stack.enter_async_context(RecordStore.open(
-        settings.records.resolved_url, pricer=pricer(PriceTable.load()), host=settings.records.host or None
+        settings.records.resolved_url, pricer=pricer(PriceTable.load()), host=settings.records.host or None,
+        spill_dir=spill_folder(settings.records.resolved_url, settings.records.spill_dir),
     ))
     interrupted = await store.recover()
     if interrupted:

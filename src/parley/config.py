@@ -343,6 +343,10 @@ class RecordsSettings:
     # the price table's hosting entry this instance runs on (e.g. cpu_box): its hourly price is shared over
     # each hour's call-minutes by `parley cost report` and the dashboard's Costs page; empty = not counted
     hosting: str = ""
+    # where writes still queued at shutdown go when the database is down, full or read-only; written at the
+    # next start (observe/records_spill.py). Empty: next to a SQLite file (<name>.spill/), else
+    # $XDG_STATE_HOME/parley/records-spill (~/.local/state/...)
+    spill_dir: str = ""
 
     @property
     def resolved_url(self) -> str:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 from sqlalchemy.pool import Pool
 
@@ -21,6 +22,7 @@ from parley.observe.records_spill import (
     claim_spills,
     decode_line,
     encode_line,
+    spill_folder,
     write_spill,
 )
 from parley.providers.base import Usage
@@ -136,3 +138,12 @@ def test_a_file_is_claimed_once_and_a_bad_one_is_set_aside(tmp_path: Path) -> No
     assert list(claim_spills(tmp_path)) == []  # already claimed (another worker starting at the same time)
     assert (tmp_path / f"{PREFIX}broken.jsonl.bad").exists()
     assert write_spill(tmp_path, [], host="h") is None
+
+
+def test_the_spill_folder_sits_next_to_a_sqlite_file_else_in_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert spill_folder(f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}") == tmp_path / "calls.db.spill"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert spill_folder("postgresql+asyncpg://u@db/parley") == tmp_path / "state" / "parley" / "records-spill"
+    assert spill_folder("postgresql+asyncpg://u@db/parley", "/var/spool/parley") == Path("/var/spool/parley")

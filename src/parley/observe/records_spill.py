@@ -28,11 +28,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from sqlalchemy.engine import make_url
+
 log = logging.getLogger("parley.records")
 
 PREFIX = "records-spill-"
 SUFFIX = ".jsonl"
 _DT = "$datetime"
+
+
+def spill_folder(url: str, configured: str = "") -> Path:
+    """Where a store on ``url`` spills: ``configured`` if set; next to a SQLite file (``calls.db`` ->
+    ``calls.db.spill/``, so a test's or a second instance's database never replays another's writes);
+    else ``$XDG_STATE_HOME/parley/records-spill`` (``~/.local/state/...``)."""
+    if configured:
+        return Path(configured).expanduser()
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+        db = Path(u.database).expanduser()
+        return db.with_name(db.name + ".spill")
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "parley" / "records-spill"
 
 
 @dataclass(frozen=True, slots=True)
