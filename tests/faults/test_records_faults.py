@@ -10,6 +10,9 @@ rules brain, hibari) writing its record to a real database:
 * **gone**: the PostgreSQL server is stopped (``pg_ctl stop -m fast``: connections are cut) 2 s into the
   call, for at least 3 s and until a write has met the outage, then started again on the same port.
 
+* **gone past the call**: PostgreSQL stops 2 s into the call and is still down when parley closes: the
+  writes still queued are spilled to local disk and written by the next start.
+
 Either way the call must go on as if nothing happened (the writer queues and retries off the audio path),
 and once the database is back every turn must land, exactly once.
 """
@@ -37,6 +40,7 @@ from parley.app import build_engine
 from parley.config import Settings
 from parley.observe.records import CallDetail, RecordStore
 from parley.observe.records import log as records_log
+from parley.observe.records_spill import spill_folder
 from parley.sim.caller_voice import caller_voice
 from parley.sim.simulate import SimulationResult, load_scenario, run_scenario
 from testkit.postgres import PgServer, PgUnavailable, pg_server
@@ -215,13 +219,14 @@ def test_records_database_read_only_for_seconds_mid_call(
     check_row(result, read_back(url), "records DB read-only 3 s mid-call", fault_row)
 
 
-def check_row(result: SimulationResult, detail: CallDetail, fault: str, fault_row: RecordRow) -> None:
+def check_row(result: SimulationResult, detail: CallDetail, fault: str, fault_row: RecordRow,
+              outcome: str = "call went on; all turns written after") -> None:
     answered = [t for t in result.session.turns if t.caller and t.agent_full]
     assert len(answered) == 2  # the caller noticed nothing
     assert len(detail.turns) == len(result.session.turns)  # every turn landed once it was back, once each
     assert detail.call.status == "completed" and not detail.call.failed
     silence = agent_silence(result)
-    fault_row(fault, "call went on; all turns written after", longest_silence_s=silence,
+    fault_row(fault, outcome, longest_silence_s=silence,
               record=f"{detail.call.status}, {len(detail.turns)}/{len(result.session.turns)} turns")
     assert silence <= 2.0
 
@@ -261,3 +266,41 @@ def test_records_database_gone_for_seconds_mid_call(
             thread.join()
     assert stopped.is_set() and retried.is_set()  # a write really met the outage, and was retried
     check_row(result, read_back(postgres.url), "records DB (PostgreSQL) gone 3 s mid-call", fault_row)
+
+
+def test_records_database_gone_until_after_the_call(
+    engine: Engine, tmp_path: Path, postgres: PgServer, fault_row: RecordRow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL stops 2 s into the call and is still down when parley closes its store: the writes still
+    queued (the turns, the outcome) are spilled to the state folder, and the next start writes them."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    spill = spill_folder(postgres.url)
+    assert spill.is_relative_to(tmp_path)
+    done = threading.Event()
+
+    def outage() -> None:
+        if not done.wait(FAULT_AFTER_S):
+            postgres.stop("fast")
+
+    thread = threading.Thread(target=outage, daemon=True)
+    thread.start()
+    try:
+        result = run(engine, tmp_path, postgres.url)
+    finally:
+        done.set()
+        thread.join()
+    spilled = list(spill.glob("*.jsonl"))
+    assert len(spilled) == 1  # the writes that could not land are on local disk
+    postgres.start()
+
+    async def next_start() -> CallDetail:
+        async with RecordStore.open(postgres.url, spill_dir=spill) as store:  # as parley serve opens it
+            [summary] = await store.list_calls()
+            detail = await store.get_call(summary.id)
+            assert detail is not None
+            return detail
+
+    detail = asyncio.run(next_start())
+    assert not spill.exists() or not list(spill.iterdir())  # written, so gone
+    check_row(result, detail, "records DB (PostgreSQL) gone past the call end", fault_row,
+              "call went on; spilled, written at next start")
