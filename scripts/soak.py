@@ -7,7 +7,8 @@ leaks. Not part of the test suite (it runs for minutes to hours); prints a table
 parley runs as ``parley serve`` composes it (app.start, the ConversationAgent, real sockets, the real
 Silero/webrtcvad VAD and turn machine, chunked playback over ESL) with instant benchmark providers (the
 engine of ``parley bench density``) and a real SQLite records store; the fake FreeSWITCH places the calls
-in the same process (so RSS is both; the growth is what matters). Every ``--sample-s`` it prints RSS, open
+in the same process (so RSS is both; the growth is what matters: the fake forgets each call once it has
+hung up, so what grows is parley). Every ``--sample-s`` it prints RSS, open
 file descriptors, asyncio tasks, calls placed/ended/recorded. At the end: RSS growth from the first sample
 after warm-up to the last, records lost (calls placed minus calls recorded as ended), and fds and tasks
 left once every call has ended, against the targets of the faults issue (RSS growth < 5 %, 0 lost records,
@@ -88,6 +89,8 @@ async def soak(calls: int, minutes: float, call_s: float, sample_s: float, seed:
                 finally:
                     live.discard(call)
                     ended += 1
+                    if call.hungup:
+                        fs.forget(call_uuid)  # the fake keeps every call's audio otherwise: not parley's memory
 
             async def keep_up(deadline: float) -> None:
                 running_calls: set[asyncio.Task[None]] = set()

@@ -189,6 +189,15 @@ class FakeFreeSwitch:
         """Every call placed so far, by uuid (hung-up ones stay, with ``hungup`` True)."""
         return MappingProxyType(self._calls)
 
+    def forget(self, call_uuid: str) -> None:
+        """Drop a hung-up call (its audio, playbacks and events) from :attr:`calls`. Long runs that place
+        thousands of calls (``scripts/soak.py``) call it so the fake's memory stays bounded; ValueError for
+        a call that is still up."""
+        call = self._calls.get(call_uuid)
+        if call is not None and not call.hungup:
+            raise ValueError(f"call {call_uuid} is still up")
+        self._calls.pop(call_uuid, None)
+
     @property
     def esl_connections(self) -> frozenset[EslConnection]:
         """The ESL connections open now (each has ``sub.filters`` and ``delivered``: what it was sent)."""
