@@ -299,6 +299,13 @@ class ConversationSettings:
     # slow one without leaving the caller in silence for long. 0 turns a deadline off.
     llm_first_token_timeout_s: float = 3.0
     tts_first_audio_timeout_s: float = 2.0
+    # After parley ends a caller's turn, its final transcript must come within this long, else the recognizer is
+    # failed over (the turn's audio replayed into the next one) or, with none left, the caller hears the
+    # apology: a vendor can stop answering with its socket open (issue 10). Measured final-transcript latency
+    # is 0.2-0.45 s (Deepgram, community discussion #1006); the clients' own bounded waits for an answer that
+    # may legitimately not come (Deepgram Finalize 1.5 s, AssemblyAI ForceEndpoint 2.0 s) and whisper tiny.en's
+    # slowest measured decode (1.35 s for a 12.5 s paragraph, docs/local-stack.md) must fit under it.
+    stt_final_timeout_s: float = 2.5
     dtmf_gap_s: float = 1.0  # digits typed within this gap form one input ('#' ends it at once)
     # Overrides of the turn policy (parley.turns.policy.TurnPolicy holds the defaults and validates),
     # e.g. {silence_ms: 600, barge_in_min_speech_ms: 300, smart_turn: false}.
