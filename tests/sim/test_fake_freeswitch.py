@@ -699,3 +699,14 @@ def test_subscription_rules() -> None:
 def test_split_file_arg() -> None:
     assert split_file_arg("{a=1,b=two}/x.wav") == ({"a": "1", "b": "two"}, "/x.wav")
     assert split_file_arg("/x.wav") == ({}, "/x.wav")
+
+
+async def test_a_hung_up_call_can_be_forgotten_a_live_one_cannot(fs: FakeFreeSwitch) -> None:
+    call = await fs.place_call(ws_url=None)
+    with pytest.raises(ValueError, match="still up"):
+        fs.forget(call.uuid)
+    assert call.uuid in fs.calls
+    await call.hangup()
+    fs.forget(call.uuid)
+    assert call.uuid not in fs.calls
+    fs.forget(call.uuid)  # already gone: nothing to do
