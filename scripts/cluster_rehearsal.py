@@ -10,10 +10,12 @@ What runs:
 - Two :class:`~parley.sim.fake_freeswitch.FakeFreeSwitch` nodes (fs-a, fs-b) in this process, each with its
   own ESL port; a scripted caller per call (hibari, three semitones lower) waits for the greeting, says its
   lines one turn at a time, waits for each answer and hangs up.
-- Two ``parley serve`` workers with the offline stack (whisper, the rules dialogue, hibari), each on its own
-  HTTP port. Layout ``nodes`` (parley holds several FreeSWITCH nodes): ``parley serve --workers 2`` with both
-  nodes under ``freeswitch.nodes``, the workers sharing one WebSocket port. Layout ``node-per-worker`` (until
-  then): one ``parley serve`` per node, each with its node as ``freeswitch.esl`` and its own WebSocket port.
+- Two parley workers with the offline stack (whisper, the rules dialogue, hibari), each on its own HTTP
+  port. Layout ``nodes`` (the default): ``parley serve --workers 2`` with both nodes under
+  ``freeswitch.nodes``; the workers share one WebSocket port (the kernel spreads the streams of both nodes
+  over them) and each holds an ESL connection to every node; the fakes are named nodes, so each stream's
+  metadata says which node placed it. Layout ``node-per-worker`` (parley before ``freeswitch.nodes``): one
+  ``parley serve`` per node, its node as ``freeswitch.esl``, its own WebSocket port.
 - Once every call's first turn is answered, SIGTERM goes to the worker holding the most calls (a drain: its
   calls go on, it takes no new one, it exits 0 when they have ended); then the callers say their other turns.
 
@@ -72,7 +74,7 @@ PHONE_RATE = 8000
 ANSWER_TIMEOUT_S = 90.0  # bounds a hang, not a figure: whisper on two shared cores can be slow
 QUIET_MS = 600.0
 NODE_NAMES = ("fs-a", "fs-b")
-LAYOUTS = ("node-per-worker", "nodes")  # the first is the default
+LAYOUTS = ("nodes", "node-per-worker")  # the first is the default
 
 
 async def render_lines(voice: TTSProvider, lines: tuple[str, ...]) -> list[Int16Array]:
@@ -233,8 +235,8 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
         for c in report.calls:
             c.on_drained_worker = c.uuid in drain.calls
         await cluster.stop()
-        for w, res in zip(cluster.workers, report.workers, strict=True):
-            res.exit_code = w.proc.returncode if w.proc is not None else None
+        for code, res in zip(cluster.exit_codes(), report.workers, strict=True):
+            res.exit_code = code
         if multi_node:
             report.supervisor_exit = cluster.leaders[0].returncode
         await read_records(pg, report)

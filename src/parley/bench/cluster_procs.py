@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -61,6 +62,7 @@ class Cluster:
     leaders: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
     ws_url: dict[str, str] = field(default_factory=dict)  # node name -> the stream URL its calls dial
+    supervisor_log: Path | None = None  # parley serve --workers N: its log (it names each worker's exit code)
 
     async def start(self, nodes: list[Node], records_url: str, tmp: Path, env: dict[str, str], *,
                     multi_node: bool, grace_s: float) -> None:
@@ -73,9 +75,13 @@ class Cluster:
             conf = write_config(tmp / "parley.yaml", worker_config(
                 nodes, ws_port=ws, http_port=http, records_url=records_url, spool_dir=tmp / "spool",
                 records_host="rehearsal", multi_node=True))
+            # `parley serve` still checks freeswitch.esl's password before it looks at freeswitch.nodes (the
+            # nodes' own passwords are in the file): give it one, which nothing uses once nodes are listed
+            env = {**env, "PARLEY_ESL_PASSWORD": env.get("PARLEY_ESL_PASSWORD") or nodes[0].password}
             migrate([*cli, "--config", str(conf), "records", "migrate"], env, tmp)
+            self.supervisor_log = tmp / "serve.log"
             sup = spawn([*cli, "--config", str(conf), "serve", "--workers", "2", *serve_flags], env,
-                        tmp / "serve.log", tmp)
+                        self.supervisor_log, tmp)
             self.leaders.append(sup)
             for n in nodes:
                 self.ws_url[n.name] = f"ws://127.0.0.1:{ws}/call/{{uuid}}"
@@ -108,6 +114,17 @@ class Cluster:
                 if any(p.poll() is not None for p in self.leaders):
                     raise RuntimeError("a parley process exited at start (its log is in the temporary directory)")
                 await asyncio.sleep(0.2)
+
+    def exit_codes(self) -> list[int | None]:
+        """Each worker's exit code once stopped: its own process's, or as its supervisor logged them
+        (``workers exited: [0, 0]``); None where neither says."""
+        codes: list[int | None] = [w.proc.returncode if w.proc is not None else None for w in self.workers]
+        if self.supervisor_log is not None and self.supervisor_log.exists():
+            found = re.findall(r"workers exited: \[([-0-9, ]*)\]", self.supervisor_log.read_text(errors="replace"))
+            logged = [int(c) for c in found[-1].split(",") if c.strip()] if found else []
+            if len(logged) == len(codes):
+                codes = [*logged]
+        return codes
 
     async def stop(self, grace_s: float = 60.0) -> None:
         """SIGTERM every leader (a drain; nothing is up by now), wait, then SIGKILL their process groups."""
