@@ -189,3 +189,24 @@ async def test_event_claiming_mode_sends_no_filter_and_claims_by_event(fs: FakeF
     finally:
         await w.running.close()
     assert not any(c.startswith(b"filter") for c in fs.commands)
+
+
+async def test_a_refused_upgrade_lets_the_calls_error_in_before_refusing(fs: FakeFreeSwitch, tmp_path: Path) -> None:
+    port = free_port()
+    settings = Settings(freeswitch=FreeSwitchSettings(
+        esl=esl_settings(fs),
+        audio_stream=AudioStreamSettings(listen_port=port, token_secret="s" * 32),
+        playback=PlaybackSettings(spool_dir=str(tmp_path / "spool")),
+    ))
+    played: dict[str, asyncio.Event] = {}
+    running = await app.start(settings, agent_for(played), call_ownership="stream")
+    try:  # no Authorization header: our server answers 401, mod_audio_stream fires ::error code 6
+        call = await fs.place_call(ws_url=f"ws://127.0.0.1:{port}/call/{{uuid}}", channel_vars={"parley_agent": "true"})
+        await call.wait_hungup()
+        assert call.hangup_cause == "TEMPORARY_FAILURE"  # no fallback configured: parley gave the call up
+        assert running.bridge.stats.media_given_up == 1 and call.uuid not in played
+        sent = fs.commands
+        assert sent.index(f"filter Unique-ID {call.uuid}\n\n".encode()) < sent.index(
+            f"api uuid_kill {call.uuid} TEMPORARY_FAILURE\n\n".encode())
+    finally:
+        await running.close()

@@ -33,7 +33,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import astuple, dataclass, field
 from http import HTTPStatus
 from types import MappingProxyType, TracebackType
@@ -57,6 +57,7 @@ FLOOD_LIMIT = 100  # garbage frames tolerated per connection per FLOOD_WINDOW_S
 FLOOD_WINDOW_S = 1.0
 GARBAGE_LOG_INTERVAL_S = 1.0
 OPEN_TIMEOUT_S = 5.0
+REFUSAL_HOOK_S = 1.0  # how long a refusal may wait for on_refused's awaitable
 CLOSE_TIMEOUT_S = 5.0
 POLICY_VIOLATION, INTERNAL_ERROR = 1008, 1011
 # Text frames from FreeSWITCH are only the start metadata (a few hundred bytes): anything longer, deeper or
@@ -567,14 +568,16 @@ class AudioStreamServer:
         *,
         clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
-        on_refused: Callable[[str | None, str], None] | None = None,
+        on_refused: Callable[[str | None, str], Awaitable[None] | None] | None = None,
         reuse_port: bool = False,
     ) -> None:
         self.settings = settings
         self.stats = ServerStats()
         self._reuse_port = reuse_port  # SO_REUSEPORT: several worker processes share the port (the kernel spreads)
         self._on_stream = on_stream
-        self._on_refused = on_refused  # (call uuid from the path or None, stats key) per refused upgrade
+        # (call uuid from the path or None, stats key) per refused upgrade; an awaitable it returns is awaited (at
+        # most REFUSAL_HOOK_S) before the refusal goes out: e.g. an ESL filter that lets the ::error in first
+        self._on_refused = on_refused
         self._clock = clock
         self._log = logger or logging.getLogger(__name__)
         self._streams: dict[int, AudioStream] = {}
@@ -649,7 +652,7 @@ class AudioStreamServer:
     ) -> None:
         await self.close()
 
-    def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    async def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
         """websockets' process_request hook: refuse bad paths, formats and tokens before the upgrade."""
         uuid: str | None = None
         try:
@@ -668,7 +671,12 @@ class AudioStreamServer:
             self._log.warning("refused upgrade from %s (%d): %s", _remote(ws), refused.status, refused.reason)
             if self._on_refused is not None:
                 try:
-                    self._on_refused(uuid, refused.key)
+                    pending = self._on_refused(uuid, refused.key)
+                    if pending is not None:
+                        async with asyncio.timeout(REFUSAL_HOOK_S):
+                            await pending
+                except TimeoutError:
+                    self._log.warning("on_refused took over %.1f s; refusing anyway", REFUSAL_HOOK_S)
                 except Exception:
                     self.stats.callback_errors += 1
                     self._log.exception("on_refused failed")

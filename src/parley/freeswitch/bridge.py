@@ -179,19 +179,28 @@ class Bridge:
         log.warning("refusing stream #%s of call %s: %s", stream.conn_id, stream.call_uuid or "-", why)
         self._spawn(stream.close(1008, why[:120]))
 
-    def on_refused(self, call_uuid: str | None, reason: str) -> None:
-        """AudioStreamServer callback: an upgrade refused before the WebSocket opened (a 401 for a token)."""
+    def on_refused(self, call_uuid: str | None, reason: str) -> Awaitable[None] | None:
+        """AudioStreamServer callback: an upgrade refused before the WebSocket opened (a 401 for a token).
+
+        With owned-call filters, returns the filters being added for the call on every node (its node is not
+        known yet): the server awaits them before refusing, so the ``::error`` FreeSWITCH fires on the refusal
+        (which the call's record and fallback hang on) cannot pass before the filter is in place."""
         self.stats.streams_rejected += 1
-        if call_uuid is not None:
-            self._refusals[call_uuid] = reason
-            for client in self.nodes.clients.values():  # its node is not known yet: its events, from any node
-                if client.filter_calls:
-                    self._spawn(self._own(client, call_uuid))
-            while len(self._refusals) > _CACHE_MAX:
-                gone, _ = self._refusals.popitem(last=False)
-                if gone not in self.calls:
-                    for client in self.nodes.clients.values():
-                        self._spawn(self._release(client, gone))
+        if call_uuid is None:
+            return None
+        self._refusals[call_uuid] = reason
+        while len(self._refusals) > _CACHE_MAX:
+            gone, _ = self._refusals.popitem(last=False)
+            if gone not in self.calls:
+                for client in self.nodes.clients.values():
+                    self._spawn(self._release(client, gone))
+        filtering = [client for client in self.nodes.clients.values() if client.filter_calls]
+        if not filtering:
+            return None
+        return self._own_everywhere(filtering, call_uuid)
+
+    async def _own_everywhere(self, clients: list[EslClient], uuid: str) -> None:
+        await asyncio.gather(*(self._own(client, uuid) for client in clients))
 
     def on_esl_event(self, event: esl.Event, node: str | None = None) -> None:
         """ESL events of calls not (yet) routed to a Call, from ``node`` (default: the first node)."""
