@@ -568,3 +568,17 @@ def require_esl_password(esl: EslSettings) -> str:
             "and in PARLEY_ESL_PASSWORD"
         )
     return esl.password
+
+
+def require_node_passwords(fs: FreeSwitchSettings) -> None:
+    """:func:`require_esl_password` for every node (``freeswitch.esl`` when no nodes are listed, which is then
+    ignored), the error naming the node and its ``PARLEY_ESL_PASSWORD_<NAME>`` when there are nodes."""
+    if not fs.nodes:
+        require_esl_password(fs.esl)
+        return
+    for node in fs.nodes:
+        try:
+            require_esl_password(node.esl)
+        except ConfigError as exc:
+            raise ConfigError(f"FreeSWITCH node {node.name!r}: {exc} (for this node: {node_password_env(node.name)} "
+                              "or its esl.password)") from None

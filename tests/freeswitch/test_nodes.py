@@ -17,7 +17,7 @@ import pytest
 import websockets
 
 from parley import app
-from parley.config import Settings, settings_from_mapping
+from parley.config import Settings, require_node_passwords, settings_from_mapping
 from parley.errors import ConfigError
 from parley.freeswitch.call import Call
 from parley.freeswitch.conf_render import render_files
@@ -88,6 +88,17 @@ def test_a_node_without_a_password_names_its_variable_at_start() -> None:
                                                         {"name": "fs-b"}]}}, env={})
     with pytest.raises(ConfigError, match=r"FreeSWITCH node 'fs-b': no ESL password .*PARLEY_ESL_PASSWORD_FS_B"):
         EslNodes.from_settings(s.freeswitch.esl_nodes())
+
+
+def test_serve_checks_the_nodes_passwords_not_freeswitch_esl_once_nodes_are_listed() -> None:
+    good = settings_from_mapping({"freeswitch": {"nodes": [{"name": "fs-a", "esl": {"password": "a" * 20}}]}}, env={})
+    require_node_passwords(good.freeswitch)  # freeswitch.esl has none, and needs none
+    bad = settings_from_mapping({"freeswitch": {"nodes": [{"name": "fs-a", "esl": {"password": "ClueCon"}}]}},
+                                env={})
+    with pytest.raises(ConfigError, match=r"node 'fs-a': refusing to use a default ESL password.*_FS_A"):
+        require_node_passwords(bad.freeswitch)
+    with pytest.raises(ConfigError, match="no ESL password configured"):
+        require_node_passwords(settings_from_mapping({}, env={}).freeswitch)
 
 
 def test_rendered_files_are_for_one_node_and_its_metadata_names_it() -> None:

@@ -20,7 +20,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
-from parley.config import EslNodeSettings, node_password_env, validate_nodes
+from parley.config import (
+    DEFAULT_NODE,
+    EslNodeSettings,
+    FreeSwitchSettings,
+    require_node_passwords,
+    validate_nodes,
+)
 from parley.errors import ConfigError, EslConnectError
 from parley.freeswitch.esl_client import EslClient, EslStats
 
@@ -40,17 +46,9 @@ class EslNodes:
     def from_settings(cls, nodes: Sequence[EslNodeSettings], *, filter_calls: bool = False) -> EslNodes:
         """One client per node; ConfigError naming the node (and its password variable) when one is unusable."""
         validate_nodes(tuple(nodes))
-        clients: dict[str, EslClient] = {}
-        for node in nodes:
-            try:
-                clients[node.name] = EslClient(node.esl, filter_calls=filter_calls)
-            except ConfigError as exc:
-                if len(nodes) == 1:
-                    raise
-                env = node_password_env(node.name)
-                raise ConfigError(f"FreeSWITCH node {node.name!r}: {exc} (for this node: {env} or its esl.password)"
-                                  ) from None
-        return cls(clients)
+        if len(nodes) > 1 or (nodes and nodes[0].name != DEFAULT_NODE):
+            require_node_passwords(FreeSwitchSettings(nodes=tuple(nodes)))  # the error names the node
+        return cls({node.name: EslClient(node.esl, filter_calls=filter_calls) for node in nodes})
 
     @classmethod
     def single(cls, client: EslClient, name: str = "default") -> EslNodes:
