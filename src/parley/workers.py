@@ -8,8 +8,10 @@ connections over them (SO_REUSEPORT on the shared port).
 Each worker runs with ``--call-ownership stream`` (it acts only on the calls whose stream it holds; a
 restarted stream that the kernel hands to another worker moves the call there), serves ``/ready``,
 ``/health`` and ``/metrics`` on ``observe.port + i`` (list every port in the scrape config; the counters add
-up across them) and writes its call records as host ``<host>-w<i>``, so one worker's start never marks
-another's calls interrupted. ``POST /drain`` on any worker drains them all (it signals this supervisor).
+up across them in the query: each worker has its own prometheus_client registry, see
+:mod:`parley.observe.metrics` for why not the library's multiprocess mode) and writes its call records as
+host ``<host>-w<i>``, so one worker's start never marks another's calls interrupted. ``POST /drain`` on any
+worker drains them all (it signals this supervisor).
 """
 
 from __future__ import annotations
