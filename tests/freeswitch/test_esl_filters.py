@@ -155,7 +155,8 @@ async def test_two_workers_never_receive_each_others_call_events(fs: FakeFreeSwi
     b = await start_worker(fs, tmp_path / "b")
     try:
         on_a = await fs.place_call(ws_url=a.url(), caller_audio=np.zeros(16000, np.int16),
-                                   channel_vars={"parley_agent": "true"})
+                                   channel_vars={"parley_agent": "true"}, caller_number="+15550002222",
+                                   metadata='{"caller":"+15550002222","callee":"parley"}')  # as the Lua helper
         on_b = await fs.place_call(ws_url=b.url(), caller_audio=np.zeros(16000, np.int16),
                                    channel_vars={"parley_agent": "true"})
         await until(lambda: on_a.uuid in a.played and on_b.uuid in b.played)
@@ -163,6 +164,9 @@ async def test_two_workers_never_receive_each_others_call_events(fs: FakeFreeSwi
         conn_a, conn_b = connection_owning(fs, on_a.uuid), connection_owning(fs, on_b.uuid)
         assert conn_a is not conn_b
         assert on_a.uuid in a.running.bridge.calls and on_b.uuid not in a.running.bridge.calls
+        # its early events were filtered out: who called comes from the metadata until an event says it
+        assert a.running.bridge.calls[on_a.uuid].info.caller_number == "+15550002222"
+        assert b.running.bridge.calls[on_b.uuid].info.caller_number == "+15550001111"  # from its first event
         await on_a.hangup()
         await on_b.hangup()
         await until(lambda: not a.running.bridge.calls and not b.running.bridge.calls)

@@ -120,6 +120,7 @@ class Call:
         self.uuid = uuid
         self.node = node  # the FreeSWITCH node that placed the call: its ESL controls it (esl_client)
         self.info = CallInfo(uuid)
+        self._info_from_event = False  # info came from an ESL event (not the stream metadata)
         self.settings = settings
         self.esl = CallEsl(esl_client)
         self._clock = clock
@@ -294,10 +295,19 @@ class Call:
         if event.get("Caller-Caller-ID-Number") is None and event.get("Channel-Write-Codec-Rate") is None:
             return
         self.info = CallInfo.from_event(self.uuid, event)
+        self._info_from_event = True
         self.playback.set_codec_rate(self.info.codec_rate)
 
     def attach_stream(self, stream: AudioStream) -> None:
-        """A new stream for this call; one still attached is replaced (its queued frames are dropped)."""
+        """A new stream for this call; one still attached is replaced (its queued frames are dropped). Until an
+        ESL event says who called (owned-call filters miss the early events), the stream metadata's ``caller``
+        and ``callee`` (the Lua helper sends them) stand in."""
+        meta = stream.metadata or {}
+        if not self._info_from_event:
+            caller, callee = (v if isinstance(v := meta.get(k), str) and 0 < len(v) <= 64 else None
+                              for k in ("caller", "callee"))
+            if caller is not None or callee is not None:
+                self.info = replace(self.info, caller_number=caller, destination=callee)
         old = self.stream
         if old is not None and old is not stream:
             old.frames.close()
@@ -325,7 +335,7 @@ class Call:
 
     def handle_event(self, event: esl.Event) -> None:
         self.confirmed.set()
-        if self.info.caller_number is None:  # the first event seen (owned-call filters miss the early ones)
+        if not self._info_from_event:  # the first event seen (owned-call filters miss the early ones)
             self.update_info(event)
         if event.variable("parley_fallback") == "lua":
             self.fallback_by_dialplan = True  # the Lua helper transfers a call whose stream never connects
