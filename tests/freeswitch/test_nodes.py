@@ -22,6 +22,7 @@ from parley.errors import ConfigError
 from parley.freeswitch.call import Call
 from parley.freeswitch.conf_render import render_files
 from parley.freeswitch.esl_nodes import EslNodes
+from parley.observe.metrics import Metrics
 from parley.sim.echo_call import free_port
 from parley.sim.fake_freeswitch import FakeFreeSwitch
 
@@ -224,6 +225,12 @@ async def test_one_nodes_esl_outage_leaves_the_other_nodes_calls_alone(nodes: No
     assert health["fs-a"]["status"] == "ok" and health["fs-a"]["state"] == "connected"
     assert not nodes.running.nodes.connected
     assert (nodes.running.nodes.stats.last_error or "").startswith("node fs-b: ")
+    metrics = Metrics()
+    metrics.watch(esl=nodes.running.nodes)  # what /health reads: degraded, and the failing node named
+    report = metrics.health()
+    assert report.status == "degraded" and not report.esl_connected
+    (link,) = report.providers["esl"]
+    assert link["status"] == "failing" and str(link["last_error"]).startswith("node fs-b: ")
 
     on_a = await nodes.a.place_call(ws_url=nodes.url, caller_audio=speech(2.0))
     await nodes.until(lambda: on_a.uuid in nodes.agent.played and nodes.agent.played[on_a.uuid].is_set())
