@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from parley import app
+from parley.cli import main
 from parley.config import Settings, require_node_passwords, settings_from_mapping
 from parley.errors import ConfigError
 from parley.freeswitch.call import Call
@@ -280,3 +281,20 @@ async def test_a_stream_for_a_call_no_node_knows_is_refused(nodes: Nodes) -> Non
     assert nodes.running.bridge.stats.streams_rejected == 1
     assert f"api uuid_exists {bogus}\n\n".encode() in nodes.a.commands
     assert f"api uuid_exists {bogus}\n\n".encode() in nodes.b.commands
+
+
+def test_parley_freeswitch_config_node_renders_for_that_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config-home"))
+    config = tmp_path / "parley.yaml"
+    config.write_text("freeswitch:\n  nodes:\n"
+                      "    - {name: fs-a, esl: {host: 127.0.0.1, port: 8021}}\n"
+                      "    - {name: fs-b, esl: {host: 127.0.0.1, port: 8022}}\n")
+    assert main(["--config", str(config), "freeswitch", "config", "--out", str(tmp_path / "b"), "--node", "fs-b"]) == 0
+    esl_conf = (tmp_path / "b" / "autoload_configs" / "event_socket.conf.xml").read_text()
+    assert 'value="8022"' in esl_conf and 'value="8021"' not in esl_conf
+    assert "{&quot;node&quot;:&quot;fs-b&quot;}" in (tmp_path / "b" / "dialplan/public/00_parley_agent.xml").read_text()
+    assert main(["--config", str(config), "freeswitch", "config", "--out", str(tmp_path / "x")]) == 2
+    assert "freeswitch.nodes lists 2 nodes (fs-a, fs-b): name one" in capsys.readouterr().err
+    assert main(["--config", str(config), "freeswitch", "config", "--out", str(tmp_path / "x"), "--node", "fs-c"]) == 2
+    assert "no FreeSWITCH node named 'fs-c'" in capsys.readouterr().err
