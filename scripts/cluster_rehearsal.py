@@ -96,7 +96,10 @@ async def caller(call: FakeCall, result: CallResult, turns: list[Int16Array], vo
     try:
         result.streamed = call.audio_stream is not None and call.ws_close is None
         if not result.streamed:
-            result.dropped = f"stream refused {call.ws_close}"
+            if result.during_drain:  # the draining worker's answer: 503, the call goes to the fallback
+                result.refused = f"stream refused ({call.ws_close or 'upgrade failed'})"
+            else:
+                result.dropped = f"stream refused ({call.ws_close or 'upgrade failed'})"
             return
         if await ear.wait_agent_starts(0.0, timeout=ANSWER_TIMEOUT_S) is None:
             result.dropped = "no greeting"
@@ -155,7 +158,8 @@ async def drain_busiest(client: httpx.AsyncClient, workers: list[Worker], pg: Pg
 
 async def place_calls(fakes: list[FakeFreeSwitch], names: tuple[str, ...], cluster: Cluster, per_node: int,
                       secret: str, turns: list[Int16Array], voice: TTSProvider, report: Report,
-                      drained: asyncio.Event) -> tuple[list[asyncio.Future[None]], list[asyncio.Event]]:
+                      drained: asyncio.Event, *, during_drain: bool = False,
+                      ) -> tuple[list[asyncio.Future[None]], list[asyncio.Event]]:
     """``per_node`` calls through each node, a scripted caller on each; (callers, first turn answered)."""
     callers: list[asyncio.Future[None]] = []
     first: list[asyncio.Event] = []
@@ -166,7 +170,7 @@ async def place_calls(fakes: list[FakeFreeSwitch], names: tuple[str, ...], clust
                 ws_url=cluster.ws_url[name], uuid=call_uuid, channel_vars={"parley_agent": "true"},
                 extra_headers={"Authorization": f"Bearer {stream_token(secret, call_uuid)}"},
             )
-            result = CallResult(call_uuid, name, turns_planned=len(turns))
+            result = CallResult(call_uuid, name, turns_planned=len(turns), during_drain=during_drain)
             report.calls.append(result)
             first.append(asyncio.Event())
             callers.append(asyncio.ensure_future(caller(call, result, turns, voice, first[-1], drained)))
@@ -217,6 +221,9 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
             async with asyncio.timeout(args.timeout_s):
                 await asyncio.gather(*(e.wait() for e in first))  # every call is up and past its first answer
                 drain = await drain_busiest(client, cluster.workers, pg)
+                more, _ = await place_calls(fakes, NODE_NAMES, cluster, args.calls_during_drain, secret, turns,
+                                            voice, report, drained, during_drain=True)
+                callers += more
                 drained.set()  # the callers say their other turns while the worker drains
                 await asyncio.gather(*callers)
                 await until(lambda: not pid_alive(drain.target.pid))  # it exits once its calls have ended
@@ -264,15 +271,23 @@ async def read_records(pg: PgServer, report: Report) -> None:
             "(SELECT count(*) FROM turns t WHERE t.call_id = c.id) AS turns FROM calls c")
     finally:
         await conn.close()
+    served = {c.uuid for c in report.served}
     for row in rows:
         report.record_rows.setdefault(row["fs_uuid"], []).append(dict(row))
-    for w in report.workers:
-        w.records = sum(1 for r in rows if str(r["host"] or "").endswith(f"-w{w.index}"))
+    for w in report.workers:  # the calls it took (a call it refused in its drain has a record too)
+        mine = {r["fs_uuid"] for r in rows if str(r["host"] or "").endswith(f"-w{w.index}")}
+        w.records = sum(1 for r in rows if r["fs_uuid"] in mine & served)
+        for c in report.calls:
+            if c.uuid in mine:
+                c.worker = w.index
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--calls-per-node", type=int, default=2, help="calls placed through each node (default 2)")
+    p.add_argument("--calls-during-drain", type=int, default=0,
+                   help="calls placed through each node once the drain has begun (default 0): the draining worker "
+                        "refuses those the kernel hands it (to the fallback); the others are taken as usual")
     p.add_argument("--turns", type=int, default=2, choices=range(1, len(LINES) + 1), help="caller turns per call")
     p.add_argument("--layout", choices=LAYOUTS, default=LAYOUTS[0],
                    help="nodes: parley serve --workers 2 holding both nodes; node-per-worker: one serve per node "

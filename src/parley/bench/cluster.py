@@ -205,6 +205,9 @@ class CallResult:
     streamed: bool = False
     dropped: str = ""  # why the call did not end normally ("" = it did: the caller hung up after its turns)
     on_drained_worker: bool = False
+    during_drain: bool = False  # placed after the drain began
+    refused: str = ""  # placed during the drain, its stream refused by the draining worker (to the fallback)
+    worker: int | None = None  # the worker whose records host wrote its record
 
 
 @dataclass
@@ -246,15 +249,21 @@ class Report:
     def placed(self) -> int:
         return len(self.calls)
 
+    @property
+    def served(self) -> list[CallResult]:
+        """The calls a worker took (all but those the draining worker refused)."""
+        return [c for c in self.calls if not c.refused]
+
     def checks(self) -> list[Check]:
-        placed = self.placed
-        ended_ok = [c for c in self.calls if c.streamed and not c.dropped and c.turns_answered == c.turns_planned]
-        said = sum(c.turns_planned for c in self.calls)
-        answered = sum(c.turns_answered for c in self.calls)
-        dropped = [f"{c.uuid[:8]}: {c.dropped}" for c in self.calls if c.dropped or not c.streamed]
+        placed, served = self.placed, self.served
+        ended_ok = [c for c in served if c.streamed and not c.dropped and c.turns_answered == c.turns_planned]
+        said = sum(c.turns_planned for c in served)
+        answered = sum(c.turns_answered for c in served)
+        dropped = [f"{c.uuid[:8]}: {c.dropped}" for c in served if c.dropped or not c.streamed]
         once = [u for u, rows in self.record_rows.items() if len(rows) == 1]
-        good = [u for u in once if self.record_rows[u][0]["status"] == "completed"
-                and self.record_rows[u][0]["outcome"] == "caller_hangup"]
+        refused_ids = {c.uuid for c in self.calls if c.refused}
+        good = [u for u in once if u in refused_ids or (self.record_rows[u][0]["status"] == "completed"
+                                                         and self.record_rows[u][0]["outcome"] == "caller_hangup")]
         placed_ids = {c.uuid for c in self.calls}
         missing = placed_ids - set(self.record_rows)
         twice = [u for u, rows in self.record_rows.items() if len(rows) > 1]
@@ -263,24 +272,28 @@ class Report:
         drained = [w for w in self.workers if w.drained]
         per_worker = [w for w in self.workers if w.records != w.calls_started]
         return [
-            Check("calls placed", placed > 0 and all(c.streamed for c in self.calls),
+            Check("calls placed", placed > 0 and all(c.streamed or c.refused for c in self.calls),
                   f"{placed} placed over {len({c.node for c in self.calls})} node(s), "
-                  f"{sum(c.streamed for c in self.calls)} streamed to parley"),
-            Check("no call dropped", len(ended_ok) == placed and answered == said,
-                  f"{len(ended_ok)}/{placed} ended by the caller after their turns; {answered}/{said} caller "
-                  "turns answered" + (f"; dropped: {', '.join(dropped)}" if dropped else "")),
+                  f"{sum(c.streamed for c in self.calls)} streamed to parley"
+                  + (f", {len(refused_ids)} placed during the drain refused by the draining worker (to the fallback)"
+                     if refused_ids else "")),
+            Check("no call dropped", len(ended_ok) == len(served) and answered == said,
+                  f"{len(ended_ok)}/{len(served)} calls taken ended by the caller after their turns; {answered}/{said} "
+                  "caller turns answered" + (f"; dropped: {', '.join(dropped)}" if dropped else "")),
             Check("drained mid-call", len(drained) == 1 and drained[0].active_at_drain > 0
                   and drained[0].ready_status_in_drain == 503 and drained[0].exit_code in (0, None)
                   and (self.supervisor_exit in (0, None)) and sum(c.on_drained_worker for c in self.calls) > 0,
                   "; ".join(f"worker {w.index}: {w.active_at_drain:g} call(s) up at SIGTERM, /ready "
                             f"{w.ready_status_in_drain}, exit {w.exit_code}" for w in drained) or "no worker drained"),
             Check("records exactly once", len(good) == placed and not missing and not twice and not extra,
-                  f"{len(once)}/{placed} calls with exactly one record, {len(good)} completed by a caller hangup"
+                  f"{len(once)}/{placed} calls with exactly one record, {len(good) - len(refused_ids)} completed by a "
+                  "caller hangup" + (f", {len(refused_ids)} refused" if refused_ids else "")
                   + (f"; missing {len(missing)}" if missing else "") + (f"; duplicated {len(twice)}" if twice else "")
                   + (f"; unknown {len(extra)}" if extra else "")),
-            Check("metrics add up", started == placed and not per_worker,
+            Check("metrics add up", started == len(served) and not per_worker,
                   f"sum of {CALLS_STARTED} over {len(self.workers)} workers = "
-                  + " + ".join(f"{w.calls_started:g}" for w in self.workers) + f" = {started:g} (placed {placed}); "
+                  + " + ".join(f"{w.calls_started:g}" for w in self.workers) + f" = {started:g} (calls taken "
+                  f"{len(served)}); "
                   + ("each worker's count matches its records" if not per_worker else "records differ on worker(s) "
                      + ", ".join(str(w.index) for w in per_worker))),
         ]
@@ -307,12 +320,21 @@ class Report:
             lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
         lines.append("")
         for node in sorted({c.node for c in self.calls}):
-            mine = [c for c in self.calls if c.node == node]
-            recorded = sum(1 for c in mine if len(self.record_rows.get(c.uuid, ())) == 1)
-            lines.append(f"node {node}: {len(mine)} calls, {sum(c.turns_answered for c in mine)}/"
+            every = [c for c in self.calls if c.node == node]
+            mine = [c for c in every if not c.refused]
+            recorded = sum(1 for c in every if len(self.record_rows.get(c.uuid, ())) == 1)
+            lines.append(f"node {node}: {len(every)} calls, {sum(c.turns_answered for c in mine)}/"
                          f"{sum(c.turns_planned for c in mine)} caller turns answered, "
                          f"{sum(1 for c in mine if not c.dropped)} ended by the caller, {recorded} recorded once, "
-                         f"{sum(c.on_drained_worker for c in mine)} on the drained worker")
+                         f"{sum(c.on_drained_worker for c in mine)} on the drained worker"
+                         + (f", {len(every) - len(mine)} refused in the drain" if len(every) > len(mine) else ""))
+        during = [c for c in self.calls if c.during_drain]
+        if during:
+            taken = [c for c in during if not c.refused]
+            by = ", ".join(f"worker {i}: {sum(c.worker == i for c in taken)}" for i in sorted({w.index for w in
+                                                                                              self.workers}))
+            lines.append(f"placed during the drain: {len(during)}; taken {len(taken)} ({by}); refused by the draining "
+                         f"worker {len(during) - len(taken)} (mod_audio_stream error, the call to the fallback)")
         for w in self.workers:
             if w.drained:
                 lines.append(f"(worker {w.index} drained and exited: its figures are its last /metrics scrape before "
@@ -330,11 +352,13 @@ class Report:
         return {
             "layout": self.layout,
             "placed": self.placed,
-            "calls_ended_normally": sum(1 for c in self.calls
+            "calls_taken": len(self.served),
+            "calls_refused_in_drain": sum(1 for c in self.calls if c.refused),
+            "calls_ended_normally": sum(1 for c in self.served
                                         if c.streamed and not c.dropped and c.turns_answered == c.turns_planned),
-            "turns_planned": sum(c.turns_planned for c in self.calls),
-            "turns_said": sum(c.turns_said for c in self.calls),
-            "turns_answered": sum(c.turns_answered for c in self.calls),
+            "turns_planned": sum(c.turns_planned for c in self.served),
+            "turns_said": sum(c.turns_said for c in self.served),
+            "turns_answered": sum(c.turns_answered for c in self.served),
             "records_exactly_once": sum(1 for rows in self.record_rows.values() if len(rows) == 1),
             "records_total": sum(len(rows) for rows in self.record_rows.values()),
             "metric_calls_started_sum": sum(w.calls_started for w in self.workers),
