@@ -127,3 +127,14 @@ def test_report_passes_when_everything_adds_up_and_fails_each_check_on_its_own()
     broken = _report()
     broken.errors.append("RuntimeError: boom")
     assert not broken.ok and "FAIL  error: RuntimeError: boom" in broken.table()
+
+
+def test_a_call_refused_in_the_drain_is_not_dropped_but_must_be_recorded_once() -> None:
+    report = _report()
+    refused = CallResult("c" * 8, "fs-b", 2, 0, 0, False, during_drain=True, refused="stream refused")
+    report.calls.append(refused)
+    report.record_rows[refused.uuid] = [{"status": "completed", "outcome": None}]
+    assert report.ok, report.table()
+    assert "refused by the draining worker 1" in report.table()
+    del report.record_rows[refused.uuid]
+    assert [c.name for c in report.checks() if not c.ok] == ["records exactly once"]
