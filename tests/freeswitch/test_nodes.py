@@ -294,6 +294,10 @@ def test_parley_freeswitch_config_node_renders_for_that_node(tmp_path: Path, mon
     esl_conf = (tmp_path / "b" / "autoload_configs" / "event_socket.conf.xml").read_text()
     assert 'value="8022"' in esl_conf and 'value="8021"' not in esl_conf
     assert "{&quot;node&quot;:&quot;fs-b&quot;}" in (tmp_path / "b" / "dialplan/public/00_parley_agent.xml").read_text()
+    env_lines = (tmp_path / "b" / "parley.env").read_text().splitlines()
+    assert any(line.startswith("PARLEY_ESL_PASSWORD_FS_B=") for line in env_lines)  # what parley reads for fs-b
+    assert not any(line.startswith("PARLEY_ESL_PASSWORD=") for line in env_lines)
+    assert "parley needs it as PARLEY_ESL_PASSWORD_FS_B" in capsys.readouterr().out
     assert main(["--config", str(config), "freeswitch", "config", "--out", str(tmp_path / "x")]) == 2
     assert "freeswitch.nodes lists 2 nodes (fs-a, fs-b): name one" in capsys.readouterr().err
     assert main(["--config", str(config), "freeswitch", "config", "--out", str(tmp_path / "x"), "--node", "fs-c"]) == 2

@@ -41,7 +41,7 @@ from importlib import resources
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from parley.config import AudioStreamSettings, Settings, require_esl_password
+from parley.config import AudioStreamSettings, Settings, node_password_env, require_esl_password
 from parley.errors import ConfigError, ParleyError
 from parley.freeswitch.stream_token import create_secret_file, read_secret_file
 
@@ -87,6 +87,7 @@ class RenderResult:
     stream_secret_generated: bool
     warnings: tuple[str, ...] = ()
     secret_file: Path | None = None  # where parley serve finds the stream secret (None: it was configured)
+    esl_password_env: str = ESL_PASSWORD_ENV  # PARLEY_ESL_PASSWORD_<NAME> when rendered for one of freeswitch.nodes
 
     @property
     def env_file(self) -> Path:
@@ -95,14 +96,14 @@ class RenderResult:
     @property
     def env(self) -> dict[str, str]:
         """The environment parley needs to match these files (contains secrets)."""
-        return {ESL_PASSWORD_ENV: self.esl_password, STREAM_SECRET_ENV: self.stream_secret}
+        return {self.esl_password_env: self.esl_password, STREAM_SECRET_ENV: self.stream_secret}
 
     def summary(self) -> str:
         """A human summary for the CLI, without any secret value."""
         lines = [f"Wrote {len(self.paths)} files to {self.out_dir}:"]
         lines += [f"  {p.relative_to(self.out_dir)}" for p in self.paths]
         how = "generated a new random" if self.esl_password_generated else "used the configured"
-        lines.append(f"{how} ESL password: parley needs it as {ESL_PASSWORD_ENV}")
+        lines.append(f"{how} ESL password: parley needs it as {self.esl_password_env}")
         if self.secret_file is None:
             lines.append(f"used the configured stream token secret: parley needs it as {STREAM_SECRET_ENV}")
         else:
@@ -145,9 +146,10 @@ def render_config(
     the files are for (its ESL settings; the stream metadata names it); default the only node.
     """
     esl = settings.freeswitch.node(node).esl
+    password_env = _password_env(settings, node)
     if esl_password or esl.password:  # refuses the well-known defaults with parley's usual message
         require_esl_password(replace(esl, password=esl_password or esl.password))
-    password, password_generated = _choose(esl_password or esl.password, "ESL password", ESL_PASSWORD_ENV)
+    password, password_generated = _choose(esl_password or esl.password, "ESL password", password_env)
     stream = settings.freeswitch.audio_stream
     configured_secret = stream_secret or stream.token_secret
     secret_file: Path | None = None
@@ -168,14 +170,20 @@ def render_config(
     out_dir = Path(out_dir)
     paths = tuple(_write(out_dir, f) for f in files)
     return RenderResult(out_dir, paths, password, password_generated, secret, secret_generated, tuple(warnings),
-                        secret_file)
+                        secret_file, password_env)
+
+
+def _password_env(settings: Settings, node: str | None) -> str:
+    """Where parley reads the ESL password: PARLEY_ESL_PASSWORD, or a listed node's PARLEY_ESL_PASSWORD_<NAME>."""
+    return node_password_env(settings.freeswitch.node(node).name) if settings.freeswitch.nodes else ESL_PASSWORD_ENV
 
 
 def render_files(
     settings: Settings, *, esl_password: str, stream_secret: str, node: str | None = None
 ) -> tuple[list[RenderedFile], list[str]]:
     """Every output file's text, plus warnings for the user. Pure: no I/O besides reading templates."""
-    _check_secret(esl_password, "ESL password", ESL_PASSWORD_ENV)
+    password_env = _password_env(settings, node)
+    _check_secret(esl_password, "ESL password", password_env)
     _check_secret(stream_secret, "stream token secret", STREAM_SECRET_ENV)
     fs = settings.freeswitch
     esl = fs.node(node).esl
@@ -241,6 +249,8 @@ def render_files(
         "destination_pattern": pattern,
         "dial_url": url,
         "extension_name": extension,
+        "node": node_name,
+        "esl_password_env": password_env,
     }
     files = [
         RenderedFile(f"{dialplan_dir}/00_parley_agent.xml", _fill("dialplan_agent.xml", xml_values)),
@@ -260,7 +270,8 @@ def render_files(
             SECRET_FILE_MODE,
         ),
         RenderedFile(README_FILE, _fill(README_FILE, readme_values)),
-        RenderedFile(ENV_FILE, _fill(ENV_FILE, {"esl_password": esl_password, "stream_secret": stream_secret}), 0o600),
+        RenderedFile(ENV_FILE, _fill(ENV_FILE, {"esl_password": esl_password, "stream_secret": stream_secret,
+                                                "esl_password_env": password_env}), 0o600),
     ]
     flagged = [(f.relpath, bad) for f in files for bad in FORBIDDEN_SUBSTRINGS if bad in f.text]
     if flagged:
