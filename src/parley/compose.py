@@ -91,8 +91,14 @@ class Providers:
     # ---- chains --------------------------------------------------------------------------------------
 
     def stt(self) -> STTProvider:
-        items = [self.one_stt(n) for n in self.settings.conversation.stt]
-        return items[0] if len(items) == 1 else FallbackSTT(items, on_switch=self.on_switch)
+        """A chain, also of one cloud recognizer: the result deadline applies to it too, and its stall ends in
+        the apology instead of silence. A lone local recognizer is used as it is: it has no connection to
+        hang, and on a loaded box its late answer beats hanging up with an apology."""
+        conv = self.settings.conversation
+        items = [self.one_stt(n) for n in conv.stt]
+        if len(items) == 1 and conv.stt[0] in LOCAL:
+            return items[0]
+        return FallbackSTT(items, on_switch=self.on_switch, final_timeout_s=conv.stt_final_timeout_s or None)
 
     def llm(self) -> LLMProvider:
         """Always a chain (of one, too): the first-token deadline applies to a lone provider as well."""

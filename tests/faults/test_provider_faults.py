@@ -7,10 +7,12 @@ as ``tests/test_cloud_call.py`` does, with call records in SQLite. With a fallba
 the local voice and the agent hangs up. Either way the record says what happened and the failed requests leave
 their usage behind. Each test records its row of the matrix (``tests/faults/conftest.py``): what the caller
 got, the longest silence while the call was up (printed, not asserted: the ear-level bounds are the latency
-work's), and what the record says.
+work's; with the patient caller of the stall rows, the longest wait from the end of a caller turn to the agent's
+next audio, see :meth:`Call.silence`), and what the record says.
 
-Stalls: no provider here has a first-token or first-audio deadline yet (issue 11). Where a stall outlasts what
-a test can wait, the row records what happens today and the goal is an ``xfail(strict=True)``.
+Stalls: the LLM has a first-token deadline, the TTS a first-audio deadline (issue 11), and the STT a result
+deadline after each finalize (issue 10; Deepgram's client also tells an unanswered Finalize from an empty
+buffer), so a vendor that stops answering with its connection open is failed over, or apologised for.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from silence import agent_silence  # tests/faults/silence.py (pytest puts tests/faults on sys.path)
 
 from parley.app import build_engine
+from parley.audio.trim import first_audible_index
 from parley.compose import Providers, _record_switch
 from parley.config import settings_from_mapping
 from parley.observe.records import CallDetail, RecordStore
@@ -44,7 +47,7 @@ RecordRow = Callable[..., None]  # the fault_row fixture of tests/faults/conftes
 
 ENV = {"DEEPGRAM_API_KEY": "dg-test-key", "OPENAI_API_KEY": "sk-test-0123", "ELEVENLABS_API_KEY": "xi-test-key-0123456789"}
 CALLER = ["Hi, I would like to book a cleaning.", "Tuesday, please."]
-REPLIES = [
+REPLIES: list[str | tuple[str, str]] = [
     "Sure, I can book a cleaning for you. What day works best?",
     ("Great, you're booked for Tuesday. Goodbye!", "hangup"),
 ]
@@ -60,7 +63,8 @@ steps:
   - silence_s: 1.5
 """
 # A caller who waits for an answer (4 s of agent silence before speaking again): a stalled vendor is failed
-# over after the first-token/first-audio deadline (3 s / 2 s), and an impatient caller would talk over that.
+# over after its deadline (LLM first token 3 s, TTS first audio 2 s, STT Finalize answer 1.5 s), and an
+# impatient caller would talk over that (and shorten the dead air the row prints).
 PATIENT = SCENARIO.replace("  - wait_agent: true\n  - say", "  - wait_agent: true\n    quiet_ms: 4000\n  - say")
 LOCAL = {"stt": "whisper-local", "llm": "rules", "tts": "hibari-local"}
 VENDOR = {"stt": "deepgram", "llm": "openai", "tts": "elevenlabs"}
@@ -74,6 +78,7 @@ class Call:
     dg: FakeDeepgram
     el: FakeElevenLabs
     oa: FakeOpenAI
+    patient: bool = False
 
     @property
     def apology(self) -> str:
@@ -101,7 +106,19 @@ class Call:
                    for u in self.detail.usage)
 
     def silence(self) -> float:
-        return agent_silence(self.result)
+        """The call-wide dead air; with the patient caller, whose own 4 s wait after every answer is no dead air
+        the agent owes, the longest wait from the end of a caller turn to the agent's next audio instead."""
+        return answer_wait(self.result) if self.patient else agent_silence(self.result)
+
+
+def answer_wait(result: SimulationResult) -> float:
+    """The longest wait at the caller's ear (:mod:`parley.sim.ear`, from the rendered audio): from the answer to
+    the greeting's first audible sample, and from the true end of each caller turn to the agent's first audible
+    sample after it."""
+    first = first_audible_index(result.heard_track, result.fake_call.codec_rate)
+    greeting = [] if first is None else [first / result.fake_call.codec_rate]
+    answers = [t.first_audible - t.speech_end for t in result.ear() if t.first_audible is not None]
+    return max(greeting + answers, default=0.0)
 
 
 @dataclass
@@ -160,7 +177,7 @@ def run_call(tmp: Path, stack: Stack, scenario: str = "") -> Call:
             assert detail is not None
             return detail
 
-    return Call(result, asyncio.run(read()), switches, dg, el, oa)
+    return Call(result, asyncio.run(read()), switches, dg, el, oa, patient=scenario == PATIENT)
 
 
 def record_of(call: Call) -> str:
@@ -248,14 +265,24 @@ def test_stt_sends_garbage(tmp_path: Path, fault_row: RecordRow) -> None:
     assert_switch_recorded(call, "stt")
 
 
-@pytest.mark.xfail(strict=True, reason="no STT result deadline yet (the LLM and TTS have theirs): a Deepgram that "
-                   "stops answering but keeps the socket open is not noticed as a failure")
 def test_stt_stalls_mid_call(tmp_path: Path, fault_row: RecordRow) -> None:
-    call = run_call(tmp_path, Stack(listen=Faults(stall_after_frames=150)))
+    call = run_call(tmp_path, Stack(listen=Faults(stall_after_frames=150)), PATIENT)
     row(fault_row, call, "STT stalls (no result, no close; frame 150)")
     assert call.dg.listen_sessions[0].stalled
-    assert_call_went_on(call, "stt")  # the goal: whisper takes the turn over
+    # Deepgram's Finalize goes unanswered while it holds words it showed: a stall, not an empty turn; whisper
+    # gets the turn's audio replayed and answers it
+    assert_call_went_on(call, "stt")
     assert_switch_recorded(call, "stt")
+    assert any("stopped answering" in f.get("error", "") for f in call.detail.call.fallbacks)
+
+
+def test_stt_stalls_without_fallback(tmp_path: Path, fault_row: RecordRow) -> None:
+    call = run_call(tmp_path, Stack(listen=Faults(stall_after_frames=150), no_fallback="stt"), PATIENT)
+    row(fault_row, call, "STT stalls, no fallback configured")
+    assert call.dg.listen_sessions[0].stalled
+    assert_apologised_and_ended(call, "stt")  # the stalled stream is billed, as failed
+    events = {e.kind: e.detail for e in call.detail.events}
+    assert "stopped answering" in str(events["stt_failed"]), call.detail.events
 
 
 def test_stt_5xx_without_fallback(tmp_path: Path, fault_row: RecordRow) -> None:

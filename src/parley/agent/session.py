@@ -388,6 +388,7 @@ class CallSession:
             self.log.warning("speech recognition failed during teardown: %s", exc)
             return
         self.log.error("speech recognition failed: %s", exc)
+        self.events.append((self._clock(), "stt_failed", {"error": str(exc)[:300]}))  # the record says why
         self.core.failed = True
         self._spawn(self._apologise(self.core.new_turn()))
 
