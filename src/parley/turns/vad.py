@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import webrtcvad  # type: ignore[import-untyped]
 
-from parley.audio.pcm import Float32Array, Int16Array, rms_dbfs
+from parley.audio.pcm import Float32Array, Int16Array
 from parley.errors import ConfigError
 from parley.turns.assets import SILERO_RELPATH, pipecat_file
 from parley.turns.onnx import OnnxSession
@@ -86,6 +86,7 @@ class SileroVad:
         self._prob = 0.0
         self._since_reset = 0  # samples scored (or skipped) since the last state reset
         self._low_run = 0  # samples of clear non-speech in a row
+        self._skipped: Int16Array | None = None  # the last skipped frame: its tail is the next window's context
 
     @property
     def prob(self) -> float:
@@ -94,6 +95,8 @@ class SileroVad:
 
     def process(self, frame: Int16Array) -> float:
         """Feed samples; run the model on every completed window; return the latest probability."""
+        if self._skipped is not None:
+            self._context_from_skipped()
         x = frame.astype(np.float32) * np.float32(1.0 / 32768.0)
         pos = 0
         while (pos := self._fill_window(x, pos)) >= 0:
@@ -103,6 +106,8 @@ class SileroVad:
 
     async def aprocess(self, frame: Int16Array) -> float:
         """``process``, with the model runs batched across the calls of this event loop."""
+        if self._skipped is not None:
+            self._context_from_skipped()
         x = frame.astype(np.float32) * np.float32(1.0 / 32768.0)
         pos = 0
         while (pos := self._fill_window(x, pos)) >= 0:
@@ -126,16 +131,23 @@ class SileroVad:
         """Account for a frame judged silent without running the model: probability 0.
 
         The partial window is dropped and the frame's tail becomes the context of the next window, so the
-        model resumes on contiguous audio. Skipped audio counts as clear non-speech for the reset rule.
+        model resumes on contiguous audio. Skipped audio counts as clear non-speech for the reset rule. The
+        context is only written when the model runs next: a caller who listens skips most frames in a row,
+        and only the last one's tail is ever read (the density profile showed the copy on every frame).
         """
         self._fill = 0
+        self._skipped = frame[-self.context :].copy()  # 64 samples: the caller may reuse its frame buffer
+        self._prob = 0.0
+        self._account(frame.size, low=True)
+        return 0.0
+
+    def _context_from_skipped(self) -> None:
+        frame, self._skipped = self._skipped, None
+        assert frame is not None
         ctx = self.context
         tail = frame[-ctx:].astype(np.float32) * np.float32(1.0 / 32768.0)
         self._buf[0, :ctx] = 0.0
         self._buf[0, ctx - tail.size : ctx] = tail
-        self._prob = 0.0
-        self._account(frame.size, low=True)
-        return 0.0
 
     def reset(self) -> None:
         """Forget everything (a new call or a new stream on the same call)."""
@@ -163,6 +175,7 @@ class SileroVad:
     def _reset_model(self) -> None:
         self._state = np.zeros((2, 1, 128), dtype=np.float32)
         self._buf[0, : self.context] = 0.0
+        self._skipped = None
         self._since_reset = 0
         self._low_run = 0
 
@@ -231,6 +244,10 @@ class FrameVad:
         self.batched = True  # aprocess: Silero windows batched across the calls of the event loop
         self._speech = False
         self._quiet_run = 0  # consecutive frames the gate called silent
+        # the gate's level test as a sum of squares (no log per frame): rms_dbfs(frame) < skip_below_dbfs
+        # <=> sum(x^2) < size * 2^30 * 10^(dBFS/10); rms_dbfs floors at -120, so a limit at or below never holds
+        limit = self.params.skip_below_dbfs
+        self._quiet_ms = -1.0 if limit is None or limit <= -120.0 else 1073741824.0 * 10.0 ** (limit / 10.0)
 
     @classmethod
     def create(
@@ -285,7 +302,8 @@ class FrameVad:
         self._quiet_run = 0
 
     def _gate_says_silence(self, frame: Int16Array) -> bool:
-        limit = self.params.skip_below_dbfs
-        if self.gate is None or limit is None or not self.gate.accepts(frame):
+        """``rms_dbfs(frame) < skip_below_dbfs`` and webrtcvad hears no speech (it only runs on quiet frames)."""
+        if self.gate is None or self._quiet_ms < 0.0 or not self.gate.accepts(frame):
             return False
-        return rms_dbfs(frame) < limit and not self.gate.is_speech(frame)
+        x = frame.astype(np.float64)
+        return float(x.dot(x)) < self._quiet_ms * frame.size and not self.gate.is_speech(frame)
