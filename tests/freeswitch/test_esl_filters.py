@@ -94,6 +94,9 @@ async def test_the_filters_are_set_again_on_a_new_connection(fs: FakeFreeSwitch)
         await until(lambda: owner.stats.reconnects == 1 and owner.connected)
         assert fs.commands.count(f"filter Unique-ID {call.uuid}\n\n".encode()) == 2
         assert fs.commands.count(f"filter Unique-ID {NO_CALL}\n\n".encode()) == 2
+        subscribed = [i for i, c in enumerate(fs.commands) if c.startswith(b"event ")]
+        filtered = [i for i, c in enumerate(fs.commands) if c == f"filter Unique-ID {call.uuid}\n\n".encode()]
+        assert filtered[1] < subscribed[1]  # on the new connection: filters first, then the subscription
         await call.hangup()
         await until(lambda: saw(mine, "CHANNEL_HANGUP_COMPLETE", call.uuid))
 

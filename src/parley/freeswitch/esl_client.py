@@ -45,9 +45,10 @@ Owned-call filters (``filter_calls=True``, for `parley serve --call-ownership st
 listener every subscribed event while it has no filter, and only the events a positive filter matches once
 it has one (``mod_event_socket.c`` ``event_handler``). So each connection adds ``filter Unique-ID
 <NO_CALL>`` (matches nothing: an idle worker gets no call's events) and ``filter Event-Name BACKGROUND_JOB``
-(bgapi results carry no Unique-ID) right after subscribing, then ``filter Unique-ID <uuid>`` for every call
+(bgapi results carry no Unique-ID), then ``filter Unique-ID <uuid>`` for every call
 this worker owns (:meth:`EslClient.own_call`; :meth:`EslClient.release_call` sends ``filter delete
-Unique-ID <uuid>``). Filters belong to a connection: a reconnect adds them all again.
+Unique-ID <uuid>``). They are set before the ``event`` subscription, so no other call's event ever arrives;
+filters belong to a connection: a reconnect sets them all again.
 
 Size: over the 400-line aim because the link's whole life (connect, handshake, reader, supervisor) and the
 re-send rules share one connection object and its pending-reply FIFO; splitting them would expose it.
@@ -591,26 +592,21 @@ class EslClient:
             )
         if backlog:  # nothing may arrive before we subscribe
             raise EslProtocolError(f"unexpected {type(backlog[0]).__name__} right after auth")
+        if self.filter_calls:  # filters before the subscription: nothing but our own calls from the first event on
+            filters = [("Unique-ID", NO_CALL), ("Event-Name", "BACKGROUND_JOB")]
+            filters += [("Unique-ID", uuid) for uuid in list(self._owned)]
+            await write(b"".join(esl.filter_command(h, v) for h, v in filters))
+            self.stats.commands += len(filters)
+            for header, value in filters:
+                reply = await next_message()
+                if not isinstance(reply, esl.CommandReply) or not reply.ok:
+                    why = getattr(reply, "reply_text", type(reply).__name__)
+                    raise EslCommandError(f"filter {header} {value}", why)
         await write(esl.event_command(self._events, self._custom, fmt=self._settings.event_format))
         self.stats.commands += 1
         reply = await next_message()
         if not isinstance(reply, esl.CommandReply) or not reply.ok:
             raise EslCommandError("event subscription", getattr(reply, "reply_text", type(reply).__name__))
-        if self.filter_calls:  # nothing but our own calls (and bgapi results), from the first event on
-            filters = [("Unique-ID", NO_CALL), ("Event-Name", "BACKGROUND_JOB")]
-            filters += [("Unique-ID", uuid) for uuid in list(self._owned)]
-            await write(b"".join(esl.filter_command(h, v) for h, v in filters))
-            self.stats.commands += len(filters)
-            early: list[esl.Message] = []  # events that passed before the filters were in place
-            for header, value in filters:
-                reply = await next_message()
-                while isinstance(reply, esl.Event):
-                    early.append(reply)
-                    reply = await next_message()
-                if not isinstance(reply, esl.CommandReply) or not reply.ok:
-                    why = getattr(reply, "reply_text", type(reply).__name__)
-                    raise EslCommandError(f"filter {header} {value}", why)
-            return early + backlog
         return backlog
 
     async def _read_loop(self, conn: _Connection) -> None:
