@@ -89,15 +89,25 @@ async def render_lines(voice: TTSProvider, lines: tuple[str, ...]) -> list[Int16
     return out
 
 
-async def caller(call: FakeCall, result: CallResult, turns: list[Int16Array], voice: TTSProvider,
-                 first_answered: asyncio.Event, drained: asyncio.Event) -> None:
+@dataclass
+class Script:
+    """What every scripted caller says and waits for."""
+
+    turns: list[Int16Array]
+    voice: TTSProvider
+    drained: asyncio.Event  # set once a worker is draining: the callers go on past their first turn
+    refused_hold_s: float  # how long a caller whose stream was refused stays on (at the fallback)
+
+
+async def caller(call: FakeCall, result: CallResult, script: Script, first_answered: asyncio.Event) -> None:
     """Greeting, turn 1, (the drain happens here), the other turns, hangup; notes what went wrong."""
-    ear = ScriptedCaller(call, voice)
+    ear = ScriptedCaller(call, script.voice)
     try:
         result.streamed = call.audio_stream is not None and call.ws_close is None
         if not result.streamed:
             if result.during_drain:  # the draining worker's answer: 503, the call goes to the fallback
                 result.refused = f"stream refused ({call.ws_close or 'upgrade failed'})"
+                await asyncio.sleep(script.refused_hold_s)  # the caller is with the fallback for a while
             else:
                 result.dropped = f"stream refused ({call.ws_close or 'upgrade failed'})"
             return
@@ -105,7 +115,7 @@ async def caller(call: FakeCall, result: CallResult, turns: list[Int16Array], vo
             result.dropped = "no greeting"
             return
         await ear.wait_agent_quiet(QUIET_MS, timeout=ANSWER_TIMEOUT_S)
-        for i, audio in enumerate(turns):
+        for i, audio in enumerate(script.turns):
             if call.hungup or call.ws_close is not None:
                 break
             start = time.monotonic()
@@ -119,7 +129,7 @@ async def caller(call: FakeCall, result: CallResult, turns: list[Int16Array], vo
             await ear.wait_agent_quiet(QUIET_MS, timeout=ANSWER_TIMEOUT_S)
             if i == 0:
                 first_answered.set()
-                await drained.wait()
+                await script.drained.wait()
         if call.hungup:
             result.dropped = f"hung up by parley ({call.hangup_cause})"
         elif call.ws_close is not None:
@@ -157,8 +167,7 @@ async def drain_busiest(client: httpx.AsyncClient, workers: list[Worker], pg: Pg
 
 
 async def place_calls(fakes: list[FakeFreeSwitch], names: tuple[str, ...], cluster: Cluster, per_node: int,
-                      secret: str, turns: list[Int16Array], voice: TTSProvider, report: Report,
-                      drained: asyncio.Event, *, during_drain: bool = False,
+                      secret: str, script: Script, report: Report, *, during_drain: bool = False,
                       ) -> tuple[list[asyncio.Future[None]], list[asyncio.Event]]:
     """``per_node`` calls through each node, a scripted caller on each; (callers, first turn answered)."""
     callers: list[asyncio.Future[None]] = []
@@ -170,10 +179,10 @@ async def place_calls(fakes: list[FakeFreeSwitch], names: tuple[str, ...], clust
                 ws_url=cluster.ws_url[name], uuid=call_uuid, channel_vars={"parley_agent": "true"},
                 extra_headers={"Authorization": f"Bearer {stream_token(secret, call_uuid)}"},
             )
-            result = CallResult(call_uuid, name, turns_planned=len(turns), during_drain=during_drain)
+            result = CallResult(call_uuid, name, turns_planned=len(script.turns), during_drain=during_drain)
             report.calls.append(result)
             first.append(asyncio.Event())
-            callers.append(asyncio.ensure_future(caller(call, result, turns, voice, first[-1], drained)))
+            callers.append(asyncio.ensure_future(caller(call, result, script, first[-1])))
     return callers, first
 
 
@@ -210,19 +219,18 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
         from parley.sim.caller_voice import caller_voice
 
         voice = await asyncio.to_thread(caller_voice, "hibari-low")
-        turns = await render_lines(voice, LINES[: args.turns])
+        script = Script(await render_lines(voice, LINES[: args.turns]), voice, asyncio.Event(), args.refused_hold_s)
+        drained = script.drained
         scraper = asyncio.ensure_future(keep_scraping(client, cluster.workers))
         stack.callback(scraper.cancel)
 
-        drained = asyncio.Event()
-        callers, first = await place_calls(fakes, NODE_NAMES, cluster, args.calls_per_node, secret, turns, voice,
-                                           report, drained)
+        callers, first = await place_calls(fakes, NODE_NAMES, cluster, args.calls_per_node, secret, script, report)
         try:
             async with asyncio.timeout(args.timeout_s):
                 await asyncio.gather(*(e.wait() for e in first))  # every call is up and past its first answer
                 drain = await drain_busiest(client, cluster.workers, pg)
-                more, _ = await place_calls(fakes, NODE_NAMES, cluster, args.calls_during_drain, secret, turns,
-                                            voice, report, drained, during_drain=True)
+                more, _ = await place_calls(fakes, NODE_NAMES, cluster, args.calls_during_drain, secret, script,
+                                            report, during_drain=True)
                 callers += more
                 drained.set()  # the callers say their other turns while the worker drains
                 await asyncio.gather(*callers)
@@ -288,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls-during-drain", type=int, default=0,
                    help="calls placed through each node once the drain has begun (default 0): the draining worker "
                         "refuses those the kernel hands it (to the fallback); the others are taken as usual")
+    p.add_argument("--refused-hold-s", type=float, default=3.0,
+                   help="how long a caller whose stream the draining worker refused stays on before hanging up "
+                        "(default 3: it is with the fallback); 0 hangs up at once")
     p.add_argument("--turns", type=int, default=2, choices=range(1, len(LINES) + 1), help="caller turns per call")
     p.add_argument("--layout", choices=LAYOUTS, default=LAYOUTS[0],
                    help="nodes: parley serve --workers 2 holding both nodes; node-per-worker: one serve per node "
