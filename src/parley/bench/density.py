@@ -178,7 +178,10 @@ async def measure(calls: int, seconds: float, variant: Variant = Variant(), *, p
         for w in workers:
             await w.close()
         await load.close()
-    return summarize(calls, variant, list(results), done, placed, up, box_usage(box0, box1))
+    r = summarize(calls, variant, list(results), done, placed, up, box_usage(box0, box1))
+    if r["agent_errors"]:  # say why (the workers log at WARNING)
+        r["worker_log_tail"] = [line for w in workers for line in list(w.stderr)[-5:]]
+    return r
 
 
 def _floats(r: dict[str, object], key: str) -> list[float]:
@@ -242,7 +245,7 @@ def summarize(
 
 
 COLUMNS = (  # (title, unit, width, format)
-    ("workers", "loop", 12, "s"),
+    ("workers", "loop", 16, "s"),
     ("calls", "", 5, "d"),
     ("per", "worker", 7, "s"),
     ("dropped", "frames", 7, "d"),
@@ -361,6 +364,9 @@ async def run_density(
     for r in runs:
         if r.get("why_not"):
             w(f"  {r['variant']}, {r['calls']} calls: not sustained: {r['why_not']}\n")
+        tail = r.get("worker_log_tail")
+        for line in tail if isinstance(tail, list) else ():
+            w(f"    {r['agent_errors']} agent errors; worker log: {str(line)[:200]}\n")
     summary = summarize_variants(runs, variants, sizes, overloaded)
     w(format_summary(summary))
     baseline = runs[0].get("baseline_rss_mb") if runs else None
@@ -401,9 +407,13 @@ def format_summary(summary: Sequence[dict[str, object]]) -> str:
         lag = b.get("frame_lag_ms")
         p99 = lag.get("p99") if isinstance(lag, dict) else None
         fail = f", first failure at {s['first_failure']}" if s.get("first_failure") else ", no failure in the sizes run"
-        lines.append(f"    {s['variant']:<14} {s['sustained_calls']:>4} calls{fail}; there: lag p99 {p99} ms, "
+        if not b:
+            lines.append(f"    {s['variant']:<18} no size sustained{fail}")
+            continue
+        ratio = f"; x{s['vs_one_worker']} the calls of one worker" if s.get("vs_one_worker") is not None else ""
+        lines.append(f"    {s['variant']:<18} {s['sustained_calls']:>4} calls{fail}; there: lag p99 {p99} ms, "
                      f"CPU {b.get('cpu_ms_per_call_second')} ms per call-second, RSS {b.get('rss_mb_per_call')} MB "
-                     f"per call; x{s.get('vs_one_worker')} of one worker")
+                     f"per call{ratio}")
     lines += ["  targets (issue 12; printed, never asserted): 2 cores, instant providers: >= 300 calls with 0 dropped",
               "    frames, frame lag p99 < 20 ms, every turn answered; CPU <= 2.5 ms per call-second; RSS <= 1 MB per",
               "    call; 2 workers >= 1.8x the calls of 1.", ""]

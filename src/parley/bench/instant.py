@@ -87,6 +87,16 @@ class InstantSTT:
         self.name = "bench-instant-stt"
         self.text = text
 
+    # the provider lifecycle: nothing to warm, hold across calls or judge (no providers.base import needed)
+    async def prewarm(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def check(self) -> None:
+        return None
+
     async def open(self, *, sample_rate: int, language: str | None = None) -> InstantSTTStream:
         return InstantSTTStream(self, sample_rate)
 
@@ -98,6 +108,16 @@ class InstantLLM:
         self.name = "bench-instant-llm"
         self.reply = reply
         self.pieces = max(1, pieces)
+
+    # the provider lifecycle: nothing to warm, hold across calls or judge (no providers.base import needed)
+    async def prewarm(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def check(self) -> None:
+        return None
 
     async def stream(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
@@ -119,6 +139,16 @@ class InstantTTS:
         self.name = "bench-instant-tts"
         self.sample_rate = TTS_RATE
         self.ms_per_char = ms_per_char
+
+    # the provider lifecycle: nothing to warm, hold across calls or judge (no providers.base import needed)
+    async def prewarm(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def check(self) -> None:
+        return None
 
     async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
         yield AudioChunk(tone(len(text) * self.ms_per_char), TTS_RATE, text)
