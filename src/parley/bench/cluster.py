@@ -286,8 +286,9 @@ class Report:
                   "; ".join(f"worker {w.index}: {w.active_at_drain:g} call(s) up at SIGTERM, /ready "
                             f"{w.ready_status_in_drain}, exit {w.exit_code}" for w in drained) or "no worker drained"),
             Check("records exactly once", len(good) == placed and not missing and not twice and not extra,
-                  f"{len(once)}/{placed} calls with exactly one record, {len(good) - len(refused_ids)} completed by a "
-                  "caller hangup" + (f", {len(refused_ids)} refused" if refused_ids else "")
+                  f"{len(once)}/{placed} calls with exactly one record, {len(set(good) - refused_ids)} completed by a "
+                  "caller hangup" + (f", {len(set(good) & refused_ids)} of the {len(refused_ids)} refused"
+                                     if refused_ids else "")
                   + (f"; missing {len(missing)}" if missing else "") + (f"; duplicated {len(twice)}" if twice else "")
                   + (f"; unknown {len(extra)}" if extra else "")),
             Check("metrics add up", started == len(served) and not per_worker,
