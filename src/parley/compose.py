@@ -23,7 +23,7 @@ from parley.observe import usage
 from parley.providers.base import LLMProvider, STTProvider, TTSProvider
 from parley.providers.errors import ProviderAuthError, ProviderConnectionError, ProviderTimeout
 from parley.providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS, SwitchHook
-from parley.providers.realtime_base import RealtimeConfig, RealtimeProvider
+from parley.providers.realtime_base import RealtimeProvider
 
 if TYPE_CHECKING:
     from parley.providers.live_check import LiveResult
@@ -293,81 +293,26 @@ async def _check_realtime(made: Providers) -> CheckResult:
     async def check() -> Verdict | None:
         provider = made.realtime()
         assert provider is not None
-        stream = await provider.open(RealtimeConfig("parley providers check"))
-        await stream.close()
-        if name != "openai":
-            return None
-        url = str(made.options("realtime").get("url", "wss://api.openai.com/v1/realtime"))
-        return await _openai_model(made, "realtime", _http_base(url), provider.model)
+        return await provider.check()
 
     status, detail = await _outcome(check())
     return CheckResult("realtime", name, status, detail, round((time.perf_counter() - t0) * 1000, 1))
 
 
 async def _check_one(made: Providers, capability: str, name: str) -> Verdict | None:
-    o = made.options(name)
+    """The provider's own check (each knows what proves it works without billing), then close what it opened."""
+    provider: STTProvider | LLMProvider | TTSProvider
     if capability == "stt":
-        stream = await made.one_stt(name).open(sample_rate=8000)
-        await stream.close()
-        return None
-    if capability == "llm":
-        if name == "rules":
-            made.one_llm(name)
-            return None
-        if name == "openai":
-            from parley.providers.openai_llm import DEFAULT_MODEL as OPENAI_DEFAULT_MODEL
-
-            base = str(o.get("base_url", "https://api.openai.com/v1"))
-            return await _openai_model(made, "openai", base, str(o.get("model", OPENAI_DEFAULT_MODEL)))
-        from parley.providers.model_list import fetch_models, verdict
-
-        base = str(o.get("base_url", "https://api.anthropic.com")).rstrip("/")
-        key = made.key("anthropic")
-        listing = await fetch_models(f"{base}/v1/models?limit=1000", {"x-api-key": key, "anthropic-version":
-                                     "2023-06-01"}, provider=name, secrets=[key])
-        return verdict(str(o.get("model", "claude-haiku-4-5")), listing)
-    if name == "openai":  # the model list authenticates for free; synthesizing would bill
-        model = str(o.get("tts_model", "gpt-4o-mini-tts"))
-        return await _openai_model(made, "openai", str(o.get("base_url", "https://api.openai.com/v1")), model)
-    tts = made.one_tts(name)
-    prewarm = getattr(tts, "prewarm", None)
-    if prewarm is not None:  # opens the vendor's socket: authenticates without synthesizing
-        await prewarm()
-        close = getattr(tts, "aclose", None)
-        if close is not None:
-            await close()
-        if name == "openai-realtime":
-            from parley.providers.openai_realtime_tts import DEFAULT_MODEL
-
-            base = _http_base(str(o.get("url", "wss://api.openai.com/v1/realtime")))
-            return await _openai_model(made, name, base, str(o.get("model", DEFAULT_MODEL)))
-        return None
-    gen = tts.synthesize("OK.")
-    async with contextlib.aclosing(gen):
-        async for _ in gen:
-            pass
-    return None
-
-
-def _http_base(ws_url: str) -> str:
-    """``wss://host/v1/realtime`` -> ``https://host/v1`` (where the model list lives)."""
-    url = ws_url.split("?", 1)[0].rstrip("/")
-    url = "https://" + url.removeprefix("wss://") if url.startswith("wss://") else url
-    url = "http://" + url.removeprefix("ws://") if url.startswith("ws://") else url
-    return url.removesuffix("/realtime")
-
-
-async def _openai_model(made: Providers, vendor: str, base: str, model: str) -> Verdict:
-    """GET ``{base}/models`` (free, needs a valid key) and judge ``model`` by it."""
-    from parley.providers.model_list import fetch_models, verdict
-
-    o = made.options(vendor)
-    key = made.env.get(str(o.get("api_key_env") or KEY_ENV.get(vendor, "OPENAI_API_KEY")), "")
-    if not key and "api.openai.com" in base:
-        made.key(vendor)  # raises the not-configured error
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    listing = await fetch_models(base.rstrip("/") + "/models", headers, provider=vendor, secrets=[key])
-    return verdict(model, listing)
+        provider = made.one_stt(name)
+    elif capability == "llm":
+        provider = made.one_llm(name)
+    else:
+        provider = made.one_tts(name)
+    try:
+        return await provider.check()
+    finally:
+        with contextlib.suppress(ParleyError):
+            await provider.aclose()
 
 
 # ---- `parley providers check --live` ---------------------------------------------------------------------
@@ -397,10 +342,8 @@ async def live_check(made: Providers, *, now: Callable[[], float] = time.perf_co
                     try:
                         results.append(await probe.live_tts(tts, now=now, timeout_s=timeout_s))
                     finally:
-                        close = getattr(tts, "aclose", None)
-                        if close is not None:
-                            with contextlib.suppress(ParleyError):
-                                await close()
+                        with contextlib.suppress(ParleyError):
+                            await tts.aclose()
             except ConfigError as exc:
                 results.append(probe.LiveResult(capability, name, "not configured", detail=str(exc)))
     if conv.engine == "realtime":

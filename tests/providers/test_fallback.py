@@ -13,6 +13,7 @@ import pytest
 
 from parley.providers.base import (
     AudioChunk,
+    Lifecycle,
     LLMEvent,
     Message,
     STTEvent,
@@ -314,3 +315,32 @@ async def test_a_turn_the_recognizer_closed_itself_owes_no_answer_to_the_finaliz
         assert (await anext(it)).text == "whisper heard 320"  # type: ignore[union-attr]
     cloud.streams[0].release.set()
     await stream.close()
+
+
+# ---- the lifecycle: prewarm, aclose, check through a chain -------------------------------------------------
+
+
+class WarmTTS(Lifecycle):
+    sample_rate = 8000
+
+    def __init__(self, name: str) -> None:
+        self.name, self.warmed, self.closed = name, 0, 0
+
+    async def prewarm(self) -> None:
+        self.warmed += 1
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        yield AudioChunk(np.ones(160, np.int16), 8000, text)
+
+
+async def test_a_tts_chain_warms_its_preferred_voice_and_closes_them_all() -> None:
+    first, second = WarmTTS("elevenlabs"), WarmTTS("hibari")
+    chain = FallbackTTS([first, second])
+    await chain.prewarm()
+    assert (first.warmed, second.warmed) == (1, 0)  # only the one the next request goes to
+    assert await chain.check() is None  # the chain has nothing of its own to judge (compose checks each)
+    await chain.aclose()
+    assert (first.closed, second.closed) == (1, 1)

@@ -39,7 +39,7 @@ from types import TracebackType
 import httpx
 
 from parley import wire_json
-from parley.providers.base import LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage
+from parley.providers.base import Lifecycle, LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage, Verdict
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -50,6 +50,7 @@ from parley.providers.errors import (
     redact,
 )
 from parley.providers.http_session import HttpSession
+from parley.providers.model_list import anthropic_verdict
 from parley.providers.openai_llm import SSEDecoder, decode_event
 
 __all__ = ["AnthropicLLM", "MessageStreamAssembler", "request_body", "wire_messages"]
@@ -253,7 +254,7 @@ def _error_details(body: bytes) -> tuple[str, str | None]:
 # ---- the provider -----------------------------------------------------------------------------------------
 
 
-class AnthropicLLM:
+class AnthropicLLM(Lifecycle):
     """An :class:`~parley.providers.base.LLMProvider` for Anthropic's streaming Messages API."""
 
     name = PROVIDER
@@ -273,7 +274,8 @@ class AnthropicLLM:
         on_cancel: Callable[[Usage], None] | None = None,
     ) -> None:
         self.model = model
-        self.url = base_url.rstrip("/") + "/v1/messages"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/v1/messages"
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.version = version
@@ -295,6 +297,10 @@ class AnthropicLLM:
     async def aclose(self) -> None:
         """Close the HTTP client this provider created (an injected client belongs to its owner)."""
         await self._http.aclose()
+
+    async def check(self) -> Verdict | None:
+        """The model list (free, needs a valid key) and the configured model's place in it."""
+        return await anthropic_verdict(self.base_url, self._api_key, self.model, provider=PROVIDER)
 
     async def stream(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()

@@ -57,7 +57,7 @@ from websockets.protocol import State
 
 from parley import wire_json
 from parley.audio.pcm import Int16Array, rms_dbfs, to_bytes
-from parley.providers.base import SpeechStarted, STTEvent, Transcript, Usage
+from parley.providers.base import Lifecycle, SpeechStarted, STTEvent, Transcript, Usage, Verdict
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -302,7 +302,7 @@ def _handshake_error(exc: InvalidStatus, secrets: Sequence[str | None]) -> Provi
 # ---- the provider and its stream ----------------------------------------------------------------------------
 
 
-class AssemblyAISTT:
+class AssemblyAISTT(Lifecycle):
     """An :class:`~parley.providers.base.STTProvider`: one Universal-Streaming session per ``open()``."""
 
     name = PROVIDER
@@ -370,6 +370,11 @@ class AssemblyAISTT:
         }
         params.update({k: str(v) for k, v in optional.items() if v is not None})
         return params
+
+    async def check(self) -> Verdict | None:
+        """Open a session and terminate it: authenticates (billed: the session's open time, a second)."""
+        await (await self.open(sample_rate=16000)).close()
+        return None
 
     async def open(self, *, sample_rate: int, language: str | None = None) -> AssemblyAISTTStream:
         """Connect and wait for ``Begin``. ``language`` is not sent (v3 picks it by ``speech_model``)."""

@@ -9,12 +9,19 @@ iterator, or cancelling the task iterating it) cancels the provider's work, whic
 connection or stop its computation promptly and still report the usage it incurred.
 
 Usage is what cost is computed from: audio seconds for STT, input/output tokens for LLMs, characters for
-TTS. A provider emits :class:`Usage` at least once per request, also for cancelled and failed requests
-(failed calls still cost money).
+TTS (tokens for a token-billed voice). A provider emits :class:`Usage` at least once per request, also for
+cancelled and failed requests (failed calls still cost money).
+
+Every provider also has a lifecycle, the same for the three kinds: ``prewarm()`` (open what the first
+request would otherwise pay for, e.g. a vendor socket; best effort), ``aclose()`` (close what it holds
+across calls) and ``check()`` (is it reachable, authenticated, and its model still served; billing nothing
+where the vendor allows: :class:`Verdict`, or None when there is nothing to judge). :class:`Lifecycle`
+gives the do-nothing versions to a provider with nothing to warm, close or judge, so callers never probe.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
@@ -36,6 +43,39 @@ class Usage:
     requests: int = 1
     cancelled: bool = False
     failed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What ``check()`` found out about the configured model."""
+
+    status: str  # ok | deprecated model | unknown model
+    detail: str = ""
+
+
+class Lifecycle:
+    """The provider lifecycle for a provider with nothing to do: nothing to warm, hold or judge beyond what its
+    constructor already did (a local model loaded, a rules file parsed)."""
+
+    async def prewarm(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def check(self) -> Verdict | None:
+        return None
+
+
+class _Lifecycle(Protocol):
+    async def prewarm(self) -> None:
+        """Open what the first request would pay for (a vendor socket, a TLS session); best effort."""
+
+    async def aclose(self) -> None:
+        """Close what the provider holds across requests and calls."""
+
+    async def check(self) -> Verdict | None:
+        """Reachable, authenticated, model served? Raises the provider errors; bills nothing where avoidable."""
 
 
 # ---- STT --------------------------------------------------------------------------------------------
@@ -90,7 +130,7 @@ class STTStream(Protocol):
 
 
 @runtime_checkable
-class STTProvider(Protocol):
+class STTProvider(_Lifecycle, Protocol):
     name: str
 
     async def open(self, *, sample_rate: int, language: str | None = None) -> STTStream: ...
@@ -131,7 +171,7 @@ LLMEvent: TypeAlias = TextDelta | ToolCall | Usage
 
 
 @runtime_checkable
-class LLMProvider(Protocol):
+class LLMProvider(_Lifecycle, Protocol):
     name: str
 
     def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
@@ -154,11 +194,27 @@ class AudioChunk:
 TTSEvent: TypeAlias = AudioChunk | Usage
 
 
+class _Synthesizer(Protocol):
+    def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]: ...
+
+
 @runtime_checkable
-class TTSProvider(Protocol):
+class TTSProvider(_Lifecycle, Protocol):
     name: str
     sample_rate: int
 
     def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
         """Audio for one piece of text (a sentence or clause), streamed as it is produced."""
         ...
+
+
+class LocalVoice(Lifecycle):
+    """The lifecycle of a local voice: nothing to warm or close; ``check()`` speaks a word, which proves the
+    model (or the binary) runs on this machine, and costs nothing."""
+
+    async def check(self: _Synthesizer) -> Verdict | None:
+        gen = self.synthesize("OK.")
+        async with contextlib.aclosing(gen):
+            async for _ in gen:
+                pass
+        return None

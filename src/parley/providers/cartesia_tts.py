@@ -57,7 +57,7 @@ from websockets.exceptions import ConnectionClosed
 from parley import wire_json
 from parley.audio.pcm import from_bytes
 from parley.errors import ConfigError
-from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -187,7 +187,7 @@ def error_for_handshake(status: int, body: bytes) -> ProviderError:
 # ---- the provider --------------------------------------------------------------------------------------
 
 
-class CartesiaTTS:
+class CartesiaTTS(Lifecycle):
     """A :class:`~parley.providers.base.TTSProvider` speaking raw ``pcm_s16le`` from Cartesia Sonic."""
 
     name: str = PROVIDER
@@ -242,6 +242,11 @@ class CartesiaTTS:
     async def prewarm(self) -> None:
         """Open a socket now so the next synthesize() pays no handshake."""
         await self._pool.prewarm()
+
+    async def check(self) -> Verdict | None:
+        """Open the vendor socket: authenticates without synthesizing (nothing billed)."""
+        await self.prewarm()
+        return None
 
     async def aclose(self) -> None:
         """Close the pooled sockets (sockets in use close or return to the pool when their request ends)."""

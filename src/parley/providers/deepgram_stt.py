@@ -26,7 +26,9 @@ A recognizer that hangs with its socket open (no results, no close: issue 10) is
 was buffered" when the Finalize goes unanswered: Deepgram flushes on Finalize whatever it holds, and while
 it has audio to work on it answers about once a second (interim revisions), so an unanswered Finalize while
 it *holds words it showed* (an interim result never made final) or after more than ``STALL_AUDIO_S`` of
-audio with no message at all is a stall, not an empty buffer: the stream fails with
+audio with no message at all is a stall, not an empty buffer; and when, at the Finalize, it already holds
+shown words with more than ``STALL_AUDIO_S`` of audio unanswered, it stopped before the end of the turn and
+the Finalize answer is not waited for. Either way the stream fails with
 :class:`ProviderTimeout` (a fallback chain replays the turn into the next recognizer) instead of closing
 the turn with the words it has, which would silently lose the caller's last words.
 
@@ -61,7 +63,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 from parley import wire_json
 from parley.audio.pcm import Int16Array, to_bytes
 from parley.errors import ConfigError
-from parley.providers.base import SpeechStarted, STTEvent, Transcript, Usage, UtteranceEnd
+from parley.providers.base import Lifecycle, SpeechStarted, STTEvent, Transcript, Usage, UtteranceEnd, Verdict
 from parley.providers.errors import (
     ProviderConnectionError,
     ProviderError,
@@ -184,7 +186,7 @@ class ListenAssembler:
         return " ".join([t for t, _ in self._segments] + ([extra] if extra else []))
 
 
-class DeepgramSTT:
+class DeepgramSTT(Lifecycle):
     """An :class:`~parley.providers.base.STTProvider` for Deepgram's live ``/v1/listen`` (one socket per call)."""
 
     name: str = PROVIDER
@@ -243,6 +245,11 @@ class DeepgramSTT:
     def listen_url(self, *, sample_rate: int, language: str | None = None) -> str:
         sep = "&" if "?" in self.url else "?"
         return self.url + sep + urlencode(self.query(sample_rate=sample_rate, language=language))
+
+    async def check(self) -> Verdict | None:
+        """Open a listen socket and close it: authenticates (billed: the connection's open time, a second)."""
+        await (await self.open(sample_rate=8000)).close()
+        return None
 
     async def open(self, *, sample_rate: int, language: str | None = None) -> DeepgramSTTStream:
         if sample_rate <= 0:
@@ -309,6 +316,8 @@ class DeepgramSTTStream:
         if self._closing:
             raise ProviderError("deepgram: the listen stream is closed", provider=PROVIDER, retryable=False)
         if self._dead:
+            return
+        if self._hung():  # it stopped answering some time ago: no need to wait for the Finalize answer
             return
         self._assembler.finalize_sent()
         if self._timer is None:
@@ -417,12 +426,27 @@ class DeepgramSTTStream:
             self.keepalives += 1
             self._last_send = loop.time()
 
+    def _unanswered_s(self) -> float:
+        return (self.samples_sent - self._heard_at) / self.sample_rate
+
+    def _hung(self) -> bool:
+        """At the end of a turn: Deepgram holds words it showed and has said nothing for more than
+        ``STALL_AUDIO_S`` of audio since (it revises interims about once a second and answers the endpoint's
+        silence with ``speech_final``), so it stopped before the Finalize: fail now rather than wait."""
+        unanswered = self._unanswered_s()
+        if not (self._assembler.holding_words and unanswered > STALL_AUDIO_S):
+            return False
+        self._fail(ProviderTimeout(
+            f"deepgram: holding words it showed and silent for {unanswered:.1f} s of audio at the end of the "
+            "turn: the recognizer stopped answering with its socket open", provider=PROVIDER))
+        return True
+
     def _finalize_expired(self) -> None:
         self._timer = None
         if self._finished or not self._assembler.awaiting_finalize:
             return
         wait = self._provider.finalize_timeout_s
-        unanswered = (self.samples_sent - self._heard_at) / self.sample_rate
+        unanswered = self._unanswered_s()
         if self._assembler.holding_words or unanswered > STALL_AUDIO_S:
             held = "words it showed" if self._assembler.holding_words else f"{unanswered:.1f} s of audio unanswered"
             self._fail(ProviderTimeout(

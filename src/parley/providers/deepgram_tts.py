@@ -55,7 +55,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.protocol import State
 
 from parley.errors import ConfigError
-from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
 from parley.providers.deepgram_stt import PROVIDER, close_error, in_band_error, open_socket, parse_message
 from parley.providers.errors import ProviderConnectionError, ProviderError, ProviderTimeout, redact
 
@@ -96,7 +96,7 @@ class _StaleSocket(Exception):
     """A pooled socket was closed before it produced anything: retry on a fresh one."""
 
 
-class DeepgramTTS:
+class DeepgramTTS(Lifecycle):
     """A :class:`~parley.providers.base.TTSProvider` for Deepgram's ``/v1/speak`` WebSocket."""
 
     name: str = PROVIDER
@@ -144,6 +144,11 @@ class DeepgramTTS:
         now = asyncio.get_running_loop().time()
         if not any(s.usable(now) for s in self._idle):
             self._idle.append(await self._connect())
+
+    async def check(self) -> Verdict | None:
+        """Open the vendor socket: authenticates without synthesizing (nothing billed)."""
+        await self.prewarm()
+        return None
 
     async def aclose(self) -> None:
         """Close every pooled socket (``Close`` message, then the WebSocket close)."""

@@ -64,7 +64,7 @@ from websockets.exceptions import ConnectionClosed
 from parley import wire_json
 from parley.audio.pcm import from_bytes
 from parley.errors import ConfigError
-from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -198,7 +198,7 @@ def error_for_handshake(status: int, body: bytes) -> ProviderError:
 # ---- the provider --------------------------------------------------------------------------------------
 
 
-class ElevenLabsTTS:
+class ElevenLabsTTS(Lifecycle):
     """A :class:`~parley.providers.base.TTSProvider` speaking raw PCM (``pcm_<rate>``) from ElevenLabs."""
 
     name: str = PROVIDER
@@ -259,6 +259,11 @@ class ElevenLabsTTS:
     async def prewarm(self) -> None:
         """Open a socket now so the next synthesize() pays no handshake (e.g. when the caller starts talking)."""
         await self._pool.prewarm()
+
+    async def check(self) -> Verdict | None:
+        """Open the vendor socket: authenticates without synthesizing (nothing billed)."""
+        await self.prewarm()
+        return None
 
     async def aclose(self) -> None:
         """Close the pooled sockets (sockets in use close or return to the pool when their request ends)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from parley.audio.pcm import Int16Array
 from parley.errors import ConfigError, ParleyError
-from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.base import AudioChunk, LocalVoice, TTSEvent, Usage
 from parley.providers.errors import ProviderError, ProviderProtocolError
 
 PROVIDER = "espeak-ng"
@@ -97,7 +97,7 @@ class WavStreamParser:
         self.sample_rate = rate
 
 
-class EspeakTTS:
+class EspeakTTS(LocalVoice):
     """TTSProvider running ``espeak-ng``. ``voice``: an espeak-ng voice name (``espeak-ng --voices``)."""
 
     name: str = PROVIDER

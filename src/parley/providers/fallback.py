@@ -33,6 +33,7 @@ import numpy as np
 from parley.audio.pcm import Int16Array
 from parley.errors import ParleyError
 from parley.providers.base import (
+    Lifecycle,
     LLMEvent,
     LLMProvider,
     Message,
@@ -103,11 +104,15 @@ class _PumpFailure:
 class _Named(Protocol):
     name: str
 
+    async def prewarm(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
 
 P = TypeVar("P", bound=_Named)
 
 
-class _Chain(Generic[P]):
+class _Chain(Lifecycle, Generic[P]):
     capability = ""
 
     def __init__(
@@ -165,6 +170,12 @@ class _Chain(Generic[P]):
             return
         raise AllProvidersFailed(self.capability, errors)
 
+    async def aclose(self) -> None:
+        """Close every provider of the chain (each closes what it holds across calls)."""
+        for provider in self.providers:
+            with contextlib.suppress(ParleyError):
+                await provider.aclose()
+
     def _failed(self, i: int, nxt: int | None, exc: BaseException) -> None:
         names = self.health.names
         self.health.failed(i)
@@ -199,10 +210,8 @@ class FallbackTTS(_Chain[TTSProvider]):
     async def prewarm(self) -> None:
         """Open the preferred provider's connection ahead of the first turn (best effort)."""
         for i in self.health.order()[:1]:
-            warm = getattr(self.providers[i], "prewarm", None)
-            if warm is not None:
-                with contextlib.suppress(ParleyError):
-                    await warm()
+            with contextlib.suppress(ParleyError):
+                await self.providers[i].prewarm()
 
     async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
         gen = self._first_working(lambda i: self.providers[i].synthesize(text))

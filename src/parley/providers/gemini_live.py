@@ -47,7 +47,7 @@ from parley import wire_json
 from parley.audio.pcm import Int16Array
 from parley.audio.resample import StreamResampler
 from parley.errors import ConfigError
-from parley.providers.base import ToolCall, Usage
+from parley.providers.base import ToolCall, Usage, Verdict
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -274,6 +274,12 @@ class GeminiLive:
 
     def __repr__(self) -> str:
         return f"GeminiLive(url={self.url!r}, model={self.model!r}, voice={self.voice!r})"
+
+    async def check(self) -> Verdict | None:
+        """Open a session and close it: authenticates and configures, bills nothing (no turn)."""
+        stream = await self.open(RealtimeConfig("parley providers check"))
+        await stream.close()
+        return None
 
     async def open(self, config: RealtimeConfig) -> GeminiLiveStream:
         ws = await open_ws(self.url, {"x-goog-api-key": self._key}, provider=PROVIDER,

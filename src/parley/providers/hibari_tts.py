@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from parley.errors import ConfigError
-from parley.providers.base import TTSEvent, Usage
+from parley.providers.base import LocalVoice, TTSEvent, Usage
 from parley.providers.errors import ProviderError
 from parley.providers.local_voice import Pieces, VoiceWorker, stream_pieces
 
@@ -87,7 +87,7 @@ class HibariModel:
         self.close()
 
 
-class HibariTTS:
+class HibariTTS(LocalVoice):
     """TTSProvider over a shared :class:`HibariModel`. ``seed`` fixes hibari's noise (bit-identical output)."""
 
     name: str = PROVIDER

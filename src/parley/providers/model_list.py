@@ -24,9 +24,11 @@ from dataclasses import dataclass
 import httpx
 
 from parley import wire_json
+from parley.providers.base import Verdict
 from parley.providers.errors import ProviderConnectionError, ProviderTimeout, error_for_status, redact
 
-__all__ = ["KNOWN_SHUTDOWNS", "ModelList", "Verdict", "fetch_models", "verdict"]
+__all__ = ["KNOWN_SHUTDOWNS", "ModelList", "Verdict", "anthropic_verdict", "fetch_models", "http_base",
+           "openai_verdict", "verdict"]
 
 KNOWN_SHUTDOWNS: Mapping[str, str] = {
     "tts-1": "2027-01-06",
@@ -55,12 +57,6 @@ class ModelList:
                 date = item.get("shutdown_date")
                 models[item["id"]] = date if isinstance(date, str) and date else None
         return cls(models)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    status: str  # ok | deprecated model | unknown model
-    detail: str = ""
 
 
 def _known_shutdown(model: str) -> str | None:
@@ -95,3 +91,30 @@ async def fetch_models(url: str, headers: Mapping[str, str], *, provider: str, s
     if response.status_code >= 400:
         raise error_for_status(response.status_code, redact(response.text[:200], secrets), provider=provider)
     return ModelList.parse(response.content)
+
+
+async def openai_verdict(base_url: str, api_key: str | None, model: str, *, provider: str,
+                         transport: httpx.AsyncBaseTransport | None = None) -> Verdict:
+    """``GET {base_url}/models`` (free; needs a valid key, or none for a local compatible server) and judge
+    ``model`` by it."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    listing = await fetch_models(base_url.rstrip("/") + "/models", headers, provider=provider,
+                                 secrets=[api_key or ""], transport=transport)
+    return verdict(model, listing)
+
+
+async def anthropic_verdict(base_url: str, api_key: str, model: str, *, provider: str,
+                            transport: httpx.AsyncBaseTransport | None = None) -> Verdict:
+    """``GET {base_url}/v1/models`` with ``x-api-key`` (free) and judge ``model`` by it."""
+    headers = {"x-api-key": api_key, "anthropic-version": "2023-06-01"}
+    listing = await fetch_models(base_url.rstrip("/") + "/v1/models?limit=1000", headers, provider=provider,
+                                 secrets=[api_key], transport=transport)
+    return verdict(model, listing)
+
+
+def http_base(ws_url: str) -> str:
+    """``wss://host/v1/realtime`` -> ``https://host/v1`` (where a Realtime endpoint's model list lives)."""
+    url = ws_url.split("?", 1)[0].rstrip("/")
+    url = "https://" + url.removeprefix("wss://") if url.startswith("wss://") else url
+    url = "http://" + url.removeprefix("ws://") if url.startswith("ws://") else url
+    return url.removesuffix("/realtime")

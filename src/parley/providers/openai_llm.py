@@ -51,7 +51,7 @@ from typing import Literal, TypeAlias
 import httpx
 
 from parley import wire_json
-from parley.providers.base import LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage
+from parley.providers.base import Lifecycle, LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage, Verdict
 from parley.providers.errors import (
     ProviderConnectionError,
     ProviderError,
@@ -61,6 +61,7 @@ from parley.providers.errors import (
     redact,
 )
 from parley.providers.http_session import HttpSession
+from parley.providers.model_list import openai_verdict
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -310,7 +311,7 @@ class _FieldRefused(Exception):
     """The model refused ``max_tokens`` (400 ``unsupported_parameter``): ask again with the other field."""
 
 
-class OpenAICompatLLM:
+class OpenAICompatLLM(Lifecycle):
     """An :class:`~parley.providers.base.LLMProvider` for an OpenAI-compatible ``/chat/completions``."""
 
     def __init__(
@@ -331,7 +332,8 @@ class OpenAICompatLLM:
     ) -> None:
         self.name = name
         self.model = model
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = (
@@ -358,6 +360,10 @@ class OpenAICompatLLM:
     async def aclose(self) -> None:
         """Close the HTTP client this provider created (an injected client belongs to its owner)."""
         await self._http.aclose()
+
+    async def check(self) -> Verdict | None:
+        """``GET /models`` (free; a local compatible server may need no key) and the configured model in it."""
+        return await openai_verdict(self.base_url, self._api_key, self.model, provider=self.name)
 
     async def stream(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()

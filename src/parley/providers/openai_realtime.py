@@ -57,7 +57,7 @@ from parley.audio.pcm import Int16Array
 from parley.audio.phone import G711, Codec
 from parley.audio.resample import StreamResampler
 from parley.errors import ConfigError
-from parley.providers.base import ToolCall, Usage
+from parley.providers.base import ToolCall, Usage, Verdict
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -66,6 +66,7 @@ from parley.providers.errors import (
     ProviderTimeout,
     error_for_status,
 )
+from parley.providers.model_list import http_base, openai_verdict
 from parley.providers.realtime_base import (
     CallerSpeech,
     CallerText,
@@ -357,6 +358,17 @@ class OpenAIRealtime:
 
     def __repr__(self) -> str:
         return f"OpenAIRealtime(url={self.url!r}, model={self.model!r}, voice={self.voice!r})"
+
+    async def check(self) -> Verdict | None:
+        """Open a session and close it (authenticates and configures, bills nothing: no response), then judge
+        the model by the model list."""
+        stream = await self.open(RealtimeConfig("parley providers check"))
+        await stream.close()
+        return await self.model_verdict()
+
+    async def model_verdict(self) -> Verdict:
+        """``GET /models`` next to the Realtime endpoint (free) and this model's place in it."""
+        return await openai_verdict(http_base(self.url), self._key, self.model, provider=PROVIDER)
 
     async def open(self, config: RealtimeConfig) -> OpenAIRealtimeStream:
         wire = RealtimeWire(self.model, self.voice, audio_format(config.codec), transcribe_model=self.transcribe_model,

@@ -30,7 +30,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
 
-from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
 from parley.providers.errors import ProviderConnectionError, ProviderError
 from parley.providers.openai_realtime import PCM_RATE, URL, OpenAIRealtime, OpenAIRealtimeStream
 from parley.providers.realtime_base import ModelAudio, ModelText, ResponseDone
@@ -48,7 +48,7 @@ READ_VERBATIM = (
 DRAIN_S = 2.0  # how long a parked (cancelled) session may take to report its response.done
 
 
-class OpenAIRealtimeTTS:
+class OpenAIRealtimeTTS(Lifecycle):
     """A :class:`~parley.providers.base.TTSProvider` speaking through Realtime sessions (24 kHz PCM16)."""
 
     name = PROVIDER
@@ -83,6 +83,11 @@ class OpenAIRealtimeTTS:
         """Open one session ahead of the first sentence (authenticates; bills nothing)."""
         if not self._idle:
             self._idle.append(await self.realtime.open_speech(self.instructions))
+
+    async def check(self) -> Verdict | None:
+        """Open a session (authenticates, bills nothing) and judge the model by the model list."""
+        await self.prewarm()
+        return await self.realtime.model_verdict()
 
     async def aclose(self) -> None:
         """Report what parked sessions' cancelled responses cost, then close every session."""

@@ -39,7 +39,7 @@ import httpx
 
 from parley import wire_json
 from parley.audio.pcm import from_bytes
-from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
 from parley.providers.errors import (
     ProviderConnectionError,
     ProviderError,
@@ -49,6 +49,7 @@ from parley.providers.errors import (
     redact,
 )
 from parley.providers.http_session import HttpSession
+from parley.providers.model_list import openai_verdict
 
 __all__ = ["OpenAITTS", "PcmAssembler"]
 
@@ -98,7 +99,7 @@ def _error_details(body: bytes) -> tuple[str, str | None]:
     return str(error.get("message") or text)[:300], str(code) if code else None
 
 
-class OpenAITTS:
+class OpenAITTS(Lifecycle):
     """A :class:`~parley.providers.base.TTSProvider` for OpenAI's ``/audio/speech`` (raw PCM, 24 kHz)."""
 
     name = PROVIDER
@@ -120,7 +121,8 @@ class OpenAITTS:
     ) -> None:
         self.model = model
         self.voice = voice
-        self.url = base_url.rstrip("/") + "/audio/speech"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/audio/speech"
         self.instructions = instructions
         self.speed = speed
         self._api_key = api_key
@@ -141,6 +143,11 @@ class OpenAITTS:
     async def aclose(self) -> None:
         """Close the HTTP client this provider created (an injected client belongs to its owner)."""
         await self._http.aclose()
+
+    async def check(self) -> Verdict | None:
+        """The model list (free, needs a valid key; synthesizing would bill) and the voice model's place in it:
+        ``gpt-4o-mini-tts`` and ``tts-1*`` are flagged as retiring."""
+        return await openai_verdict(self.base_url, self._api_key, self.model, provider=PROVIDER)
 
     def request_body(self, text: str) -> dict[str, object]:
         body: dict[str, object] = {"model": self.model, "input": text, "voice": self.voice, "response_format": "pcm"}

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from parley.errors import ConfigError
-from parley.providers.base import TTSEvent, Usage
+from parley.providers.base import LocalVoice, TTSEvent, Usage
 from parley.providers.errors import ProviderError
 from parley.providers.local_voice import Pieces, VoiceWorker, stream_pieces
 
@@ -119,7 +119,7 @@ class PiperModel:
         self.close()
 
 
-class PiperTTS:
+class PiperTTS(LocalVoice):
     """TTSProvider over a shared :class:`PiperModel`."""
 
     name: str = PROVIDER

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
 from parley.audio.pcm import Int16Array
-from parley.providers.base import ToolCall, ToolSpec, Usage
+from parley.providers.base import ToolCall, ToolSpec, Usage, Verdict
 from parley.providers.errors import ProviderError
 
 
@@ -123,6 +123,9 @@ class RealtimeProvider(Protocol):
     model: str
 
     async def open(self, config: RealtimeConfig) -> RealtimeStream: ...
+
+    async def check(self) -> Verdict | None:
+        """Reachable, authenticated, model served? (``parley providers check``; bills nothing.)"""
 
 
 class EventQueue:

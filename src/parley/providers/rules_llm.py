@@ -87,7 +87,7 @@ from typing import TypeVar, cast
 import yaml
 
 from parley.errors import ConfigError
-from parley.providers.base import LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage
+from parley.providers.base import Lifecycle, LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage
 from parley.providers.rules_language import ChoiceSlot, DigitsSlot, RegexSlot, Slot, TextSlot, TimeSlot, keyword_pattern
 from parley.providers.rules_policy import Action, DialogueConfig, Intent, Offer, Prompted, Reply, YesNo, replay
 
@@ -373,7 +373,7 @@ def _tokens(text: str) -> int:
     return len(text.split())
 
 
-class RulesDialogue:
+class RulesDialogue(Lifecycle):
     """A deterministic dialogue policy presented as an :class:`~parley.providers.base.LLMProvider`."""
 
     name = "rules"

@@ -43,7 +43,7 @@ import numpy as np
 from parley.audio.pcm import Float32Array, Int16Array, to_float
 from parley.audio.resample import StreamResampler
 from parley.errors import ConfigError, ParleyError
-from parley.providers.base import STTEvent, Transcript, Usage
+from parley.providers.base import Lifecycle, STTEvent, Transcript, Usage
 from parley.providers.errors import ProviderError
 
 RATE = 16_000
@@ -208,7 +208,7 @@ class WhisperModelPool:
         self.close()
 
 
-class WhisperSTT:
+class WhisperSTT(Lifecycle):
     """STTProvider over a shared :class:`WhisperModelPool`; one stream per call."""
 
     name: str = PROVIDER
