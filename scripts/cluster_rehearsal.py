@@ -61,7 +61,16 @@ from parley.bench.cluster import (
     Report,
     WorkerResult,
 )
-from parley.bench.cluster_procs import Cluster, Worker, keep_scraping, pid_alive, scrape, status, until
+from parley.bench.cluster_procs import (
+    Cluster,
+    Worker,
+    esl_connected,
+    keep_scraping,
+    pid_alive,
+    scrape,
+    status,
+    until,
+)
 from parley.freeswitch.stream_token import stream_token
 from parley.providers.base import AudioChunk, TTSProvider
 from parley.sim.echo_call import free_port
@@ -216,6 +225,7 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
         report.pids.extend([p.pid for p in cluster.leaders] + [w.pid for w in cluster.workers if w.proc is None])
         client = await stack.enter_async_context(httpx.AsyncClient())
         await cluster.wait_ready(client)
+        connected = await asyncio.gather(*(esl_connected(client, w) for w in cluster.workers))
         from parley.sim.caller_voice import caller_voice
 
         voice = await asyncio.to_thread(caller_voice, "hibari-low")
@@ -246,7 +256,8 @@ async def rehearse(args: argparse.Namespace, tmp: Path, report: Report) -> None:
             report.workers.append(WorkerResult(
                 w.index, w.pid, w.http_port, w.nodes, w.counters.get(CALLS_STARTED, 0.0),
                 w.counters.get(CALLS_ENDED, 0.0), w.counters.get(TURNS, 0.0), drain.active[w.index],
-                drained=w is drain.target, ready_status_in_drain=drain.ready if w is drain.target else None))
+                drained=w is drain.target, ready_status_in_drain=drain.ready if w is drain.target else None,
+                esl_connected=connected[w.index]))
         for c in report.calls:
             c.on_drained_worker = c.uuid in drain.calls
         await cluster.stop()

@@ -73,6 +73,7 @@ def test_rehearsal_with_four_calls_drains_a_worker_and_everything_adds_up(tmp_pa
     (drained,) = [w for w in report["workers"] if w["drained"]]
     assert drained["active_at_drain"] >= 1 and drained["ready_status_in_drain"] == 503
     assert any(c["on_drained_worker"] for c in report["calls"])
+    assert all(w["esl_connected"] for w in report["workers"])
     assert all(check["ok"] for check in report["checks"]) and report["ok"]
     left = [pid for pid in report["pids"] if not gone(pid)]
     assert report["pids"] and not left, f"processes left running: {left}"
@@ -103,8 +104,8 @@ def _report(*, rows_per_call: int = 1, dropped: str = "", started: tuple[float, 
                     CallResult("b" * 8, "fs-b", 2, 2, 2, True)]
     report.workers = [
         WorkerResult(0, 10, 1000, ["fs-a"], started[0], 1, 2, 1, drained=True, ready_status_in_drain=503,
-                     exit_code=0, records=1),
-        WorkerResult(1, 11, 1001, ["fs-b"], started[1], 1, 2, 1, exit_code=0, records=1),
+                     exit_code=0, records=1, esl_connected=True),
+        WorkerResult(1, 11, 1001, ["fs-b"], started[1], 1, 2, 1, exit_code=0, records=1, esl_connected=True),
     ]
     row = {"status": "completed", "outcome": "caller_hangup"}
     report.record_rows = {c.uuid: [row] * rows_per_call for c in report.calls}

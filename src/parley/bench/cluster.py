@@ -226,6 +226,7 @@ class WorkerResult:
     ready_status_in_drain: int | None = None
     exit_code: int | None = None
     records: int = 0  # call records written with this worker's host
+    esl_connected: bool = False  # its /health before the first call: ESL up to every node it holds
 
 
 @dataclass
@@ -272,6 +273,10 @@ class Report:
         drained = [w for w in self.workers if w.drained]
         per_worker = [w for w in self.workers if w.records != w.calls_started]
         return [
+            Check("workers up", bool(self.workers) and all(w.esl_connected for w in self.workers),
+                  "; ".join(f"worker {w.index}: ESL to {','.join(w.nodes)} "
+                            f"{'connected' if w.esl_connected else 'NOT connected'}" for w in self.workers)
+                  or "no worker"),
             Check("calls placed", placed > 0 and all(c.streamed or c.refused for c in self.calls),
                   f"{placed} placed over {len({c.node for c in self.calls})} node(s), "
                   f"{sum(c.streamed for c in self.calls)} streamed to parley"

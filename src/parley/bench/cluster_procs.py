@@ -177,6 +177,22 @@ async def status(client: httpx.AsyncClient, url: str) -> int:
         return 0
 
 
+async def esl_connected(client: httpx.AsyncClient, worker: Worker, timeout_s: float = 30.0) -> bool:
+    """Whether the worker's ``/health`` says its ESL is up (with several nodes: to every node), waiting for it a
+    while (a worker can be ready a moment before its last node's connection)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            if bool((await client.get(f"{worker.base}/health", timeout=5)).json().get("esl_connected")):
+                return True
+        except (httpx.HTTPError, ValueError, AttributeError):
+            pass
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.2)
+
+
 async def scrape(client: httpx.AsyncClient, worker: Worker) -> bool:
     try:
         reply = await client.get(f"{worker.base}/metrics", timeout=5)
