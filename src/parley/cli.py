@@ -26,23 +26,25 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from parley.app import serve
     from parley.config import require_esl_password
+    from parley.eventloop import resolve_loop, run_on
 
     settings = _settings(args)
     _setup_logging(settings.log_level, settings)
     require_esl_password(settings.freeswitch.esl)
     grace = _drain_grace(args)
+    loop = resolve_loop(args.loop)  # auto: uvloop when installed (parley[fast]), measured faster by bench density
     if args.workers > 1:
         from parley.app import stream_secret
         from parley.workers import run_workers
 
         stream_secret(settings)  # refuse to start N workers without a stream secret, before spawning any
-        return run_workers(args.workers, args.config, ["--drain-grace-s", str(grace)])
+        return run_workers(args.workers, args.config, ["--drain-grace-s", str(grace), "--loop", loop])
     ownership = args.call_ownership or os.environ.get("PARLEY_CALL_OWNERSHIP") or "event"
     index = args.worker_index
     if ownership == "event":
-        return asyncio.run(serve(settings, drain_grace_s=grace, call_ownership="event", worker_index=index))
+        return run_on(loop, serve(settings, drain_grace_s=grace, call_ownership="event", worker_index=index))
     if ownership == "stream":
-        return asyncio.run(serve(settings, drain_grace_s=grace, call_ownership="stream", worker_index=index))
+        return run_on(loop, serve(settings, drain_grace_s=grace, call_ownership="stream", worker_index=index))
     raise ConfigError(f"call ownership: {ownership!r} is not 'event' or 'stream'")
 
 
@@ -206,10 +208,16 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_density(args: argparse.Namespace) -> int:
-    from parley.bench.density import parse_sizes, run_density_command
+    from parley.bench.density import parse_sizes, run_density_command, variants_from
 
     _setup_logging("WARNING", _settings_for_logging(args))
-    return run_density_command(parse_sizes(args.calls), args.seconds, args.json, vad=args.vad)
+    variants = variants_from(
+        parse_sizes(args.workers, "--workers"), [x.strip() for x in args.loop.split(",") if x.strip()],
+        ws_speedups={"on": (True,), "off": (False,), "both": (True, False)}[args.ws_speedups],
+        vads=("batched", "per-call") if args.vad == "both" else (args.vad,),
+    )
+    return run_density_command(parse_sizes(args.calls), args.seconds, args.json, variants=variants,
+                               profile_dir=args.profile)
 
 
 def cmd_bench_turns(args: argparse.Namespace) -> int:
@@ -279,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="N worker processes behind the one WebSocket port (SO_REUSEPORT), each owning the calls "
                         "whose stream it holds; worker i serves HTTP on observe.port + i (default 1)")
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="the event loop: auto (default) is uvloop when installed (pip install 'parley[fast]'), "
+                        "else asyncio's")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("drain", help="make the local `parley serve` stop taking calls, finish them and exit")
@@ -319,6 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="measured window per size (default 20)")
     p.add_argument("--vad", choices=("batched", "per-call", "both"), default="batched",
                    help="Silero batched across calls (parley's live path), run per call, or both side by side")
+    p.add_argument("--workers", default="1",
+                   help="comma-separated worker counts, side by side (e.g. 1,2): N processes on one WebSocket "
+                        "port with stream call ownership, as `parley serve --workers N` (default 1)")
+    p.add_argument("--loop", default="asyncio",
+                   help="comma-separated event loops, side by side: asyncio, uvloop, auto (default asyncio)")
+    p.add_argument("--ws-speedups", choices=("on", "off", "both"), default="on",
+                   help="websockets' C frame unmasking (on, as installed), its pure-Python fallback, or both")
+    p.add_argument("--profile", metavar="DIR",
+                   help="cProfile each worker over the window (pstats files in DIR) and print where a frame's "
+                        "CPU goes by stage; the profiler slows the run, so its other figures are not comparable")
     p.add_argument("--json", help="write the figures as JSON to this file")
     p.set_defaults(func=cmd_bench_density)
     p = bench_sub.add_parser("turns", help="VAD + end-of-turn configurations on the phone-audio turn corpus")
