@@ -17,7 +17,10 @@ every live counter here are read at scrape time), and would hide which worker is
 ports keep ``/health`` and ``/ready`` per worker too, which a drain needs.
 
 The exposition is text format 0.0.4 without the ``_created`` series (one more series per counter, unused
-by our dashboards). Every hook is O(1), never blocks and never raises into the call path. Label values that
+by our dashboards); ``le`` values are written as prometheus_client writes them (``le="1000.0"``, as
+Prometheus 3 normalises them anyway). Rendering it costs ~2 ms of CPU for a busy worker's registry (~28 kB;
+the hand-written writer took ~0.5 ms): once per scrape, off the per-frame path (figures in
+:mod:`parley.observe.http`). Every hook is O(1), never blocks and never raises into the call path. Label values that
 come from outside (hangup causes) are normalised and capped (``max_label_values``) so a misbehaving peer
 cannot grow the series without bound; the rest overflows into ``OTHER``.
 """
