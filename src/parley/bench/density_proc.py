@@ -80,7 +80,8 @@ async def run(
             baseline = rss_mb()
             _emit("ready", port=running.server.port, baseline_rss_mb=round(baseline, 2), pid=os.getpid())
             await _line("start")
-            profiler = cProfile.Profile() if profile else None
+            # CPU time, not wall time: on a shared box a stage's wall time counts other processes' turns too
+            profiler = cProfile.Profile(time.process_time) if profile else None
             cpu0, t0 = cpu_ms(), time.monotonic()
             first = {u: len(s.frame_lag_ms) for u, s in agent.sessions.items()}
             frames0 = running.server.stats.frames

@@ -3,9 +3,11 @@
 Owns: reading the ``pstats`` files the density workers write (``parley bench density --profile DIR``),
 grouping every function's own time (``tottime``) by stage (WebSocket parsing, the asyncio loop and task
 switches, socket I/O, Silero's ONNX run, webrtcvad, the VAD and turn machine, the call session, ESL, numpy)
-and printing microseconds per received frame and the share of the total, then the top functions. cProfile
-adds its own cost to every Python call, so the shares count more than the absolute figures (a run without
-the profiler gives those). Must not know how the run was made.
+and printing microseconds per received frame and the share of the total, then the top functions. The
+workers profile with the process's CPU clock (``time.process_time``), so waiting in epoll and other
+processes' turns on a shared box are not counted. cProfile adds its own cost to every Python call, so the
+shares count more than the absolute figures (a run without the profiler gives those). Must not know how
+the run was made.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def profile_report(paths: Sequence[str], frames: int, top: int = 15) -> str:
         rows.append((tt, nc, f"{os.path.basename(filename)}:{line}({func})" if filename != "~" else func))
     total = sum(by_stage.values()) or 1e-9
     per = max(frames, 1)
-    out = [f"  profile (cProfile, own time; {frames} frames received in the window; cProfile inflates Python calls):",
+    out = [f"  profile (cProfile, own CPU time; {frames} frames received in the window; it inflates Python calls):",
            f"    {'stage':<42} {'us/frame':>9} {'share':>6}"]
     for stage, tt in sorted(by_stage.items(), key=lambda kv: -kv[1]):
         out.append(f"    {stage:<42} {1e6 * tt / per:>9.1f} {100 * tt / total:>5.1f}%")
