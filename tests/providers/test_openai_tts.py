@@ -61,7 +61,9 @@ async def test_streams_pcm_across_odd_chunk_boundaries_and_sends_the_request() -
     assert len(chunks) > 3 and all(c.sample_rate == 24000 and c.samples.dtype == np.int16 for c in chunks)
     assert pcm_of(events) == fake.audio_for(TEXT)  # every sample intact, none split
     assert [c.text for c in chunks][:2] == [TEXT, None]
-    assert events[-1] == usage(len(TEXT))
+    tokens = fake.usage_for(TEXT)  # gpt-4o-mini-tts bills tokens, reported only by the SSE form
+    assert events[-1] == Usage("openai", "gpt-4o-mini-tts", "tts", characters=len(TEXT),
+                               input_tokens=tokens["input_tokens"], output_tokens=tokens["output_tokens"])
     [request] = fake.requests
     assert (request.method, request.path) == ("POST", "/v1/audio/speech")
     assert request.headers["authorization"] == f"Bearer {KEY}"
@@ -70,8 +72,24 @@ async def test_streams_pcm_across_odd_chunk_boundaries_and_sends_the_request() -
         "input": TEXT,
         "voice": "coral",
         "response_format": "pcm",
+        "stream_format": "sse",
         "instructions": "Warm and brief.",
     }
+
+
+async def test_tts_1_bills_characters_and_streams_raw_audio() -> None:
+    async with FakeOpenAITTS(KEY, [TTSReply(chunk_bytes=4801)]) as fake, tts(fake, model="tts-1") as provider:
+        events = await collect(provider.synthesize(TEXT))
+    assert pcm_of(events) == fake.audio_for(TEXT)
+    assert events[-1] == Usage("openai", "tts-1", "tts", characters=len(TEXT))  # no tokens: billed per character
+    assert "stream_format" not in fake.body()  # the fake refuses sse for tts-1, as the API does
+
+
+async def test_the_fake_refuses_sse_for_tts_1() -> None:
+    async with FakeOpenAITTS(KEY) as fake, tts(fake, model="tts-1", stream_format="sse") as provider:
+        events, error = await collect_until_error(provider.synthesize(TEXT))
+    assert error.status == 400 and "stream_format" in str(error)
+    assert events == [Usage("openai", "tts-1", "tts", characters=0, failed=True)]
 
 
 async def test_audio_arrives_before_the_body_ends() -> None:
@@ -143,8 +161,11 @@ async def test_the_fake_checks_the_body_like_the_api() -> None:
 async def test_a_200_that_is_not_audio_is_a_protocol_error() -> None:
     async with FakeOpenAITTS(KEY, [TTSReply(content_type="application/json")]) as fake, tts(fake) as provider:
         events, error = await collect_until_error(provider.synthesize(TEXT))
-    assert type(error) is ProviderProtocolError and "expected raw audio" in str(error)
+    assert type(error) is ProviderProtocolError and "expected an event stream" in str(error)
     assert events == [usage(len(TEXT), failed=True)]
+    async with FakeOpenAITTS(KEY, [TTSReply(content_type="text/html")]) as fake, tts(fake, model="tts-1") as raw:
+        _, error = await collect_until_error(raw.synthesize(TEXT))
+    assert type(error) is ProviderProtocolError and "expected raw audio" in str(error)
 
 
 async def test_half_a_sample_at_the_end_is_dropped(caplog: pytest.LogCaptureFixture) -> None:

@@ -5,12 +5,17 @@ Retiring: ``tts-1``, ``tts-1-hd`` and ``gpt-4o-mini-tts`` (every model this endp
 ``parley providers check`` flags the configured model, and the successor is ``tts: [openai-realtime]``
 (:mod:`parley.providers.openai_realtime_tts`, ``gpt-realtime-2.1-mini`` through the Realtime API).
 
-Owns: the request (``response_format: "pcm"``, the default ``stream_format: audio``: raw 24 kHz mono s16le
-sent progressively with chunked encoding), reading the body as it arrives and turning it into
-:class:`AudioChunk` events (a byte left over at an odd chunk boundary waits for the next chunk), one
-:class:`Usage` per request (characters, the unit tts-1 bills; gpt-4o-mini-tts bills tokens, which only
-the SSE form reports), and translating failures into :mod:`parley.providers.errors` at this edge. Must
-not know about calls, sentences or playback; resampling to the phone's rate is the caller's business.
+Owns: the request (``response_format: "pcm"``: raw 24 kHz mono s16le), reading the body as it arrives and
+turning it into :class:`AudioChunk` events (a byte left over at an odd boundary waits for the next chunk),
+one :class:`Usage` per request, and translating failures into :mod:`parley.providers.errors` at this edge.
+Must not know about calls, sentences or playback; resampling to the phone's rate is the caller's business.
+
+Usage in the vendor's unit (docs/provider-protocols.md §8): ``tts-1`` / ``tts-1-hd`` bill input characters
+and stream raw audio (``stream_format: audio``, no usage in it); ``gpt-4o-mini-tts`` bills tokens, which
+only the SSE form reports, so it is asked for ``stream_format: sse``: ``speech.audio.delta`` events carry
+base64 PCM, ``speech.audio.done`` the ``usage`` (input and output tokens). The SSE lines go through the
+same decoder as the chat stream (:class:`~parley.providers.openai_llm.SSEDecoder`). Characters are always
+counted too: the cost table's estimate when no token count came (a stream cut short, a cancel).
 
 One ``httpx.AsyncClient`` per provider (created on first use, or injected) so consecutive sentences reuse
 a kept-alive connection; ``aclose()`` / ``async with`` releases it.
@@ -29,11 +34,14 @@ and redacted from error messages (OpenAI echoes a wrong key in its 401 message).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from types import TracebackType
+from typing import Literal, TypeAlias
 
 import httpx
 
@@ -50,12 +58,22 @@ from parley.providers.errors import (
 )
 from parley.providers.http_session import HttpSession
 from parley.providers.model_list import openai_verdict
+from parley.providers.openai_llm import SSEDecoder, decode_event
 
-__all__ = ["OpenAITTS", "PcmAssembler"]
+__all__ = ["OpenAITTS", "PcmAssembler", "stream_format_for"]
 
 PROVIDER = "openai"
 SAMPLE_RATE = 24000
 log = logging.getLogger("parley.providers.openai_tts")
+CHARACTER_BILLED = ("tts-1", "tts-1-hd")  # and their dated snapshots; the others bill tokens
+StreamFormat: TypeAlias = Literal["auto", "audio", "sse"]
+
+
+def stream_format_for(model: str, wanted: StreamFormat = "auto") -> Literal["audio", "sse"]:
+    """``sse`` for a token-billed model (its usage comes only there), raw ``audio`` for tts-1 / tts-1-hd."""
+    if wanted != "auto":
+        return wanted
+    return "audio" if model in CHARACTER_BILLED or model.startswith(tuple(m + "-" for m in CHARACTER_BILLED)) else "sse"
 
 
 class PcmAssembler:
@@ -80,10 +98,11 @@ class PcmAssembler:
 class _Request:
     """What one synthesize() call learned, for its Usage."""
 
-    __slots__ = ("accepted",)
+    __slots__ = ("accepted", "tokens")
 
     def __init__(self) -> None:
         self.accepted = False  # the server answered 200 (the characters are billed from here on)
+        self.tokens: tuple[int, int] | None = None  # (input, output) from speech.audio.done
 
 
 def _error_details(body: bytes) -> tuple[str, str | None]:
@@ -114,6 +133,7 @@ class OpenAITTS(Lifecycle):
         base_url: str = "https://api.openai.com/v1",
         instructions: str | None = None,
         speed: float | None = None,
+        stream_format: StreamFormat = "auto",
         timeout_s: float = 30.0,
         connect_timeout_s: float = 5.0,
         http_client: httpx.AsyncClient | None = None,
@@ -125,6 +145,7 @@ class OpenAITTS(Lifecycle):
         self.url = self.base_url + "/audio/speech"
         self.instructions = instructions
         self.speed = speed
+        self.stream_format = stream_format_for(model, stream_format)
         self._api_key = api_key
         self._http = HttpSession(timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, client=http_client)
         self._on_cancel = on_cancel
@@ -151,6 +172,8 @@ class OpenAITTS(Lifecycle):
 
     def request_body(self, text: str) -> dict[str, object]:
         body: dict[str, object] = {"model": self.model, "input": text, "voice": self.voice, "response_format": "pcm"}
+        if self.stream_format == "sse":
+            body["stream_format"] = "sse"
         if self.instructions:
             body["instructions"] = self.instructions
         if self.speed is not None:
@@ -172,10 +195,13 @@ class OpenAITTS(Lifecycle):
         finally:
             if not ended and self._on_cancel is not None:
                 self._on_cancel(self._usage(text, cancelled=True))
-        yield self._usage(text)
+        yield self._usage(text, tokens=state.tokens)
 
-    def _usage(self, text: str, *, failed: bool = False, cancelled: bool = False) -> Usage:
-        return Usage(PROVIDER, self.model, "tts", characters=len(text), failed=failed, cancelled=cancelled)
+    def _usage(self, text: str, *, tokens: tuple[int, int] | None = None, failed: bool = False,
+               cancelled: bool = False) -> Usage:
+        tokens_in, tokens_out = tokens or (0, 0)
+        return Usage(PROVIDER, self.model, "tts", characters=len(text), input_tokens=tokens_in,
+                     output_tokens=tokens_out, failed=failed, cancelled=cancelled)
 
     async def _audio(self, text: str, state: _Request) -> AsyncGenerator[AudioChunk, None]:
         headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
@@ -193,13 +219,17 @@ class OpenAITTS(Lifecycle):
                     raise error_for_status(response.status_code, self._redact(message), provider=PROVIDER, code=code)
                 state.accepted = True
                 content_type = response.headers.get("content-type", "")
-                if content_type.startswith(("application/json", "text/")):
+                sse = self.stream_format == "sse"
+                if not content_type.startswith("text/event-stream") if sse else content_type.startswith(
+                        ("application/json", "text/")):
+                    wanted = "an event stream" if sse else "raw audio"
                     raise ProviderProtocolError(
-                        f"{PROVIDER}: expected raw audio, got {content_type!r}", provider=PROVIDER
+                        f"{PROVIDER}: expected {wanted}, got {content_type!r}", provider=PROVIDER
                     )
                 pcm = PcmAssembler()
                 first = True
-                async for data in response.aiter_bytes():
+                pieces = self._sse_audio(response, state) if sse else response.aiter_bytes()
+                async for data in pieces:
                     whole = pcm.feed(data)
                     if whole:
                         yield AudioChunk(from_bytes(whole), SAMPLE_RATE, text=text if first else None)
@@ -215,5 +245,35 @@ class OpenAITTS(Lifecycle):
         except httpx.HTTPError as exc:
             raise ProviderError(f"{PROVIDER}: {self._redact(str(exc))}", provider=PROVIDER) from exc
 
+    async def _sse_audio(self, response: httpx.Response, state: _Request) -> AsyncGenerator[bytes, None]:
+        """The PCM of ``speech.audio.delta`` events; ``speech.audio.done`` leaves its token usage in ``state``."""
+        decoder = SSEDecoder()
+        async for line in response.aiter_lines():
+            data = decoder.line(line)
+            if data is None or data == "[DONE]":
+                continue
+            event = decode_event(data, PROVIDER, [self._api_key])
+            event = event if isinstance(event, dict) else {}
+            if isinstance(error := event.get("error"), dict):
+                raise ProviderError(f"{PROVIDER}: {self._redact(str(error.get('message', error)))}",
+                                    provider=PROVIDER, retryable=True)
+            match event.get("type"):
+                case "speech.audio.delta":
+                    try:
+                        yield base64.b64decode(str(event.get("audio") or ""), validate=True)
+                    except binascii.Error as exc:
+                        raise ProviderProtocolError(f"{PROVIDER}: audio delta is not base64",
+                                                    provider=PROVIDER) from exc
+                case "speech.audio.done":
+                    usage = event.get("usage")
+                    usage = usage if isinstance(usage, dict) else {}
+                    state.tokens = (_count(usage.get("input_tokens")), _count(usage.get("output_tokens")))
+                case _:
+                    pass  # unknown event types are ignored, as OpenAI adds them
+
     def _redact(self, text: str) -> str:
         return redact(text, [self._api_key])
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

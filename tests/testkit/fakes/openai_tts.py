@@ -7,10 +7,16 @@ known ``model``, ``input`` of 1-4096 characters, a known ``voice`` (or ``{"id": 
 with the offending ``param``); a 200 whose body is sent progressively with chunked transfer encoding.
 ``response_format: "pcm"`` is raw 24 kHz mono s16le with no header. Chunks are ``chunk_bytes`` long, odd by
 default (4801), so sample boundaries fall inside chunks. HTTP keep-alive, so connection reuse is visible.
+``stream_format: "sse"`` (refused for ``tts-1`` / ``tts-1-hd``, as documented) answers ``text/event-stream``:
+one ``{"type":"speech.audio.delta","audio":"<base64>"}`` event per chunk, then ``{"type":
+"speech.audio.done","usage":{"input_tokens","output_tokens","total_tokens"}}``: the only place the token
+count gpt-4o-mini-tts bills by is reported (§8). The stream form ``audio`` carries no usage at all.
 
 Simplified: the "speech" is a deterministic tone, ``ms_per_char`` per input character
-(:meth:`FakeOpenAITTS.audio_for` gives the exact bytes); only ``pcm`` is produced (other formats and
-``stream_format: "sse"`` are refused with 400); no token usage (the audio stream form has none). Faults are
+(:meth:`FakeOpenAITTS.audio_for` gives the exact bytes); only ``pcm`` is produced (other formats are refused
+with 400). The token counts are this fake's own formula (:meth:`FakeOpenAITTS.usage_for`: a token per 4
+characters in, 20 per second of audio out), not OpenAI's tokenizer; SSE events carry no ``event:`` lines and
+no ``[DONE]`` (whether the live API sends them is uncertain, §8). Faults are
 scripted per request with :class:`TTSReply`: any status and error code, a delay between chunks, a stall
 (``then="hold"``: keep the response open until the client goes), a TCP cut mid-body (``then="drop"``), a
 200 with the wrong content type, or a body with an odd number of bytes.
@@ -19,6 +25,7 @@ scripted per request with :class:`TTSReply`: any status and error code, a delay 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,17 +118,29 @@ class FakeOpenAITTS:
             audio = audio[: script.stop_after_bytes]
         if script.odd_tail:
             audio += b"\x01"
-        await ex.head(200, {"Content-Type": script.content_type, "x-request-id": "req_fake", **script.headers})
+        sse = body_json.get("stream_format") == "sse"
+        content_type = "text/event-stream" if sse and script.content_type == "audio/pcm" else script.content_type
+        await ex.head(200, {"Content-Type": content_type, "x-request-id": "req_fake", **script.headers})
         for start in range(0, len(audio), script.chunk_bytes):
             if script.chunk_delay_s:
                 await asyncio.sleep(script.chunk_delay_s)
-            await ex.chunk(audio[start : start + script.chunk_bytes])
+            piece = audio[start : start + script.chunk_bytes]
+            await ex.chunk(_event({"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()})
+                           if sse else piece)
+        if sse and script.then == "end":
+            await ex.chunk(_event({"type": "speech.audio.done", "usage": self.usage_for(str(body_json["input"]))}))
         if script.then == "drop":
             ex.drop()
         elif script.then == "hold":
             await ex.wait_for_disconnect()
         else:
             await ex.end()
+
+    def usage_for(self, text: str) -> dict[str, int]:
+        """The usage the SSE form reports for ``text`` (this fake's formula: see the module docstring)."""
+        seconds = round(len(text) * self.ms_per_char * RATE / 1000) / RATE
+        tokens_in, tokens_out = -(-len(text) // 4), round(seconds * 20)
+        return {"input_tokens": tokens_in, "output_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
 
     def _problem(self, request: HttpRequest) -> tuple[int, str, str, str | None] | None:
         """(status, code, message, param) of the error the real API would give, if any."""
@@ -147,7 +166,9 @@ class FakeOpenAITTS:
             (voice in VOICES or (isinstance(voice, dict) and "id" in voice), "voice", f"Invalid voice: {voice!r}"),
             (body.get("response_format", "mp3") in FORMATS, "response_format", "Invalid response_format"),
             (body.get("response_format", "mp3") == "pcm", "response_format", "this fake only produces pcm"),
-            (body.get("stream_format", "audio") == "audio", "stream_format", "this fake only streams raw audio"),
+            (body.get("stream_format", "audio") in ("audio", "sse"), "stream_format", "Invalid stream_format"),
+            (body.get("stream_format") != "sse" or model not in ("tts-1", "tts-1-hd"), "stream_format",
+             f"stream_format 'sse' is not supported for {model}"),
         ]
         speed = body.get("speed", 1.0)
         checks.append((isinstance(speed, int | float) and 0.25 <= speed <= 4.0, "speed", "speed must be 0.25-4.0"))
@@ -157,3 +178,7 @@ class FakeOpenAITTS:
             if not ok:
                 return 400, "invalid_value", message, param
         return None
+
+
+def _event(payload: Mapping[str, object]) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
