@@ -4,6 +4,7 @@ error bodies, and the limits (no bodies, a bounded head, slow clients closed, a 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -72,7 +73,8 @@ async def test_routes_methods_headers_and_bare_errors(server: HttpServer) -> Non
         server.route("nope", hello)
 
 
-async def test_bodies_heads_and_slow_clients(server: HttpServer) -> None:
+async def test_bodies_heads_and_slow_clients(server: HttpServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     async with httpx.AsyncClient(base_url=server.url) as http:
         r = await http.post("/post", content=b"x" * 10)
         assert r.status_code == 413 and r.headers["connection"] == "close"
@@ -89,6 +91,8 @@ async def test_bodies_heads_and_slow_clients(server: HttpServer) -> None:
     writer.close()
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get("/")).status_code == 200  # still serving
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # a scanner's junk is no error
+    assert any("Error handling request" in r.getMessage() for r in caplog.records)  # at debug level
 
 
 async def test_connections_beyond_the_limit_get_503(server: HttpServer) -> None:

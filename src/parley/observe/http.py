@@ -21,6 +21,10 @@ The guarantees of the hand-written server it replaced, kept on aiohttp's own kno
 - The bind address is the caller's (``observe.host``, loopback by default); no access log (a scrape every
   few seconds is not news); a handler's exception is logged and becomes a bare 500.
 
+One difference: a request aiohttp's parser rejects (a malformed request line, a header over the limit) is
+answered 400 by aiohttp itself, before any middleware, so without the base headers and with aiohttp's own
+``Server`` header; it is logged at debug level only (a port scanner's junk is not an error of ours).
+
 Why aiohttp on the same loop as the media: one asyncio-native dependency, no extra process or thread, and it
 costs the loop less than the hand-written server did. Measured with ``scripts/http_frame_lag.py --mode cost``
 (CPU time of this process, which the box's other load does not move; 500 requests in a row from another
@@ -124,7 +128,8 @@ class HttpServer:
 
     async def start(self) -> None:
         runner = web.AppRunner(
-            self.app, access_log=None, keepalive_timeout=self.read_timeout_s, shutdown_timeout=1.0,
+            self.app, access_log=None, logger=_WireLog(log, {}), keepalive_timeout=self.read_timeout_s,
+            shutdown_timeout=1.0,
             max_line_size=self.max_field_bytes, max_field_size=self.max_field_bytes, max_headers=MAX_HEADERS,
         )
         await runner.setup()
@@ -166,6 +171,13 @@ class HttpServer:
         except Exception:
             log.exception("HTTP handler for %s failed", request.path)
             return error_response(500)
+
+
+class _WireLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's protocol-level log (``Error handling request``: a malformed request), at debug level."""
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: object) -> None:
+        self.debug(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
 
 
 def _closing(response: web.Response) -> web.Response:
