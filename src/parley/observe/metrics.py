@@ -1,28 +1,30 @@
 """Operational metrics on ``prometheus_client`` (``/metrics``) and a health report (``/health``).
 
 Owns: the metric names, their labels, help texts and buckets, the hooks the call path calls
-(:meth:`Metrics.observe_turn`, :meth:`Metrics.barge_in`, ...), reading live counters of the bridge, the ESL
-client, the fallback chains and the call-record writer at scrape time (a custom collector), and the two
-routes. Must not know how a call is run or which vendors exist: it sees stats objects through small
-Protocols, and a fallback chain as anything with ``health.names`` and ``stats.failures``
-(:class:`ProviderChainLike`), never the providers package.
+(:meth:`Metrics.observe_turn`, :meth:`Metrics.barge_in`, ...), the provider error counts (a fallback chain's
+polled at scrape time), what is watched at scrape time (the bridge, the ESL client, the stream server, the
+call-record writer: read by :class:`~parley.observe.metrics_live.LiveCollector`), and the two routes. Must
+not know how a call is run or which vendors exist: it sees stats objects through small Protocols, and a
+fallback chain as anything with ``health.names`` and ``stats.failures`` (:class:`ProviderChainLike`), never
+the providers package.
 
 One :class:`~prometheus_client.CollectorRegistry` per :class:`Metrics`, so per process, never the library's
 global one. With ``parley serve --workers N`` each worker is its own process with its own registry on its
 own port (``observe.port + i``), and the scrape config lists every port (or Kubernetes scrapes each pod):
 Prometheus adds the workers up in the query (``sum(rate(parley_turns_total[1m]))``). Chosen over
 prometheus_client's multiprocess mode, which shares counters through mmap files in a directory that must be
-wiped between runs, cannot run custom collectors or ``set_function`` gauges (``parley_active_calls`` and
-every live counter here are read at scrape time), and would hide which worker is unhealthy; per-worker
-ports keep ``/health`` and ``/ready`` per worker too, which a drain needs.
+wiped between runs, and whose scraping process cannot read another worker's live values (``set_function``
+gauges such as ``parley_active_calls`` are not supported there, and every live counter here is read from
+the worker's own objects at scrape time); it would also hide which worker is unhealthy, where per-worker
+ports keep ``/health`` and ``/ready`` per worker, as a drain needs.
 
 The exposition is text format 0.0.4 without the ``_created`` series (one more series per counter, unused
 by our dashboards); ``le`` values are written as prometheus_client writes them (``le="1000.0"``, as
-Prometheus 3 normalises them anyway). Rendering it costs ~2 ms of CPU for a busy worker's registry (~28 kB;
-the hand-written writer took ~0.5 ms): once per scrape, off the per-frame path (figures in
-:mod:`parley.observe.http`). Every hook is O(1), never blocks and never raises into the call path. Label values that
-come from outside (hangup causes) are normalised and capped (``max_label_values``) so a misbehaving peer
-cannot grow the series without bound; the rest overflows into ``OTHER``.
+Prometheus 3 normalises them anyway). Rendering costs ~2 ms of CPU for a busy worker's registry (~28 kB;
+the hand-written writer took ~0.5 ms), once per scrape, off the per-frame path (figures in
+:mod:`parley.observe.http`). Every hook is O(1), never blocks and never raises into the call path. Label
+values that come from outside (hangup causes) are normalised and capped (``max_label_values``) so a
+misbehaving peer cannot grow the series without bound; the rest overflows into ``OTHER``.
 """
 
 from __future__ import annotations
