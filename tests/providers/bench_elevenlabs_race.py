@@ -1,6 +1,6 @@
 """The ElevenLabs close race (pipecat#4681) injected at a rate into the loopback fake. Prints figures; asserts nothing.
 
-    .venv/bin/python tests/providers/bench_elevenlabs_race.py [N] [RATE]
+    PYTHONPATH=tests .venv/bin/python tests/providers/bench_elevenlabs_race.py [N] [RATE]
 
 Runs N sentences (default 1,000) with the race at RATE (default 5 %) twice: closing each context at once
 after its flush (``close_grace_s=0``: the wire traffic parley sent before the fix), and closing it only after

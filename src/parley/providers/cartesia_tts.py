@@ -1,8 +1,10 @@
 """Cartesia Sonic streaming TTS over its WebSocket (``wss://api.cartesia.ai/tts/websocket``).
 
-Owns: the Cartesia WebSocket wire format (spoken with ``websockets``, no SDK), a small pool of open
-sockets, and translating handshake, in-band and close failures into :mod:`parley.providers.errors` at this
-edge. Must not know calls, turns, playback or other providers.
+Owns: the Cartesia WebSocket wire format (spoken with ``websockets``, no SDK): the generation request,
+the messages of a context, when a failure may be retried and the cancel sent at a barge-in; and translating
+handshake, in-band and close failures into :mod:`parley.providers.errors` at this edge. The request's
+shell (pooled socket, retry, usage, cancel) is :mod:`parley.providers.tts_shell`'s, shared with ElevenLabs.
+Must not know calls, turns, playback or other providers.
 
 Design. One synthesize() = one new ``context_id`` (Cartesia: a context per turn, never reuse an id) on a
 socket the request holds alone; finished requests return the socket to the pool, so the sentences of one
@@ -45,19 +47,16 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TypeAlias
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from parley import wire_json
-from parley.audio.pcm import from_bytes
 from parley.errors import ConfigError
-from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
+from parley.providers.base import TTSEvent, Usage
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -65,6 +64,7 @@ from parley.providers.errors import (
     ProviderProtocolError,
     error_for_status,
 )
+from parley.providers.tts_shell import PooledVoice, WsRequest, pooled_synthesis
 from parley.providers.ws_connect import QuietWsLog, Redactor, closed_error, open_ws
 from parley.providers.ws_pool import PooledSocket, SocketPool
 
@@ -187,7 +187,7 @@ def error_for_handshake(status: int, body: bytes) -> ProviderError:
 # ---- the provider --------------------------------------------------------------------------------------
 
 
-class CartesiaTTS(Lifecycle):
+class CartesiaTTS(PooledVoice):
     """A :class:`~parley.providers.base.TTSProvider` speaking raw ``pcm_s16le`` from Cartesia Sonic."""
 
     name: str = PROVIDER
@@ -232,80 +232,28 @@ class CartesiaTTS(Lifecycle):
         self._pool = SocketPool(self._open_ws, provider=PROVIDER, closed_error=self._closed,
                                 read_timeout_s=read_timeout_s, max_idle=MAX_IDLE)
 
-    @property
-    def connections_opened(self) -> int:
-        return self._pool.opened
-
     def __repr__(self) -> str:
         return f"CartesiaTTS(voice_id={self.voice_id!r}, model={self.model!r}, sample_rate={self.sample_rate})"
 
-    async def prewarm(self) -> None:
-        """Open a socket now so the next synthesize() pays no handshake."""
-        await self._pool.prewarm()
+    def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        return pooled_synthesis(self._pool, text, sample_rate=self.sample_rate, attempt=self._attempt,
+                                retry=self._retry, goodbye=self._goodbye, usage=self._usage,
+                                on_cancel=self.on_cancel)
 
-    async def check(self) -> Verdict | None:
-        """Open the vendor socket: authenticates without synthesizing (nothing billed)."""
-        await self.prewarm()
-        return None
+    async def _attempt(self, sock: PooledSocket, req: WsRequest) -> AsyncIterator[bytes]:
+        await self._pool.send(sock, self._request(req.ctx, req.text))
+        req.sent, req.billed = 1, True
+        while (pcm := await self._next_audio(sock, req.ctx)) is not None:
+            yield pcm
 
-    async def aclose(self) -> None:
-        """Close the pooled sockets (sockets in use close or return to the pool when their request ends)."""
-        await self._pool.aclose()
+    @staticmethod
+    def _retry(exc: ProviderError, req: WsRequest) -> bool:
+        """A pooled socket the server closed while idle (5 min) fails as a dropped connection: retry once."""
+        return req.sock is not None and req.sock.pooled and isinstance(exc, ProviderConnectionError)
 
-    async def __aenter__(self) -> CartesiaTTS:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
-        if not text.strip():
-            yield self._usage(0)
-            return
-        ctx = f"parley-{uuid.uuid4().hex}"
-        sock: PooledSocket | None = None
-        sent = produced = finished = False
-        failure: ProviderError | None = None
-        carry = b""  # an odd trailing byte of a chunk (samples may straddle messages)
-        try:
-            for attempt in range(2):
-                sock = await self._pool.checkout()
-                try:
-                    sent = False
-                    await self._pool.send(sock, self._request(ctx, text))
-                    sent = True
-                    while (pcm := await self._next_audio(sock, ctx)) is not None:
-                        data, carry = carry + pcm, b""
-                        if len(data) % 2:
-                            data, carry = data[:-1], data[-1:]
-                        if data:
-                            yield AudioChunk(from_bytes(data), self.sample_rate, text=None if produced else text)
-                            produced = True
-                    break
-                except ProviderError as exc:
-                    if attempt or produced or not sock.pooled or not isinstance(exc, ProviderConnectionError):
-                        raise
-                    log.info("%s: pooled socket went stale (%s); reconnecting", PROVIDER, exc)
-                    await self._pool.discard(sock)
-                    sock = None
-            finished = True
-        except ProviderError as exc:
-            failure = exc
-        finally:
-            if not finished and failure is None:  # barge-in: the consumer stopped early
-                await self._pool.abandon(sock, {"context_id": ctx, "cancel": True} if sent else None)
-                if self.on_cancel is not None:
-                    self.on_cancel(self._usage(len(text) if sent else 0, cancelled=True))
-        if failure is not None:
-            if sock is not None:
-                await self._pool.discard(sock)
-            yield self._usage(len(text) if sent else 0, failed=True)
-            raise failure
-        if sock is not None:
-            await self._pool.release(sock)
-        yield self._usage(len(text))
+    @staticmethod
+    def _goodbye(req: WsRequest) -> Mapping[str, object] | None:
+        return {"context_id": req.ctx, "cancel": True} if req.sent else None
 
     # ---- one request's wire traffic ----------------------------------------------------------------
 

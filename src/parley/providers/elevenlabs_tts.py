@@ -1,8 +1,11 @@
 """ElevenLabs streaming TTS over the multi-context WebSocket (``/v1/text-to-speech/{voice}/multi-stream-input``).
 
-Owns: the ElevenLabs WebSocket wire format (spoken with ``websockets``, no SDK), a small pool of open
-sockets, and translating every handshake, in-band and close-frame failure into
-:mod:`parley.providers.errors` at this edge. Must not know calls, turns, playback or other providers.
+Owns: the ElevenLabs WebSocket wire format (spoken with ``websockets``, no SDK): a context's three
+messages, its audio and end, which failures earn a retry on a fresh socket and the ``close_context`` sent
+at a barge-in; and translating every handshake, in-band and close-frame failure into
+:mod:`parley.providers.errors` at this edge. The request's shell (pooled socket, retry, usage, cancel) is
+:mod:`parley.providers.tts_shell`'s, shared with Cartesia. Must not know calls, turns, playback or other
+providers.
 
 Design. One synthesize() = one *context* on a socket the request holds alone (a socket is never shared by
 two requests at once; concurrent calls get their own sockets; finished requests put theirs back in the
@@ -51,10 +54,8 @@ import asyncio
 import base64
 import binascii
 import logging
-import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TypeAlias
 from urllib.parse import quote, urlencode
 
@@ -62,9 +63,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from parley import wire_json
-from parley.audio.pcm import from_bytes
 from parley.errors import ConfigError
-from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
+from parley.providers.base import TTSEvent, Usage
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -73,6 +73,7 @@ from parley.providers.errors import (
     ProviderTimeout,
     error_for_status,
 )
+from parley.providers.tts_shell import PooledVoice, WsRequest, pooled_synthesis
 from parley.providers.ws_connect import QuietWsLog, Redactor, closed_error, open_ws
 from parley.providers.ws_pool import PooledSocket, SocketPool
 
@@ -198,7 +199,7 @@ def error_for_handshake(status: int, body: bytes) -> ProviderError:
 # ---- the provider --------------------------------------------------------------------------------------
 
 
-class ElevenLabsTTS(Lifecycle):
+class ElevenLabsTTS(PooledVoice):
     """A :class:`~parley.providers.base.TTSProvider` speaking raw PCM (``pcm_<rate>``) from ElevenLabs."""
 
     name: str = PROVIDER
@@ -252,101 +253,53 @@ class ElevenLabsTTS(Lifecycle):
         path = f"/v1/text-to-speech/{quote(self.voice_id, safe='')}/multi-stream-input"
         return f"{self.url_base}{path}?{urlencode(query)}"
 
-    @property
-    def connections_opened(self) -> int:
-        return self._pool.opened
+    def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        return pooled_synthesis(self._pool, text, sample_rate=self.sample_rate, attempt=self._attempt,
+                                retry=self._retry, goodbye=self._goodbye, usage=self._usage,
+                                on_cancel=self.on_cancel)
 
-    async def prewarm(self) -> None:
-        """Open a socket now so the next synthesize() pays no handshake (e.g. when the caller starts talking)."""
-        await self._pool.prewarm()
-
-    async def check(self) -> Verdict | None:
-        """Open the vendor socket: authenticates without synthesizing (nothing billed)."""
-        await self.prewarm()
-        return None
-
-    async def aclose(self) -> None:
-        """Close the pooled sockets (sockets in use close or return to the pool when their request ends)."""
-        await self._pool.aclose()
-
-    async def __aenter__(self) -> ElevenLabsTTS:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
-        if not text.strip():
-            yield self._usage(0)
-            return
-        ctx = f"parley-{uuid.uuid4().hex}"
-        sock: PooledSocket | None = None
-        sent = 0  # of the three context messages
-        produced = finished = False
-        failure: ProviderError | None = None
-        carry = b""  # an odd trailing byte of a chunk (samples may straddle messages)
-        try:
-            for attempt in range(2):
-                sock = await self._pool.checkout()
+    async def _attempt(self, sock: PooledSocket, req: WsRequest) -> AsyncIterator[bytes]:
+        opening, flushed, closing = self._messages(req.ctx, req.text)
+        for message in (opening, flushed):
+            await self._pool.send(sock, message)
+            sock.pending.add(req.ctx)
+            req.sent += 1
+        req.billed = True  # the text went out with its flush
+        heard = False
+        while True:
+            if req.sent < 3:  # close only after the first audio (or a grace period): pipecat#4681
                 try:
-                    sent = 0
-                    opening, flushed, closing = self._messages(ctx, text)
-                    for message in (opening, flushed):
-                        await self._pool.send(sock, message)
-                        sock.pending.add(ctx)
-                        sent += 1
-                    while True:
-                        if sent < 3:  # close only after the first audio (or a grace period): pipecat#4681
-                            try:
-                                async with asyncio.timeout(self.close_grace_s):
-                                    pcm, final = await self._next_audio(sock, ctx)
-                            except TimeoutError:
-                                pcm, final = b"", False
-                            if not final:
-                                await self._pool.send(sock, closing)
-                            sent = 3
-                        else:
-                            pcm, final = await self._next_audio(sock, ctx)
-                        data, carry = carry + pcm, b""
-                        if len(data) % 2:
-                            data, carry = data[:-1], data[-1:]
-                        if data:
-                            yield AudioChunk(from_bytes(data), self.sample_rate, text=None if produced else text)
-                            produced = True
-                        if final:
-                            break
-                    if not produced and any(ch.isalnum() for ch in text):
-                        raise ProviderError(
-                            f"{PROVIDER}: the context ended with no audio (isFinal only)",
-                            provider=PROVIDER, code="empty_audio", retryable=True,
-                        )
-                    break
-                except ProviderError as exc:
-                    stale = isinstance(exc, ProviderConnectionError) or exc.code in _STALE
-                    if attempt or produced or not ((sock.pooled and stale) or exc.code == "empty_audio"):
-                        raise
-                    log.info("%s: %s; retrying once on a fresh socket", PROVIDER, exc)
-                    await self._pool.discard(sock)
-                    sock = None
-            finished = True
-        except ProviderError as exc:
-            failure = exc
-        finally:
-            if not finished and failure is None:  # barge-in: the consumer stopped early
-                # close the context unless all three messages (the last closes it) already went out
-                await self._pool.abandon(sock, {"context_id": ctx, "close_context": True} if 0 < sent < 3 else None)
-                if self.on_cancel is not None:
-                    self.on_cancel(self._usage(len(text) if sent >= 2 else 0, cancelled=True))
-        if failure is not None:
-            if sock is not None:
-                await self._pool.discard(sock)
-            yield self._usage(len(text) if sent >= 2 else 0, failed=True)
-            raise failure
-        if sock is not None:
-            await self._pool.release(sock)
-        yield self._usage(len(text))
+                    async with asyncio.timeout(self.close_grace_s):
+                        pcm, final = await self._next_audio(sock, req.ctx)
+                except TimeoutError:
+                    pcm, final = b"", False
+                if not final:
+                    await self._pool.send(sock, closing)
+                req.sent = 3
+            else:
+                pcm, final = await self._next_audio(sock, req.ctx)
+            heard = heard or bool(pcm)
+            if pcm:
+                yield pcm
+            if final:
+                break
+        if not heard and any(ch.isalnum() for ch in req.text):
+            raise ProviderError(
+                f"{PROVIDER}: the context ended with no audio (isFinal only)",
+                provider=PROVIDER, code="empty_audio", retryable=True,
+            )
+
+    @staticmethod
+    def _retry(exc: ProviderError, req: WsRequest) -> bool:
+        """Once on a fresh socket: a pooled socket that went stale while idle, or a context that ended with no
+        audio (the server-side race of a close right after the flush)."""
+        stale = isinstance(exc, ProviderConnectionError) or exc.code in _STALE
+        return (req.sock is not None and req.sock.pooled and stale) or exc.code == "empty_audio"
+
+    @staticmethod
+    def _goodbye(req: WsRequest) -> Mapping[str, object] | None:
+        """Close the context unless all three messages (the last closes it) already went out."""
+        return {"context_id": req.ctx, "close_context": True} if 0 < req.sent < 3 else None
 
     # ---- one request's wire traffic ----------------------------------------------------------------
 

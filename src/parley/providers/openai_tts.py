@@ -59,6 +59,7 @@ from parley.providers.errors import (
 from parley.providers.http_session import HttpSession
 from parley.providers.model_list import openai_verdict
 from parley.providers.openai_llm import SSEDecoder, decode_event
+from parley.providers.tts_shell import PcmAssembler
 
 __all__ = ["OpenAITTS", "PcmAssembler", "stream_format_for"]
 
@@ -74,25 +75,6 @@ def stream_format_for(model: str, wanted: StreamFormat = "auto") -> Literal["aud
     if wanted != "auto":
         return wanted
     return "audio" if model in CHARACTER_BILLED or model.startswith(tuple(m + "-" for m in CHARACTER_BILLED)) else "sse"
-
-
-class PcmAssembler:
-    """s16le bytes in arbitrary chunks in, whole samples out (an odd byte waits for the next chunk)."""
-
-    __slots__ = ("_carry",)
-
-    def __init__(self) -> None:
-        self._carry = b""
-
-    def feed(self, data: bytes) -> bytes:
-        data = self._carry + data
-        cut = len(data) - len(data) % 2
-        self._carry = data[cut:]
-        return data[:cut]
-
-    @property
-    def leftover(self) -> int:
-        return len(self._carry)
 
 
 class _Request:
