@@ -161,7 +161,7 @@ async def test_the_fake_checks_the_body_like_the_api() -> None:
 async def test_a_200_that_is_not_audio_is_a_protocol_error() -> None:
     async with FakeOpenAITTS(KEY, [TTSReply(content_type="application/json")]) as fake, tts(fake) as provider:
         events, error = await collect_until_error(provider.synthesize(TEXT))
-    assert type(error) is ProviderProtocolError and "expected an event stream" in str(error)
+    assert type(error) is ProviderProtocolError and "expected text/event-stream" in str(error)
     assert events == [usage(len(TEXT), failed=True)]
     async with FakeOpenAITTS(KEY, [TTSReply(content_type="text/html")]) as fake, tts(fake, model="tts-1") as raw:
         _, error = await collect_until_error(raw.synthesize(TEXT))

@@ -29,7 +29,7 @@ cancel endpoint); ``on_cancel`` receives ``Usage(cancelled=True)`` with the toke
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
@@ -45,13 +45,11 @@ from parley.providers.errors import (
     ProviderConnectionError,
     ProviderError,
     ProviderProtocolError,
-    ProviderTimeout,
     error_for_status,
     redact,
 )
-from parley.providers.http_session import HttpSession
+from parley.providers.http_session import HttpSession, decode_event, metered, require_event_stream, sse_data
 from parley.providers.model_list import anthropic_verdict
-from parley.providers.openai_llm import SSEDecoder, decode_event
 
 __all__ = ["AnthropicLLM", "MessageStreamAssembler", "request_body", "wire_messages"]
 
@@ -306,20 +304,10 @@ class AnthropicLLM(Lifecycle):
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
     ) -> AsyncGenerator[LLMEvent, None]:
         assembler = MessageStreamAssembler()
-        ended = False
-        try:
-            async with aclosing(self._events(messages, tools, assembler)) as events:
-                async for event in events:
-                    yield event
-            ended = True
-        except ProviderError:
-            ended = True
-            yield self._usage(assembler, failed=True)
-            raise
-        finally:
-            if not ended and self._on_cancel is not None:
-                self._on_cancel(self._usage(assembler, cancelled=True))
-        yield self._usage(assembler)
+        usage = functools.partial(self._usage, assembler)
+        async with aclosing(metered(self._events(messages, tools, assembler), usage, self._on_cancel)) as events:
+            async for event in events:
+                yield event
 
     def _usage(self, assembler: MessageStreamAssembler, *, failed: bool = False, cancelled: bool = False) -> Usage:
         return Usage(
@@ -348,31 +336,15 @@ class AnthropicLLM(Lifecycle):
             "%s: POST %s model=%s messages=%d tools=%d", PROVIDER, self.url, self.model, len(messages), len(tools)
         )
         try:
-            async with self._http.client().stream(
-                "POST", self.url, content=json.dumps(body).encode(), headers=self._headers(), timeout=self._http.timeout
-            ) as response:
-                if response.status_code != 200:
-                    raise self._status_error(response, await response.aread())
-                content_type = response.headers.get("content-type", "")
-                if not content_type.startswith("text/event-stream"):
-                    raise ProviderProtocolError(
-                        f"{PROVIDER}: expected text/event-stream, got {content_type or 'no content type'!r}",
-                        provider=PROVIDER,
-                    )
+            async with self._http.post(self.url, body, self._headers(), provider=PROVIDER,
+                                       status_error=self._status_error, redact=self._redact) as response:
+                require_event_stream(response, PROVIDER)
                 async for event in self._decode(response, assembler):
                     yield event
-        except httpx.HTTPError as exc:
+        except ProviderError:
             if assembler.done:
                 return  # the reply was complete; only the end of the body was lost
-            raise self._transport_error(exc) from exc
-
-    def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
-            return ProviderTimeout(f"{PROVIDER}: timed out ({type(exc).__name__})", provider=PROVIDER)
-        detail = self._redact(str(exc)) or type(exc).__name__
-        if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
-            return ProviderConnectionError(f"{PROVIDER}: connection failed: {detail}", provider=PROVIDER)
-        return ProviderError(f"{PROVIDER}: {detail}", provider=PROVIDER)
+            raise
 
     def _status_error(self, response: httpx.Response, body: bytes) -> ProviderError:
         message, kind = _error_details(body)
@@ -385,14 +357,9 @@ class AnthropicLLM(Lifecycle):
     async def _decode(
         self, response: httpx.Response, assembler: MessageStreamAssembler
     ) -> AsyncIterator[TextDelta | ToolCall]:
-        decoder = SSEDecoder()
-        async for line in response.aiter_lines():  # read to the end of the body: the connection is reused
-            data = decoder.line(line)
-            if data is None or assembler.done:
+        async for data in sse_data(response):  # read to the end of the body: the connection is reused
+            if assembler.done:
                 continue
-            for event in assembler.feed(decode_event(data, PROVIDER, [self._api_key])):
-                yield event
-        if (data := decoder.end()) is not None and not assembler.done:
             for event in assembler.feed(decode_event(data, PROVIDER, [self._api_key])):
                 yield event
         if not assembler.done:

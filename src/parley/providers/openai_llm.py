@@ -39,6 +39,7 @@ and redacted from error messages.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -56,11 +57,17 @@ from parley.providers.errors import (
     ProviderConnectionError,
     ProviderError,
     ProviderProtocolError,
-    ProviderTimeout,
     error_for_status,
     redact,
 )
-from parley.providers.http_session import HttpSession
+from parley.providers.http_session import (
+    HttpSession,
+    SSEDecoder,
+    decode_event,
+    metered,
+    require_event_stream,
+    sse_data,
+)
 from parley.providers.model_list import openai_verdict
 
 __all__ = [
@@ -78,47 +85,6 @@ log = logging.getLogger("parley.providers.openai_llm")
 DEFAULT_MODEL = "gpt-6-luna"  # OpenAI's named replacement of gpt-4o-mini (shut down 2027-01-14)
 REASONING_MODEL = re.compile(r"(o\d|gpt-([5-9]|\d\d))")  # refuse max_tokens; want max_completion_tokens
 MaxTokensField: TypeAlias = Literal["auto", "max_tokens", "max_completion_tokens"]
-
-
-class SSEDecoder:
-    """Server-Sent Events decoding, one line (without its line ending) at a time.
-
-    Joins the ``data:`` lines of one event with ``\\n`` and returns the data when the blank line ending
-    the event arrives; ignores ``:`` comments and the ``event`` / ``id`` / ``retry`` fields.
-    """
-
-    __slots__ = ("_data",)
-
-    def __init__(self) -> None:
-        self._data: list[str] = []
-
-    def line(self, line: str) -> str | None:
-        if not line:
-            return self.end()
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        if name == "data":
-            self._data.append(value[1:] if value.startswith(" ") else value)
-        return None
-
-    def end(self) -> str | None:
-        """The event in progress, if any (call at end of body: the last blank line may be missing)."""
-        if not self._data:
-            return None
-        data = "\n".join(self._data)
-        self._data = []
-        return data
-
-
-def decode_event(data: str, provider: str, secrets: Sequence[str | None] = ()) -> object:
-    """The JSON value of one SSE event's data (depth and number sizes bounded by :mod:`parley.wire_json`)."""
-    try:
-        return wire_json.loads(data)
-    except wire_json.WireJsonError as exc:
-        raise ProviderProtocolError(
-            f"{provider}: stream event is not JSON ({exc}): {redact(data[:120], secrets)!r}", provider=provider
-        ) from None
 
 
 def _obj(value: object) -> Mapping[str, object]:
@@ -369,20 +335,10 @@ class OpenAICompatLLM(Lifecycle):
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
     ) -> AsyncGenerator[LLMEvent, None]:
         assembler = ChatStreamAssembler(self.name)
-        ended = False
-        try:
-            async with aclosing(self._events(messages, tools, assembler)) as events:
-                async for event in events:
-                    yield event
-            ended = True
-        except ProviderError:
-            ended = True
-            yield self._usage(assembler, failed=True)
-            raise
-        finally:
-            if not ended and self._on_cancel is not None:
-                self._on_cancel(self._usage(assembler, cancelled=True))
-        yield self._usage(assembler)
+        usage = functools.partial(self._usage, assembler)
+        async with aclosing(metered(self._events(messages, tools, assembler), usage, self._on_cancel)) as events:
+            async for event in events:
+                yield event
 
     def _usage(self, assembler: ChatStreamAssembler, *, failed: bool = False, cancelled: bool = False) -> Usage:
         return Usage(
@@ -428,48 +384,27 @@ class OpenAICompatLLM(Lifecycle):
     async def _post(
         self, body: Mapping[str, object], assembler: ChatStreamAssembler, *, retry_field: bool
     ) -> AsyncGenerator[TextDelta | ToolCall, None]:
-        try:
-            async with self._http.client().stream(
-                "POST", self.url, content=json.dumps(body).encode(), headers=self._headers(), timeout=self._http.timeout
-            ) as response:
-                if response.status_code != 200:
-                    message, code = _error_message(await response.aread())
-                    if (retry_field and response.status_code == 400 and code == "unsupported_parameter"
-                            and "max_tokens" in body and not self._field_fixed):
-                        raise _FieldRefused
-                    raise error_for_status(response.status_code, self._redact(message), provider=self.name, code=code)
-                content_type = response.headers.get("content-type", "")
-                if not content_type.startswith("text/event-stream"):
-                    raise ProviderProtocolError(
-                        f"{self.name}: expected text/event-stream, got {content_type or 'no content type'!r}",
-                        provider=self.name,
-                    )
-                async for event in self._decode(response, assembler):
-                    yield event
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(f"{self.name}: timed out ({type(exc).__name__})", provider=self.name) from exc
-        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise ProviderConnectionError(
-                f"{self.name}: connection failed: {self._redact(str(exc)) or type(exc).__name__}", provider=self.name
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise ProviderError(f"{self.name}: {self._redact(str(exc))}", provider=self.name) from exc
+        def status_error(response: httpx.Response, content: bytes) -> BaseException:
+            message, code = _error_message(content)
+            if (retry_field and response.status_code == 400 and code == "unsupported_parameter"
+                    and "max_tokens" in body and not self._field_fixed):
+                return _FieldRefused()
+            return error_for_status(response.status_code, self._redact(message), provider=self.name, code=code)
+
+        async with self._http.post(self.url, body, self._headers(), provider=self.name, status_error=status_error,
+                                   redact=self._redact) as response:
+            require_event_stream(response, self.name)
+            async for event in self._decode(response, assembler):
+                yield event
 
     async def _decode(
         self, response: httpx.Response, assembler: ChatStreamAssembler
     ) -> AsyncIterator[TextDelta | ToolCall]:
-        decoder = SSEDecoder()
         done = False
-        async for line in response.aiter_lines():
-            data = decoder.line(line)
-            if data is None:
-                continue
+        async for data in sse_data(response):
             if data.strip() == "[DONE]":
                 done = True
                 break
-            for event in assembler.feed(decode_event(data, self.name, [self._api_key])):
-                yield event
-        if not done and (data := decoder.end()) is not None and data.strip() != "[DONE]":
             for event in assembler.feed(decode_event(data, self.name, [self._api_key])):
                 yield event
         if not done and assembler.finish_reason is None:

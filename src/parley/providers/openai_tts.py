@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -49,16 +48,13 @@ from parley import wire_json
 from parley.audio.pcm import from_bytes
 from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
 from parley.providers.errors import (
-    ProviderConnectionError,
     ProviderError,
     ProviderProtocolError,
-    ProviderTimeout,
     error_for_status,
     redact,
 )
-from parley.providers.http_session import HttpSession
+from parley.providers.http_session import HttpSession, decode_event, metered, require_event_stream, sse_data
 from parley.providers.model_list import openai_verdict
-from parley.providers.openai_llm import SSEDecoder, decode_event
 from parley.providers.tts_shell import PcmAssembler
 
 __all__ = ["OpenAITTS", "PcmAssembler", "stream_format_for"]
@@ -164,20 +160,15 @@ class OpenAITTS(Lifecycle):
 
     async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
         state = _Request()
-        ended = False
-        try:
-            async with aclosing(self._audio(text, state)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-            ended = True
-        except ProviderError:
-            ended = True
-            yield self._usage(text if state.accepted else "", failed=True)
-            raise
-        finally:
-            if not ended and self._on_cancel is not None:
-                self._on_cancel(self._usage(text, cancelled=True))
-        yield self._usage(text, tokens=state.tokens)
+
+        def usage(*, failed: bool = False, cancelled: bool = False) -> Usage:
+            if failed:  # characters are billed once the server accepted the request
+                return self._usage(text if state.accepted else "", failed=True)
+            return self._usage(text, cancelled=cancelled, tokens=None if cancelled else state.tokens)
+
+        async with aclosing(metered(self._audio(text, state), usage, self._on_cancel)) as events:
+            async for event in events:
+                yield event
 
     def _usage(self, text: str, *, tokens: tuple[int, int] | None = None, failed: bool = False,
                cancelled: bool = False) -> Usage:
@@ -188,51 +179,31 @@ class OpenAITTS(Lifecycle):
     async def _audio(self, text: str, state: _Request) -> AsyncGenerator[AudioChunk, None]:
         headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
         log.debug("%s: POST %s model=%s voice=%s chars=%d", PROVIDER, self.url, self.model, self.voice, len(text))
-        try:
-            async with self._http.client().stream(
-                "POST",
-                self.url,
-                content=json.dumps(self.request_body(text)).encode(),
-                headers=headers,
-                timeout=self._http.timeout,
-            ) as response:
-                if response.status_code != 200:
-                    message, code = _error_details(await response.aread())
-                    raise error_for_status(response.status_code, self._redact(message), provider=PROVIDER, code=code)
-                state.accepted = True
-                content_type = response.headers.get("content-type", "")
-                sse = self.stream_format == "sse"
-                if not content_type.startswith("text/event-stream") if sse else content_type.startswith(
-                        ("application/json", "text/")):
-                    wanted = "an event stream" if sse else "raw audio"
-                    raise ProviderProtocolError(
-                        f"{PROVIDER}: expected {wanted}, got {content_type!r}", provider=PROVIDER
-                    )
-                pcm = PcmAssembler()
-                first = True
-                pieces = self._sse_audio(response, state) if sse else response.aiter_bytes()
-                async for data in pieces:
-                    whole = pcm.feed(data)
-                    if whole:
-                        yield AudioChunk(from_bytes(whole), SAMPLE_RATE, text=text if first else None)
-                        first = False
-                if pcm.leftover:
-                    log.warning("%s: the audio ended with half a sample; dropped it", PROVIDER)
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(f"{PROVIDER}: timed out ({type(exc).__name__})", provider=PROVIDER) from exc
-        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise ProviderConnectionError(
-                f"{PROVIDER}: connection failed: {self._redact(str(exc)) or type(exc).__name__}", provider=PROVIDER
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise ProviderError(f"{PROVIDER}: {self._redact(str(exc))}", provider=PROVIDER) from exc
+        async with self._http.post(self.url, self.request_body(text), headers, provider=PROVIDER,
+                                   status_error=self._status_error, redact=self._redact) as response:
+            state.accepted = True
+            sse = self.stream_format == "sse"
+            if sse:
+                require_event_stream(response, PROVIDER)
+            elif (content_type := response.headers.get("content-type", "")).startswith(("application/json", "text/")):
+                raise ProviderProtocolError(f"{PROVIDER}: expected raw audio, got {content_type!r}", provider=PROVIDER)
+            pcm = PcmAssembler()
+            first = True
+            async for data in self._sse_audio(response, state) if sse else response.aiter_bytes():
+                if whole := pcm.feed(data):
+                    yield AudioChunk(from_bytes(whole), SAMPLE_RATE, text=text if first else None)
+                    first = False
+            if pcm.leftover:
+                log.warning("%s: the audio ended with half a sample; dropped it", PROVIDER)
+
+    def _status_error(self, response: httpx.Response, content: bytes) -> ProviderError:
+        message, code = _error_details(content)
+        return error_for_status(response.status_code, self._redact(message), provider=PROVIDER, code=code)
 
     async def _sse_audio(self, response: httpx.Response, state: _Request) -> AsyncGenerator[bytes, None]:
         """The PCM of ``speech.audio.delta`` events; ``speech.audio.done`` leaves its token usage in ``state``."""
-        decoder = SSEDecoder()
-        async for line in response.aiter_lines():
-            data = decoder.line(line)
-            if data is None or data == "[DONE]":
+        async for data in sse_data(response):
+            if data == "[DONE]":
                 continue
             event = decode_event(data, PROVIDER, [self._api_key])
             event = event if isinstance(event, dict) else {}
