@@ -49,7 +49,11 @@ Simplified:
   handshake with ``reject_status`` (``reject_count`` times, or always), ``delay_s`` before each Results /
   each Flush's audio, and after ``*_after_frames`` frames (audio received on listen, audio sent on speak):
   drop the TCP connection without a close frame, send a malformed JSON text frame, or close with
-  ``close_code`` / ``close_reason``.
+  ``close_code`` / ``close_reason``; or, from ``stall_after_frames`` on, hang with the socket open: keep
+  reading, answer nothing (no Results, no answer to Finalize or CloseStream) and never close (issue 10: a
+  hung recognizer; Deepgram's own ``1011 NET-0000`` for it comes only after its own window, §1). Where the
+  client must tell this from "nothing buffered", the fake's interim results (``interim_every_s``) are what
+  shows the words it holds.
 """
 
 from __future__ import annotations
