@@ -279,3 +279,29 @@ async def test_a_call_the_agent_transferred_is_let_go_and_never_comes_back(tmp_p
     finally:
         await running.close()
         await fs.close()
+
+
+async def test_a_refused_caller_who_hangs_up_first_still_gets_a_record(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream refused while draining (503) whose caller hangs up before the bridge handles the refusal
+    (seen in the cluster rehearsal: 3 of 6 such calls left no record) is still recorded as unserved."""
+    recorded: list[tuple[str, str | None]] = []
+
+    async def unserved(call: Call) -> None:
+        recorded.append((call.uuid, call.media_failure))
+
+    rig.running.bridge.unserved = unserved
+    give_up = rig.running.bridge._give_up
+
+    async def caller_first(call: Call, reason: str, *, refused: bool = False) -> None:
+        await rig.fs.calls[call.uuid].hangup()
+        await rig.until(call.hungup.is_set)
+        await give_up(call, reason, refused=refused)
+
+    monkeypatch.setattr(rig.running.bridge, "_give_up", caller_first)
+    rig.running.begin_drain()
+    call = await rig.fs.place_call(ws_url=rig.url(), caller_audio=speech(0.3), channel_vars={"parley_agent": "true"})
+    await rig.until(lambda: bool(recorded))
+    assert recorded == [(call.uuid, "media stream refused (draining)")]
+    assert call.hungup

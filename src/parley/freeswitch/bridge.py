@@ -604,7 +604,14 @@ class Bridge:
     async def _give_up(self, call: Call, reason: str, *, refused: bool = False) -> None:
         """The media cannot be restored: the agent stops, the caller hears the apology and goes to the fallback
         (or is hung up); a call no agent ever ran for still gets its record."""
-        if call.media_failure is not None or call.hungup.is_set() or self._closing:
+        if call.media_failure is not None or self._closing:
+            return
+        if call.hungup.is_set():
+            # Nothing to play or transfer. A refused stream still leaves its record: a caller who hangs up
+            # before the refusal is handled here (at once, or during a drain) was turned away all the same.
+            if refused and call.uuid not in self._agents:
+                call.end_media(reason, refused=refused)
+                await self._record_unserved(call)
             return
         self.stats.media_given_up += 1
         call.log.error("%s; giving the call to the fallback", reason)
@@ -615,7 +622,11 @@ class Bridge:
                 await call.conclude(reason)
         else:  # the Lua helper saw the same ::error and transfers the call itself: do not race it
             call.log.info("the dialplan's Lua helper takes the call to its fallback")
-        if not served and self.unserved is not None:
+        if not served:
+            await self._record_unserved(call)
+
+    async def _record_unserved(self, call: Call) -> None:
+        if self.unserved is not None:
             try:
                 await self.unserved(call)
             except Exception:
