@@ -70,6 +70,18 @@ def test_serve_refuses_the_default_password() -> None:
     assert b"refusing to use a default ESL password" in out.stderr
 
 
+def test_serve_checks_every_nodes_password(tmp_path: Path) -> None:
+    """With freeswitch.nodes listed, each node needs its own password (the top-level one is not asked for)."""
+    config = tmp_path / "parley.yaml"
+    config.write_text("freeswitch:\n  nodes:\n    - name: fs-a\n      esl: {port: 8021}\n"
+                      "    - name: fs-b\n      esl: {port: 8022}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_ESL_PASSWORD")}
+    env["PARLEY_ESL_PASSWORD_FS_A"] = "a-good-password-for-node-a"
+    out = run("--config", str(config), "serve", env=env)
+    assert out.returncode == 2
+    assert b"fs-b" in out.stderr or b"FS_B" in out.stderr, out.stderr
+
+
 def test_serve_runs_against_freeswitch_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     """`parley serve` as a real process, against the fake FreeSWITCH in another process."""
     password = "serve-test-password-abcdef"

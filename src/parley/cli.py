@@ -25,12 +25,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from parley.app import serve
-    from parley.config import require_esl_password
+    from parley.config import require_node_passwords
     from parley.eventloop import resolve_loop, run_on
 
     settings = _settings(args)
     _setup_logging(settings.log_level, settings)
-    require_esl_password(settings.freeswitch.esl)
+    require_node_passwords(settings.freeswitch)  # every node's (freeswitch.esl when none are listed)
     grace = _drain_grace(args)
     loop = resolve_loop(args.loop)  # auto: uvloop when installed (parley[fast]), measured faster by bench density
     if args.workers > 1:
