@@ -75,9 +75,6 @@ class Cluster:
             conf = write_config(tmp / "parley.yaml", worker_config(
                 nodes, ws_port=ws, http_port=http, records_url=records_url, spool_dir=tmp / "spool",
                 records_host="rehearsal", multi_node=True))
-            # `parley serve` still checks freeswitch.esl's password before it looks at freeswitch.nodes (the
-            # nodes' own passwords are in the file): give it one, which nothing uses once nodes are listed
-            env = {**env, "PARLEY_ESL_PASSWORD": env.get("PARLEY_ESL_PASSWORD") or nodes[0].password}
             migrate([*cli, "--config", str(conf), "records", "migrate"], env, tmp)
             self.supervisor_log = tmp / "serve.log"
             sup = spawn([*cli, "--config", str(conf), "serve", "--workers", "2", *serve_flags], env,
