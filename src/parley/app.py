@@ -330,6 +330,7 @@ class Running:
     metrics: Metrics | None = None
     readiness: Readiness | None = None
     engine: Engine | None = None
+    shares_port: bool = False  # one of several workers on one WebSocket port (SO_REUSEPORT)
 
     @property
     def esl(self) -> EslClient:
@@ -341,6 +342,8 @@ class Running:
             self.readiness.begin_drain()
         self.bridge.begin_drain()
         self.server.drain(self.bridge.owns)
+        if self.shares_port:  # another worker takes the new streams: do not let the kernel hand them here
+            self.server.stop_listening()
 
     async def drain(self, grace_s: float = DRAIN_GRACE_S) -> int:
         """:meth:`begin_drain`, then wait for the calls up to end, at most ``grace_s``; the rest hear a
@@ -441,7 +444,7 @@ async def start(
         ", ".join(f"{n} {c.host}:{c.port}" for n, c in nodes.items()),
     )
     voice = engine or (agent.engine if isinstance(agent, ConversationAgent) else None)  # says the goodbye
-    return Running(nodes, server, bridge, store, resources, http, metrics, readiness, voice)
+    return Running(nodes, server, bridge, store, resources, http, metrics, readiness, voice, shares_port=reuse_port)
 
 
 async def serve(

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -547,3 +548,39 @@ async def test_server_close_closes_open_streams() -> None:
         await asyncio.wait_for(h.server.close(), WAIT)
         assert stream.closed.is_set() and stream.close_code == 1001
         assert await closed_code(client) == (1001, "")
+
+
+async def test_a_drained_worker_stops_listening_and_the_other_worker_takes_new_streams() -> None:
+    """Two workers on one port (SO_REUSEPORT): the drained one closes its listener, so every new stream goes
+    to the other (none refused), while its own open stream goes on."""
+    from parley.sim.echo_call import free_port
+
+    port = free_port()
+    settings = AudioStreamSettings(listen_host="127.0.0.1", listen_port=port)
+    got: dict[str, list[AudioStream]] = {"a": [], "b": []}
+    a = AudioStreamServer(settings, got["a"].append, reuse_port=True)
+    b = AudioStreamServer(settings, got["b"].append, reuse_port=True)
+    hb = Harness(b, settings)  # connects to the shared port: the kernel picks the worker
+    async with a, b:
+        open_on_a = None
+        for i in range(40):  # until the kernel has handed one to a
+            client = await hb.connect(f"/{uuidlib.UUID(int=i)}").__aenter__()
+            await client.send(numbered_frame(0))  # announced on its first message
+            await until(lambda n=i + 1: len(got["a"]) + len(got["b"]) == n)
+            if got["a"] and open_on_a is None:
+                open_on_a = client
+                break
+            await client.close()
+        assert open_on_a is not None, "the kernel never picked worker a"
+        a.drain(lambda _uuid: False)
+        a.stop_listening()
+        before_b = len(got["b"])
+        for i in range(20):
+            async with hb.connect(f"/{uuidlib.UUID(int=100 + i)}") as client:
+                await client.send(numbered_frame(0))
+                await until(lambda n=before_b + i + 1: len(got["b"]) == n)
+        assert len(got["a"]) == 1 and a.stats.rejected.get("draining", 0) == 0  # none refused: b took them all
+        await open_on_a.send(numbered_frame(1))  # the drained worker's open stream goes on
+        assert [f.seq for f in await get_frames(got["a"][0], 2)] == [0, 1]
+        assert a.port == port
+        await open_on_a.close()

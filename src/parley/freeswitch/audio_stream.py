@@ -585,6 +585,7 @@ class AudioStreamServer:
         self._server: Server | None = None
         self._owns: Callable[[str], bool] | None = None  # set by drain(): the calls still welcome
         self._retry_after_s = 0
+        self._port: int | None = None
 
     @property
     def streams(self) -> Mapping[int, AudioStream]:
@@ -594,7 +595,9 @@ class AudioStreamServer:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("AudioStreamServer is not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        if self._port is None:  # kept: stop_listening() closes the sockets it is read from
+            self._port = int(self._server.sockets[0].getsockname()[1])
+        return self._port
 
     async def start(self) -> None:
         if self._server is not None:
@@ -617,6 +620,7 @@ class AudioStreamServer:
             logger=_WsLog(self._log.getChild("websockets"), {}),
             reuse_port=self._reuse_port or None,
         )
+        self._port = None
         self._log.info("audio stream server listening on %s:%d%s", s.listen_host, self.port, s.path)
 
     async def close(self) -> None:
@@ -638,6 +642,16 @@ class AudioStreamServer:
         sees a 503 with Retry-After, the usual "try another upstream" answer."""
         self._owns = owns
         self._retry_after_s = max(0, int(retry_after_s))
+
+    def stop_listening(self) -> None:
+        """Close the listening socket and keep every open stream (a drained worker of several sharing the
+        port with SO_REUSEPORT: the kernel then hands new streams to the other workers instead of this one
+        refusing them; a live call's restarted stream goes to another worker, which takes the call over).
+        Streams already in this socket's accept queue are reset, as a refused upgrade would have been."""
+        if self._server is not None and self._server.server.is_serving():
+            _ = self.port
+            self._server.server.close()  # asyncio's Server: the listeners only, connections stay open
+            self._log.info("stopped listening on port %d (draining); open streams go on", self.port)
 
     @property
     def draining(self) -> bool:
