@@ -367,6 +367,32 @@ async def test_a_hang_before_any_answer_fails_once_a_second_of_audio_went_unansw
     assert got.events == [got.events[-1]] and billed(got.events[-1], at_least=0.0, failed=True)
 
 
+@pytest.mark.parametrize("endpointing_ms", [300, None])
+async def test_a_hang_long_before_the_finalize_fails_at_once_where_endpointing_answers_pauses(
+        endpointing_ms: int | None) -> None:
+    # Deepgram showed words, then said nothing for 1.4-1.5 s of audio, the pause that ended the turn included:
+    # with endpointing it would have answered that pause (speech_final), so the Finalize answer is not waited
+    # for; without endpointing nothing answers a pause and the Finalize timer decides.
+    async with fake(transcripts=["I would like to book a cleaning"], interim_every_s=0.04,
+                    listen=Faults(stall_after_frames=5)) as dg:
+        stream = await stt(dg, finalize_timeout_s=0.5, endpointing_ms=endpointing_ms).open(sample_rate=RATE)
+        got = Collector(stream)
+        for _ in range(10):
+            await stream.send_audio(tone())
+        await eventually(lambda: len(got.of(Transcript)) == 2)  # the interims of frames 2 and 4 are in
+        for _ in range(70):
+            await stream.send_audio(quiet())
+        await stream.finalize()
+        await asyncio.sleep(0.1)
+        early = got.task.done()
+        await asyncio.wait_for(got.task, 2)
+        await stream.close()
+    assert early is (endpointing_ms is not None)
+    assert isinstance(got.error, ProviderTimeout)
+    assert ("showed and silent for 1." if endpointing_ms else "no answer to Finalize within 0.5 s") in str(got.error)
+    assert dg.listen_sessions[0].count("Finalize") == (0 if endpointing_ms else 1)
+
+
 async def test_an_unanswered_finalize_after_the_turn_closed_itself_is_no_hang() -> None:
     # Deepgram "may" answer a Finalize with nothing when nothing is buffered: speech_final closed the turn,
     # the pause went on for parley's endpoint; that is not a hang.

@@ -431,10 +431,12 @@ class DeepgramSTTStream:
 
     def _hung(self) -> bool:
         """At the end of a turn: Deepgram holds words it showed and has said nothing for more than
-        ``STALL_AUDIO_S`` of audio since (it revises interims about once a second and answers the endpoint's
-        silence with ``speech_final``), so it stopped before the Finalize: fail now rather than wait."""
+        ``STALL_AUDIO_S`` of audio (it revises interims about once a second and answers the pause that ended
+        the turn with ``speech_final`` after its endpointing, 300 ms), so it stopped, or fell too far behind
+        the call, before the Finalize: fail now (a fallback already has the turn's audio) rather than wait.
+        Without endpointing nothing answers the pause: the Finalize timer decides."""
         unanswered = self._unanswered_s()
-        if not (self._assembler.holding_words and unanswered > STALL_AUDIO_S):
+        if self._provider.endpointing_ms is None or not (self._assembler.holding_words and unanswered > STALL_AUDIO_S):
             return False
         self._fail(ProviderTimeout(
             f"deepgram: holding words it showed and silent for {unanswered:.1f} s of audio at the end of the "
