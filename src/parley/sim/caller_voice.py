@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from parley.providers.base import AudioChunk, TTSEvent, TTSProvider
+from parley.providers.base import AudioChunk, LocalVoice, TTSEvent, TTSProvider
 
 CALLER_VOICES = ("hibari-low", "espeak", "piper", "hibari")
 LOWER_3_SEMITONES = 2 ** (-3 / 12)
 
 
-class PitchShifted:
+class PitchShifted(LocalVoice):
     """Plays another voice's samples at a lower rate: pitch and tempo drop together (a different speaker)."""
 
     def __init__(self, inner: TTSProvider, factor: float = LOWER_3_SEMITONES) -> None:
