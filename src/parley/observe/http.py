@@ -32,8 +32,11 @@ process): ``/health`` 0.17-0.18 ms per request on aiohttp against 0.29-0.32 ms o
 ``/metrics`` 2.5 ms against 0.8 ms, all of the difference in prometheus_client's pure-Python exposition of
 ~28 kB (see :mod:`parley.observe.metrics`). At one scrape per 15 s that is 0.02 % of a core, and the longest
 a frame can wait behind a scrape is ~2.5 ms against a 20 ms frame period. The frame-lag runs
-(``--mode none|scrape``: the density bench at 50 calls, each worker scraped every 0.1 s) showed no
-difference that the box's other load did not swamp; their figures are in issue 12's report.
+(``--mode none|scrape``: the density bench at 50 calls, interleaved, on a 2-core box shared with other
+work; 0 dropped frames and every turn answered in all of them): in the three calmest rounds, scraped every
+0.1 s (150x Prometheus' usual rate), frame-lag p99 was 2.3 / 8.6 / 11.7 ms unscraped, 2.6 / 8.6 / 11.1 ms
+on the old stack and 11.0 / 25.8 / 8.3 ms on this one; scraped every 1 s the box's own load (unscraped
+runs from 21 to 192 ms) swamped any difference. So: a cost visible only at scrape rates nobody uses.
 """
 
 from __future__ import annotations
