@@ -46,7 +46,7 @@ from parley.freeswitch.stream_token import stream_token
 from parley.observe.http import HttpServer
 from parley.observe.readiness import Readiness, is_loopback
 from parley.observe.records import CallRecord, RecordStore
-from parley.providers.base import AudioChunk, LLMEvent, Message, STTEvent, ToolSpec, TTSEvent
+from parley.providers.base import AudioChunk, Lifecycle, LLMEvent, Message, STTEvent, ToolSpec, TTSEvent
 from parley.sim.echo_call import free_port
 from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
 from parley.turns.policy import TurnPolicy
@@ -84,7 +84,7 @@ class _Stream:
 
 
 @dataclass
-class _Providers:
+class _Providers(Lifecycle):
     name: str = "fake"
     sample_rate: int = 8000
 

@@ -17,11 +17,11 @@ from parley.audio.pcm import Int16Array
 from parley.config import ConversationSettings
 from parley.freeswitch.audio_stream import AudioFrame
 from parley.freeswitch.call import CallEvent
-from parley.providers.base import LLMEvent, Message, STTStream, ToolCall, ToolSpec, TTSEvent
+from parley.providers.base import Lifecycle, LLMEvent, Message, STTStream, ToolCall, ToolSpec, TTSEvent
 from parley.turns.policy import TurnPolicy
 
 
-class _Nothing:
+class _Nothing(Lifecycle):
     name = "none"
     sample_rate = 8000
 

@@ -46,7 +46,7 @@ from parley.config import (
 from parley.freeswitch import esl_protocol as esl
 from parley.freeswitch.stream_token import stream_token
 from parley.observe.records import CallRecord, RecordStore
-from parley.providers.base import AudioChunk, LLMEvent, Message, STTEvent, ToolSpec, TTSEvent
+from parley.providers.base import AudioChunk, Lifecycle, LLMEvent, Message, STTEvent, ToolSpec, TTSEvent
 from parley.sim.echo_call import free_port
 from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
 from parley.turns.policy import TurnPolicy
@@ -92,7 +92,7 @@ class _Stream:
 
 
 @dataclass
-class _Providers:
+class _Providers(Lifecycle):
     """STT (optionally failing to open), an LLM that is never asked, and a tone for a voice."""
 
     stt_error: Exception | None = None

@@ -198,13 +198,12 @@ class CallSession:
             self._dtmf_timer.cancel()
 
     async def _prewarm(self) -> None:
-        """Cloud TTS: open the vendor socket now, so the first reply does not pay a TLS handshake."""
-        warm = getattr(self.engine.tts, "prewarm", None)
-        if warm is not None:
-            try:
-                await warm()
-            except ParleyError as exc:
-                self.log.warning("could not prewarm %s: %s", self.engine.tts.name, exc)
+        """Open the voice's vendor socket now (a local voice has nothing to open), so the first reply does not
+        pay a TLS handshake."""
+        try:
+            await self.engine.tts.prewarm()
+        except ParleyError as exc:
+            self.log.warning("could not prewarm %s: %s", self.engine.tts.name, exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._tg is not None
