@@ -179,8 +179,8 @@ async def measure(calls: int, seconds: float, variant: Variant = Variant(), *, p
             await w.close()
         await load.close()
     r = summarize(calls, variant, list(results), done, placed, up, box_usage(box0, box1))
-    if r["agent_errors"]:  # say why (the workers log at WARNING)
-        r["worker_log_tail"] = [line for w in workers for line in list(w.stderr)[-5:]]
+    if r["agent_errors"] or r["dropped_frames"] or r["answered"] != r["turns"]:  # the workers log at WARNING
+        r["worker_log_tail"] = [f"w{i}: {line}" for i, w in enumerate(workers) for line in list(w.stderr)[-5:]]
     return r
 
 
@@ -366,7 +366,7 @@ async def run_density(
             w(f"  {r['variant']}, {r['calls']} calls: not sustained: {r['why_not']}\n")
         tail = r.get("worker_log_tail")
         for line in tail if isinstance(tail, list) else ():
-            w(f"    {r['agent_errors']} agent errors; worker log: {str(line)[:200]}\n")
+            w(f"    worker log: {str(line)[:200]}\n")
     summary = summarize_variants(runs, variants, sizes, overloaded)
     w(format_summary(summary))
     baseline = runs[0].get("baseline_rss_mb") if runs else None
