@@ -197,6 +197,8 @@ class FakeFreeSwitch:
         if call is not None and not call.hungup:
             raise ValueError(f"call {call_uuid} is still up")
         self._calls.pop(call_uuid, None)
+        for conn in self._conns:
+            conn.delivered.discard(call_uuid)
 
     @property
     def esl_connections(self) -> frozenset[EslConnection]:
