@@ -230,8 +230,13 @@ async def test_one_nodes_esl_outage_leaves_the_other_nodes_calls_alone(nodes: No
     metrics.watch(esl=nodes.running.nodes)  # what /health reads: degraded, and the failing node named
     report = metrics.health()
     assert report.status == "degraded" and not report.esl_connected
-    (link,) = report.providers["esl"]
-    assert link["status"] == "failing" and str(link["last_error"]).startswith("node fs-b: ")
+    a, b = report.providers["esl"]  # one line per node
+    assert (a["name"], a["status"], b["name"], b["status"]) == ("fs-a", "ok", "fs-b", "failing")
+    assert b["port"] == nodes.b.esl_port and b["last_error"]
+    scraped = metrics.render()
+    assert 'parley_esl_node_connected{node="fs-a"} 1.0' in scraped
+    assert 'parley_esl_node_connected{node="fs-b"} 0.0' in scraped
+    assert "parley_esl_connected 0.0" in scraped  # every node up, as one figure
 
     on_a = await nodes.a.place_call(ws_url=nodes.url, caller_audio=speech(2.0))
     await nodes.until(lambda: on_a.uuid in nodes.agent.played and nodes.agent.played[on_a.uuid].is_set())

@@ -45,7 +45,14 @@ from prometheus_client.registry import Collector
 
 from parley.observe import timings as tm
 from parley.observe.http import HttpServer, respond
-from parley.observe.metrics_live import BridgeLike, EslLike, LiveCollector, RecordsLike, StreamServerLike
+from parley.observe.metrics_live import (
+    BridgeLike,
+    EslLike,
+    EslNodesLike,
+    LiveCollector,
+    RecordsLike,
+    StreamServerLike,
+)
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # Phone latency: a good turn is under ~800 ms voice-to-voice, above ~2 s callers talk over the agent.
@@ -296,7 +303,10 @@ class Metrics:
         now = self._clock()
         providers: dict[str, list[dict[str, object]]] = {}
         degraded = self.esl is None or not self.esl.connected
-        if self.esl is not None:
+        if isinstance(self.esl, EslNodesLike) and len(nodes := self.esl.health()) > 1:
+            # several FreeSWITCH nodes: each on its own line, always (which one is down is the question)
+            providers["esl"] = [{"name": name, **info} for name, info in nodes.items()]
+        elif self.esl is not None:
             st = self.esl.stats
             if st.last_error is not None or st.attempts:
                 providers["esl"] = [{

@@ -8,8 +8,8 @@ its own: every value is read when Prometheus scrapes, so nothing is counted twic
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -40,6 +40,17 @@ class EslLike(Protocol):
     def connected(self) -> bool: ...
 
 
+@runtime_checkable
+class EslNodesLike(Protocol):
+    """Several FreeSWITCH nodes (``freeswitch/esl_nodes.py``): per node, what ``/health`` shows."""
+
+    @property
+    def stats(self) -> EslStats: ...
+    @property
+    def connected(self) -> bool: ...
+    def health(self) -> Mapping[str, Mapping[str, object]]: ...
+
+
 class RecordsLike(Protocol):
     @property
     def stats(self) -> WriterStats: ...
@@ -59,6 +70,10 @@ class Watched(Protocol):
     @property
     def records(self) -> RecordsLike | None: ...
     def provider_errors(self) -> Iterable[tuple[str, str, int]]: ...
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 class LiveCollector(Collector):
@@ -113,6 +128,23 @@ class LiveCollector(Collector):
                                     value=1 if m.esl.connected else 0)
             yield counter("parley_esl_reconnects_total", "ESL reconnections after a lost connection.",
                           m.esl.stats.reconnects)
+            if isinstance(m.esl, EslNodesLike):  # per node: labels bounded by the configured nodes
+                nodes = m.esl.health()
+                up = GaugeMetricFamily("parley_esl_node_connected", "1 while the ESL connection to this "
+                                       "FreeSWITCH node is up.", labels=["node"])
+                again = CounterMetricFamily("parley_esl_node_reconnects_total", "ESL reconnections to this node "
+                                            "after a lost connection.", labels=["node"])
+                owned = GaugeMetricFamily("parley_esl_node_owned_calls", "Calls of this node this worker holds "
+                                          "(--call-ownership stream: the calls its ESL filter lets through).",
+                                          labels=["node"])
+                for name, info in nodes.items():
+                    up.add_metric([name], 1 if info.get("status") == "ok" else 0)
+                    again.add_metric([name], _number(info.get("reconnects")))
+                    if "owned_calls" in info:
+                        owned.add_metric([name], _number(info["owned_calls"]))
+                yield up
+                yield again
+                yield owned
         if m.records is not None:
             w = m.records.stats
             yield counter("parley_records_written_total", "Call-record rows committed.", w.written)
