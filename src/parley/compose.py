@@ -101,15 +101,20 @@ class Providers:
         return FallbackSTT(items, on_switch=self.on_switch, final_timeout_s=conv.stt_final_timeout_s or None)
 
     def llm(self) -> LLMProvider:
-        """Always a chain (of one, too): the first-token deadline applies to a lone provider as well."""
+        """Always a chain (of one, too): the first-token deadline applies to a lone cloud provider as well (not
+        to a local brain)."""
         conv = self.settings.conversation
         items = [self.one_llm(n) for n in conv.llm]
-        return FallbackLLM(items, on_switch=self.on_switch, first_output_s=conv.llm_first_token_timeout_s or None)
+        return FallbackLLM(items, on_switch=self.on_switch, first_output_s=conv.llm_first_token_timeout_s or None,
+                           patient=[i for i, n in enumerate(conv.llm) if n in LOCAL])
 
     def tts(self) -> TTSProvider:
+        """Always a chain; the first-audio deadline applies to the cloud voices, not to a local one (its late
+        sentence on a loaded box beats an apology in the same voice)."""
         conv = self.settings.conversation
         items = [self.one_tts(n) for n in conv.tts]
-        return FallbackTTS(items, on_switch=self.on_switch, first_output_s=conv.tts_first_audio_timeout_s or None)
+        return FallbackTTS(items, on_switch=self.on_switch, first_output_s=conv.tts_first_audio_timeout_s or None,
+                           patient=[i for i, n in enumerate(conv.tts) if n in LOCAL])
 
     def local_voice(self) -> TTSProvider:
         """The voice that apologises when everything else failed: the configured local one, else hibari."""

@@ -296,9 +296,11 @@ class ConversationSettings:
     # A provider that has produced nothing this long after the request is failed over (next in the chain,
     # else the apology): a queued or overloaded vendor stream can stay open sending only pings. Vendors'
     # time to first token is ~0.3-1 s and to first audio ~0.1-0.5 s on a good day, so these leave room for a
-    # slow one without leaving the caller in silence for long. 0 turns a deadline off.
+    # slow one without leaving the caller in silence for long. 0 turns a deadline off. Local models (whisper,
+    # rules, hibari, piper, espeak) have none. The LLM's is the longer: failing over on a slow tail answers
+    # from the next brain (the rules brain, offline), a worse reply than a late one; a voice is a voice.
     llm_first_token_timeout_s: float = 3.0
-    tts_first_audio_timeout_s: float = 2.0
+    tts_first_audio_timeout_s: float = 1.5
     # After parley ends a caller's turn, its final transcript must come within this long, else the recognizer is
     # failed over (the turn's audio replayed into the next one) or, with none left, the caller hears the
     # apology: a vendor can stop answering with its socket open (issue 10). Measured final-transcript latency

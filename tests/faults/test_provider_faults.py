@@ -63,7 +63,7 @@ steps:
   - silence_s: 1.5
 """
 # A caller who waits for an answer (4 s of agent silence before speaking again): a stalled vendor is failed
-# over after its deadline (LLM first token 3 s, TTS first audio 2 s, STT Finalize answer 1.5 s), and an
+# over after its deadline (LLM first token 3 s, TTS first audio 1.5 s, STT result 2.5 s), and an
 # impatient caller would talk over that (and shorten the dead air the row prints).
 PATIENT = SCENARIO.replace("  - wait_agent: true\n  - say", "  - wait_agent: true\n    quiet_ms: 4000\n  - say")
 LOCAL = {"stt": "whisper-local", "llm": "rules", "tts": "hibari-local"}

@@ -236,6 +236,37 @@ async def test_a_lone_stalled_provider_is_an_error_not_silence() -> None:
         await collect(chain.stream([Message("user", "hi")]))
 
 
+class SlowLocal:
+    """A local model on a loaded box: its first output comes late, but it comes."""
+
+    name = "rules"
+
+    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+        await asyncio.sleep(0.2)
+        yield TextDelta("Late, but here.")
+
+
+async def test_the_deadline_spares_a_patient_local_provider() -> None:
+    """A stalled cloud brain is failed over at its deadline; the local brain after it has no deadline (its
+    late answer beats the apology, which needs the same loaded CPU)."""
+    chain = FallbackLLM([PingOnly(), SlowLocal()], first_output_s=0.05, patient=[1])  # type: ignore[list-item]
+    events = await collect(chain.stream([Message("user", "hi")]))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Late, but here."]
+    assert chain.stats.failures == {"stalled": 1}
+
+
+async def test_compose_exempts_the_local_voices_and_brains_from_the_deadline() -> None:
+    from parley.compose import Providers
+    from parley.config import ConversationSettings, Settings
+
+    conv = ConversationSettings(llm=("openai", "rules"), tts=("elevenlabs", "espeak"))
+    keys = {"OPENAI_API_KEY": "sk-test", "ELEVENLABS_API_KEY": "el-test"}
+    providers = Providers(Settings(conversation=conv, providers={"elevenlabs": {"voice_id": "v1"}}), env=keys)
+    llm, tts = providers.llm(), providers.tts()
+    assert isinstance(llm, FallbackLLM) and llm.patient == {1} and llm.first_output_s == conv.llm_first_token_timeout_s
+    assert tts.patient == {1} and tts.first_output_s == conv.tts_first_audio_timeout_s  # type: ignore[attr-defined]
+
+
 # ---- the STT result deadline (issue 10): a recognizer that stops answering with its connection open ---------
 
 

@@ -123,6 +123,7 @@ class _Chain(Lifecycle, Generic[P]):
         clock: Callable[[], float] = time.monotonic,
         on_switch: SwitchHook | None = None,
         first_output_s: float | None = None,
+        patient: Sequence[int] = (),
     ) -> None:
         names = [p.name for p in providers]
         if not names:
@@ -135,6 +136,9 @@ class _Chain(Lifecycle, Generic[P]):
         # failed: a queued or overloaded vendor stream can stay open sending only pings while the caller
         # waits in silence (issue 11). None: no deadline.
         self.first_output_s = first_output_s
+        # providers the deadline does not apply to (local models): no connection to hang, and on a loaded box
+        # their late answer beats the apology, which needs the same CPU
+        self.patient = frozenset(patient)
         self.name = names[0] if len(names) == 1 else "fallback(" + ",".join(names) + ")"
 
     async def _first_working(self, start: Callable[[int], AsyncGenerator[E, None]]) -> AsyncGenerator[E, None]:
@@ -144,7 +148,8 @@ class _Chain(Lifecycle, Generic[P]):
         for pos, i in enumerate(order):
             produced = False
             gen = start(i)
-            deadline = None if self.first_output_s is None else asyncio.get_running_loop().time() + self.first_output_s
+            deadline = (None if self.first_output_s is None or i in self.patient
+                        else asyncio.get_running_loop().time() + self.first_output_s)
             try:
                 async with contextlib.aclosing(gen):
                     while True:
