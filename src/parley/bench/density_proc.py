@@ -73,7 +73,7 @@ async def run(
             ),
             conversation=engine.conversation,
         )
-        agent = app.ConversationAgent(engine)
+        agent = app.ConversationAgent(engine, keep_sessions=1_000_000)  # every call's frame lags (default: 200)
         running = await app.start(settings, agent, call_ownership=ownership, reuse_port=reuse_port)
         try:
             gc.collect()
