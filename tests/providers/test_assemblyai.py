@@ -19,6 +19,7 @@ from parley.providers.assemblyai_stt import (
     AssemblyAISTT,
     AssemblyAISTTStream,
     AudioBatcher,
+    Stall,
     TurnAssembler,
     close_error,
 )
@@ -273,7 +274,9 @@ async def test_temporary_token_goes_in_the_query_not_a_header() -> None:
     assert "authorization" not in record.headers
 
 
-async def test_slow_server_finalize_closes_with_the_last_partial_and_ignores_the_late_end() -> None:
+async def test_slow_server_answering_after_the_finalize_wait_is_a_stall_not_the_last_partial() -> None:
+    # a ForceEndpoint with a turn open must end it; no answer within finalize_wait_s is given up on as a hang
+    # (the old behaviour closed parley's turn with the last partial, "one", and lost "two")
     fault = SessionFault(response_delay_s=0.2)
     async with FakeAssemblyAI(KEY, turns=[ScriptedTurn.of("one two")], faults=[fault]) as fake:
         stream = await stt(fake, finalize_wait_s=0.1).open(sample_rate=RATE)
@@ -281,12 +284,94 @@ async def test_slow_server_finalize_closes_with_the_last_partial_and_ignores_the
         await speak(stream, 100)  # one word heard so far
         await events.until(lambda items: len(items) == 1)
         await stream.finalize()
-        await events.until(closed_turn)
-        await asyncio.sleep(0.6)  # the server's late end of the turn and its formatted variant arrive
+        await events.end()
+        await stream.close()
+    assert events.finals == [] and isinstance(events.error, ProviderTimeout)
+    assert "no answer to ForceEndpoint within 0.1 s" in str(events.error)
+    assert [u.failed for u in events.usage] == [True]
+
+
+# ---- a server that stops answering with its socket open (issue 10) -------------------------------------------
+
+
+async def test_a_hang_with_a_turn_open_fails_instead_of_closing_with_the_partial() -> None:
+    # the server showed "i would", then hung: the ForceEndpoint goes unanswered; the turn's words must not be
+    # closed as "i would" (or ""), the stream fails so the STT chain replays the turn into the next recognizer
+    fault = SessionFault(stall_after_audio=4)
+    async with FakeAssemblyAI(KEY, turns=[ScriptedTurn.of("i would like to book a cleaning")],
+                              faults=[fault]) as fake:
+        stream = await stt(fake, finalize_wait_s=0.3).open(sample_rate=RATE)
+        events = Events(stream)
+        await speak(stream, 600)
+        await speak(stream, 200, loud=False)
+        await events.until(lambda items: len(items) == 2)
+        assert events.partials == ["i", "i would"]
+        await stream.finalize()
+        await events.end()
+        with pytest.raises(ProviderTimeout):
+            await stream.send_audio(quiet(20))
+        await stream.close()
+        record = await fake.wait_closed()
+    assert record.stalled and record.controls[0] == {"type": "ForceEndpoint"}
+    assert events.finals == [] and isinstance(events.error, ProviderTimeout) and events.error.retryable
+    assert "no answer to ForceEndpoint within 0.3 s while a turn it showed is open" in str(events.error)
+    assert [u.failed for u in events.usage] == [True] and events.items[-1] is events.usage[0]
+
+
+async def test_a_hang_before_any_partial_fails_at_once_when_a_second_of_speech_went_unanswered() -> None:
+    # hung before it heard a word: no turn is open, as after a turn the server ended itself (where its silence
+    # is normal), but 1.2 s of speech-level audio got no answer at all: not "nothing was said"
+    fault = SessionFault(stall_after_audio=1)
+    async with FakeAssemblyAI(KEY, turns=[ScriptedTurn.of("tuesday please")], faults=[fault]) as fake:
+        stream = await stt(fake, finalize_wait_s=30.0).open(sample_rate=RATE)
+        events = Events(stream)
+        await speak(stream, 1200)
+        await speak(stream, 100, loud=False)
+        await stream.finalize()
+        await asyncio.wait_for(events.task, 0.2)  # at once: neither the 30 s nor the brief no-turn wait
+        await stream.close()
+    assert events.finals == [] and isinstance(events.error, ProviderTimeout)
+    assert "silent for 1.2 s of speech" in str(events.error)
+    assert fake.sessions[0].stalled and fake.sessions[0].controls == []  # no ForceEndpoint waited for
+    assert [u.failed for u in events.usage] == [True]
+
+
+async def test_a_hang_mid_turn_fails_at_the_finalize_without_the_wait() -> None:
+    fault = SessionFault(stall_after_audio=4)
+    async with FakeAssemblyAI(KEY, turns=[ScriptedTurn.of("i would like to book a cleaning please")],
+                              faults=[fault]) as fake:
+        stream = await stt(fake, finalize_wait_s=30.0).open(sample_rate=RATE)
+        events = Events(stream)
+        await speak(stream, 200)
+        await events.until(lambda items: len(items) == 2)  # "i", "i would"; then it hangs
+        await speak(stream, 1200)  # 1.2 s of speech after the last partial
+        await speak(stream, 200, loud=False)
+        await stream.finalize()
+        await asyncio.wait_for(events.task, 0.2)
+        await stream.close()
+    assert events.partials == ["i", "i would"] and events.finals == []
+    assert isinstance(events.error, ProviderTimeout) and "silent for 1.2 s of speech" in str(events.error)
+
+
+async def test_a_stall_after_the_server_ended_the_turn_with_only_brief_noise_still_closes_with_nothing() -> None:
+    # the documented no-Turn answer to a ForceEndpoint after the server's own end is not taken for a hang,
+    # even when the server really is hung by then: 0.2 s of noise is no evidence either way
+    turns = [ScriptedTurn.of("my name is sam", end="silence", silence_ms=200)]
+    async with FakeAssemblyAI(KEY, turns=turns, faults=[SessionFault(stall_after_audio=14)]) as fake:
+        stream = await stt(fake, finalize_wait_s=30.0, no_turn_wait_s=0.2).open(sample_rate=RATE)
+        events = Events(stream)
+        await speak(stream, 400)
+        await speak(stream, 300, loud=False)  # the server ends the turn (message 14), then hangs
+        await events.until(lambda items: bool(events.finals))
+        for _ in range(10):
+            await stream.send_audio(hum(20))
+        await stream.finalize()
+        await events.until(closed_turn, timeout=1.0)
         await stream.close()
         await events.end()
-    assert [(f.text, f.speech_final) for f in events.finals] == [("one", True)]
-    assert [m["transcript"] for m in fake.sessions[0].sent if m.get("end_of_turn")] == ["one two", "One two."]
+    assert fake.sessions[0].stalled
+    assert [(f.text, f.speech_final) for f in events.finals] == [("My name is sam.", False), ("", True)]
+    assert events.error is None
 
 
 # ---- failures -----------------------------------------------------------------------------------------------
@@ -533,3 +618,33 @@ def test_assembler_a_turn_opening_in_the_brief_wait_gets_the_full_wait() -> None
     a.finalize(0.0, 0.1)
     events, resend = a.turn(turn(0, "wait"), now=0.2, t=0.3)
     assert resend and [e.text for e in events] == ["wait"] and a.next_deadline() == pytest.approx(2.2)
+
+
+def test_assembler_unanswered_forceendpoint_with_a_turn_open_is_a_stall() -> None:
+    a = TurnAssembler(format_turns=False, finalize_wait_s=1.0)
+    a.turn(turn(0, "hello"), now=0.0, t=0.2)
+    assert a.finalize(0.5, 0.5) == []
+    assert a.tick(1.4, 0.5) == []
+    [stall] = a.tick(1.5, 0.5)
+    assert isinstance(stall, Stall) and "while a turn it showed is open" in stall.reason
+    assert a.flush(0.6) == [] and a.next_deadline() is None  # the stalled turn's partial is no final
+
+
+def test_assembler_speech_unanswered_for_a_second_is_a_stall_at_finalize() -> None:
+    a = TurnAssembler(format_turns=False, finalize_wait_s=1.0, stall_audio_s=1.0)
+    a.turn(turn(0, "hi", end=True), now=0.0, t=0.1)
+    a.audio(speech=True, seconds=0.6)
+    a.audio(speech=False, seconds=2.0)  # silence the server owes no answer to
+    a.audio(speech=True, seconds=0.6)
+    [stall] = a.finalize(3.0, 3.3)
+    assert isinstance(stall, Stall) and "silent for 1.2 s of speech" in stall.reason
+
+
+def test_assembler_any_server_message_answers_the_speech_sent() -> None:
+    a = TurnAssembler(format_turns=False, finalize_wait_s=1.0, no_turn_wait_s=0.3)
+    a.audio(speech=True, seconds=0.9)
+    a.heard()
+    a.audio(speech=True, seconds=0.9)
+    assert a.finalize(1.0, 1.8) == []
+    [closing] = a.tick(1.3, 1.8)
+    assert (closing.text, closing.speech_final) == ("", True)

@@ -22,8 +22,20 @@ an empty final (the ended turns' finals already carry its words). The live serve
 ``ForceEndpoint`` with no open turn with no ``Turn`` at all, so when only louder-than-silence audio (line
 noise, or words whose first partial is still on its way) followed the last ended turn, the client waits
 ``no_turn_wait_s`` (0.5 s) for a partial and then closes with "", instead of ``finalize_wait_s``; a partial
-in that time reopens the full wait (and ``ForceEndpoint`` is sent again). With a turn open, if the server
-sends nothing within ``finalize_wait_s``, the last partial closes it.
+in that time reopens the full wait (and ``ForceEndpoint`` is sent again).
+
+A server that hangs with its socket open (no messages, no close: issue 10) is told apart from that silent
+answer, as the Deepgram client does: the server answers every word with a partial ``Turn`` (and a
+``ForceEndpoint`` with a turn open with its end), so a :class:`Stall` is (a) a ``ForceEndpoint`` left
+unanswered for ``finalize_wait_s`` while a turn it showed (a partial) is open, or (b) more than
+``stall_audio_s`` (1 s) of speech-level audio sent with no message at all since, checked at ``finalize``
+(then the answer is not waited for) and when the wait ends. Only speech-level audio counts: the server owes
+no answer to silence, nor to line noise after a turn it ended itself (that brief, documented no-answer case
+still closes with ""). The stream then fails with a retryable :class:`ProviderTimeout` and
+``Usage(failed=True)`` (the STT chain replays the turn into the next recognizer) instead of closing the
+turn with its last partial or "", which would silently lose the caller's words. Not caught: a hang right
+after the server ended a turn, followed by less than ``stall_audio_s`` of speech (indistinguishable from
+noise); a long word-less sound (a sustained "mmm") the server shows nothing for looks like (b).
 
 Billing. AssemblyAI bills the time the socket is open, not the audio sent, so the one :class:`Usage` per
 stream (emitted after ``Termination``, or on failure / cancellation) carries the billed seconds in
@@ -69,12 +81,24 @@ from parley.providers.errors import (
 )
 from parley.providers.ws_connect import QuietWsLog
 
-__all__ = ["AssemblyAISTT", "AssemblyAISTTStream", "AudioBatcher", "TurnAssembler", "close_error", "parse_message"]
+__all__ = [
+    "AssemblyAISTT",
+    "AssemblyAISTTStream",
+    "AudioBatcher",
+    "Stall",
+    "TurnAssembler",
+    "TurnEvent",
+    "close_error",
+    "parse_message",
+]
 
 PROVIDER = "assemblyai"
 MIN_MESSAGE_MS = 50
 MAX_MESSAGE_MS = 1000
 MAX_PENDING_EVENTS = 64  # partials beyond this backlog are dropped (and counted); finals never are
+# Speech-level audio with no message back that the no-answer case cannot explain: the server answers each
+# word with a partial Turn within a few hundred ms; the same figure as Deepgram's STALL_AUDIO_S.
+STALL_AUDIO_S = 1.0
 log = logging.getLogger("parley.providers.assemblyai")
 
 
@@ -111,6 +135,16 @@ class AudioBatcher:
 
 
 # ---- sans-I/O: Turn messages -> transcripts --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """The server stopped answering with its socket open (see the module docstring); ``reason`` says why."""
+
+    reason: str
+
+
+TurnEvent = Transcript | Stall
 
 
 @dataclass(slots=True)
@@ -150,8 +184,10 @@ class TurnAssembler:
         format_wait_s: float = 0.8,
         finalize_wait_s: float = 2.0,
         no_turn_wait_s: float = 0.5,
+        stall_audio_s: float = STALL_AUDIO_S,
     ) -> None:
         self.format_turns = format_turns
+        self.stall_audio_s = stall_audio_s
         self.format_wait_s = format_wait_s
         self.finalize_wait_s = finalize_wait_s
         self.no_turn_wait_s = min(no_turn_wait_s, finalize_wait_s)
@@ -160,14 +196,22 @@ class TurnAssembler:
         self._held: _Held | None = None
         self._pending: _Pending | None = None
         self._speech_since_end = False
+        self._unanswered_s = 0.0  # speech-level audio sent since the server's last message
 
-    def audio(self, speech: bool) -> None:
-        """Audio was sent; ``speech``: it was louder than silence."""
+    def audio(self, speech: bool, seconds: float = 0.0) -> None:
+        """``seconds`` of audio were sent; ``speech``: it was louder than silence."""
         self._speech_since_end = self._speech_since_end or speech
+        if speech:
+            self._unanswered_s += seconds
+
+    def heard(self) -> None:
+        """The server sent a message (any): it answered the audio sent so far."""
+        self._unanswered_s = 0.0
 
     def turn(self, msg: Mapping[str, object], now: float, t: float) -> tuple[list[Transcript], bool]:
         """Events for one ``Turn`` message, and whether ``ForceEndpoint`` should be sent again (a turn
         opened after the last one was sent, while parley waits for its turn to close)."""
+        self.heard()
         order_value = msg.get("turn_order")
         order = order_value if isinstance(order_value, int) else self._last_closed + 1
         if order <= self._last_closed:
@@ -198,10 +242,12 @@ class TurnAssembler:
         events.append(self._emit(order, transcript, t_msg, confidence))
         return events, False
 
-    def finalize(self, now: float, t: float) -> list[Transcript]:
-        """Parley's turn ended (``ForceEndpoint`` is being sent)."""
+    def finalize(self, now: float, t: float) -> list[TurnEvent]:
+        """Parley's turn ended (``ForceEndpoint`` is being sent, unless this returns a :class:`Stall`)."""
         if self._pending is not None:
             return []
+        if self._held is None and (self._open is not None or self._speech_since_end) and self._silent_too_long():
+            return [self._stall(f"silent for {self._unanswered_s:.1f} s of speech at the end of the turn")]
         if self._held is not None:
             self._pending = _Pending(self._held.deadline, saw_turn=True)
         elif self._open is not None:
@@ -214,13 +260,27 @@ class TurnAssembler:
             return [Transcript("", final=True, t=t, speech_final=True)]
         return []
 
-    def tick(self, now: float, t: float) -> list[Transcript]:
-        """Deadlines that passed: a formatted variant that never came, a finalize the server left open."""
-        events: list[Transcript] = []
+    def tick(self, now: float, t: float) -> list[TurnEvent]:
+        """Deadlines that passed: a formatted variant that never came, a finalize the server left open (a
+        :class:`Stall` when a turn it showed is open or it was silent too long, else an empty close)."""
+        return self._expire(now, t, stall=True)
+
+    def flush(self, t: float) -> list[Transcript]:
+        """The session ended: release everything still waiting (the open turn's last partial closes it)."""
+        return [e for e in self._expire(math.inf, t, stall=False) if isinstance(e, Transcript)]
+
+    def _expire(self, now: float, t: float, *, stall: bool) -> list[TurnEvent]:
+        events: list[TurnEvent] = []
         if self._held is not None and now >= self._held.deadline:
             events.append(self._emit(self._held.order, self._held.text, self._held.t, self._held.confidence))
         if self._pending is not None and now >= self._pending.deadline:
-            if self._open is not None:  # use what was heard; the turn's late end is ignored
+            if stall and self._open is not None:
+                wait = f"{self.finalize_wait_s:.1f} s"
+                events.append(self._stall(f"no answer to ForceEndpoint within {wait} while a turn it showed is open"))
+            elif stall and self._silent_too_long():
+                silent = f"{self._unanswered_s:.1f} s of speech"
+                events.append(self._stall(f"silent for {silent} and no answer to ForceEndpoint"))
+            elif self._open is not None:  # the session ended: use what was heard
                 events.append(self._emit(self._open[0], self._open[1], t, None))
                 self._open = None
             else:
@@ -228,9 +288,14 @@ class TurnAssembler:
                 events.append(Transcript("", final=True, t=t, speech_final=True))
         return events
 
-    def flush(self, t: float) -> list[Transcript]:
-        """The session ended: release everything still waiting."""
-        return self.tick(math.inf, t)
+    def _silent_too_long(self) -> bool:
+        return self._unanswered_s > self.stall_audio_s
+
+    def _stall(self, why: str) -> Stall:
+        """Give up on the open turn: its partial is no final (the next recognizer gets the turn's audio)."""
+        self._open = None
+        self._pending = None
+        return Stall(f"{why}: the recognizer stopped answering with its socket open")
 
     def next_deadline(self) -> float | None:
         deadlines = [d.deadline for d in (self._held, self._pending) if d is not None]
@@ -515,7 +580,8 @@ class AssemblyAISTTStream:
     async def send_audio(self, samples: Int16Array) -> None:
         self._check()
         self._samples_sent += int(samples.size)
-        self._turns.audio(samples.size > 0 and rms_dbfs(samples) > self._p.silence_dbfs)
+        speech = samples.size > 0 and rms_dbfs(samples) > self._p.silence_dbfs
+        self._turns.audio(speech, samples.size / self.sample_rate)
         for message in self._batcher.feed(samples):
             await self._send(message)
 
@@ -529,8 +595,10 @@ class AssemblyAISTTStream:
         self._check()
         if (rest := self._batcher.flush()) is not None:
             await self._send(rest)
-        for event in self._turns.finalize(self._loop.time(), self._t()):
-            self._put(event)
+        events = self._turns.finalize(self._loop.time(), self._t())
+        self._deliver(events)
+        if any(isinstance(e, Stall) for e in events):
+            return  # it stopped answering some time ago: no ForceEndpoint answer to wait for
         await self._force_endpoint()
         self._schedule()
 
@@ -570,6 +638,7 @@ class AssemblyAISTTStream:
         if isinstance(message, bytes):
             return False  # the server sends JSON only; ignore anything else
         msg = parse_message(message, self._p._redact)
+        self._turns.heard()
         match msg.get("type"):
             case "Begin":
                 self.session_id = str(msg.get("id") or "")
@@ -666,9 +735,22 @@ class AssemblyAISTTStream:
 
     def _on_timer(self) -> None:
         self._timer = None
-        for event in self._turns.tick(self._loop.time(), self._t()):
-            self._put(event)
+        self._deliver(self._turns.tick(self._loop.time(), self._t()))
         self._schedule()
+
+    def _deliver(self, events: Sequence[TurnEvent]) -> None:
+        """Queue transcripts; a :class:`Stall` fails the stream (Usage(failed=True), then the error) and
+        cuts the socket: a hung server would hold a close handshake for ``close_timeout_s``."""
+        for event in events:
+            if isinstance(event, Transcript):
+                self._put(event)
+                continue
+            self._fail(ProviderTimeout(f"{PROVIDER}: {event.reason}", provider=PROVIDER))
+            if self._reader is not None:
+                self._reader.cancel()
+            self._drop()
+            self._finish()
+            return
 
     # ---- helpers ------------------------------------------------------------------------------------
 

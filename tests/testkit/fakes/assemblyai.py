@@ -26,6 +26,12 @@ vendor reference and production clients (AssemblyAI does not document the case).
 the received audio; confidences are constants. No u3-rt-pro behaviour (``SpeechStarted``, punctuation-based
 ends), no ``UpdateConfiguration`` effect (recorded only), no ``inactivity_timeout``, no temporary-token
 endpoint. Faults are scripted per connection with :class:`SessionFault`.
+
+Stall (``SessionFault.stall_after_audio``): from the n-th audio message on, the server hangs with its socket
+open: it keeps reading, sends nothing more (no ``Turn``, no answer to ``ForceEndpoint``, no ``Termination``)
+and never closes; the client has to give up and cut the connection. This is the hung recognizer of issue 10
+(the same fault as the Deepgram fake's ``stall_after_frames``); AssemblyAI documents no message or close code
+for it (docs/provider-protocols.md §3: only the optional ``inactivity_timeout`` and the 3 h cap end a session).
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ class SessionFault:
     begin_delay_s: float = 0.0  # a slow start
     response_delay_s: float = 0.0  # each Turn message comes this much later (a slow server)
     termination_delay_s: float = 0.0  # Termination comes this much after Terminate
+    stall_after_audio: int | None = None  # after this many audio messages: send nothing more, never close
 
 
 @dataclass(slots=True)
@@ -107,6 +114,7 @@ class SessionRecord:
     sent: list[dict[str, object]] = field(default_factory=list)  # the fake's JSON messages
     close_code: int | None = None  # the code that ended the session (either side), None: dropped
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    stalled: bool = False  # SessionFault.stall_after_audio took effect: nothing was sent since
 
     @property
     def audio_seconds(self) -> float:
@@ -140,12 +148,17 @@ class _Session:
 
     async def send(self, msg: dict[str, object], delay: float = 0.0) -> None:
         await self.pause(delay)
+        if self.record.stalled:
+            return
         self.record.sent.append(msg)
         await self.ws.send(json.dumps(msg))
 
     async def close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the caller keeps draining (websockets stops reading the socket while
-        unread messages pile up, so the client's close echo would wait behind them)."""
+        unread messages pile up, so the client's close echo would wait behind them). A stalled session never
+        closes: the client gives up."""
+        if self.record.stalled:
+            return
         self.record.close_code = code
         self.closer = asyncio.create_task(self.ws.close(code, reason))
 
@@ -423,6 +436,8 @@ class FakeAssemblyAI:
             n_audio += 1
             if not await session.audio(message):
                 continue
+            if fault.stall_after_audio is not None and n_audio >= fault.stall_after_audio:
+                session.record.stalled = True
             if fault.drop_after_audio is not None and n_audio >= fault.drop_after_audio:
                 session.ws.transport.abort()
                 return
