@@ -356,8 +356,11 @@ class AudioStream:
                 if self.call_uuid is None and not closing:
                     until = deadline if until is None else min(until, deadline)
                 try:
-                    async with asyncio.timeout_at(until):
+                    if until is None:  # the steady state: no timeout object per 20 ms frame (bench density)
                         message = await self._ws.recv()
+                    else:
+                        async with asyncio.timeout_at(until):
+                            message = await self._ws.recv()
                 except TimeoutError:
                     pass
                 else:
