@@ -368,3 +368,63 @@ def test_tts_5xx_without_fallback(tmp_path: Path, fault_row: RecordRow) -> None:
     call = run_call(tmp_path, Stack(tts_handshake=503, no_fallback="tts"))
     row(fault_row, call, "TTS 5xx, no fallback configured")
     assert_apologised_and_ended(call, "tts", usage_recorded=False)  # refused at the handshake: nothing billed
+
+
+def test_assemblyai_stalls_mid_call(tmp_path: Path, fault_row: RecordRow) -> None:
+    """The STT stall row with AssemblyAI as the recognizer. ``run_call`` builds the Deepgram stack only, so this
+    row builds its own (same scenario, brain and voice; ``Call.dg`` is an unused Deepgram fake). The fake hears
+    one word per 250 ms of speech, so its partials follow the caller's words as the live server's do; it hangs
+    after 30 audio messages (1.5 s of the caller's audio), in the first caller turn, having shown "Hi, I would
+    like". (Hung after a turn it ended, on the short last turn, it is noticed only by the 1.5 s ForceEndpoint
+    wait, and this scenario's caller hangs up 2.3 s after speaking: too soon for whisper's answer.)"""
+    from testkit.fakes.assemblyai import FakeAssemblyAI, ScriptedTurn, SessionFault
+
+    key = "aai-test-key-0123456789"
+    aai = FakeAssemblyAI(key, turns=[ScriptedTurn.of(text) for text in CALLER], ms_per_word=250.0,
+                         faults=[SessionFault(stall_after_audio=30)])
+    el = FakeElevenLabs(api_key=ENV["ELEVENLABS_API_KEY"])
+    oa = FakeOpenAI(script=dialogue(REPLIES))
+    url = f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+    switches: list[str] = []
+
+    async def main() -> SimulationResult:
+        async with aai, el, oa:
+            settings = settings_from_mapping({
+                "conversation": {"stt": ["assemblyai", "whisper"], "llm": ["openai", "rules"],
+                                 "tts": ["elevenlabs", "hibari"], "greeting": "Thanks for calling Riverside Dental."},
+                "providers": {
+                    "assemblyai": {"url": aai.url},
+                    "openai": {"base_url": oa.base_url, "model": "gpt-4o-mini"},
+                    "elevenlabs": {"voice_id": "voice-riley", "url_base": el.url_base},
+                },
+            }, env={})
+
+            def on_switch(cap: str, old: str, new: str, error: BaseException) -> None:
+                switches.append(f"{cap}:{old}->{new}")
+                _record_switch(cap, old, new, error)
+
+            made = Providers(settings, env={**ENV, "ASSEMBLYAI_API_KEY": key}, on_switch=on_switch)
+            engine = await asyncio.to_thread(build_engine, settings, providers=made)
+            (tmp_path / "s.yaml").write_text(PATIENT)
+            return await run_scenario(load_scenario(tmp_path / "s.yaml"), engine, caller_voice("hibari-low"),
+                                      tmp_path / "spool", records_url=url)
+
+    result = asyncio.run(main())
+
+    async def read() -> CallDetail:
+        async with RecordStore.open(url) as store:
+            [summary] = await store.list_calls()
+            detail = await store.get_call(summary.id)
+            assert detail is not None
+            return detail
+
+    call = Call(result, asyncio.run(read()), switches, FakeDeepgram(ENV["DEEPGRAM_API_KEY"]), el, oa, patient=True)
+    row(fault_row, call, "AssemblyAI STT stalls (no Turn, no close; msg 30)")
+    assert aai.sessions[0].stalled
+    # the ForceEndpoint goes unanswered while a turn it showed is open: a stall, not an empty turn; whisper gets
+    # the turn's audio replayed and answers it
+    assert_call_went_on(call, "stt")
+    assert "stt:assemblyai->whisper-local" in call.switches
+    fallbacks = call.detail.call.fallbacks
+    assert any("stopped answering" in f.get("error", "") for f in fallbacks), fallbacks
+    assert any(u.usage.failed and u.usage.provider == "assemblyai" for u in call.detail.usage)

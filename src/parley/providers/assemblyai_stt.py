@@ -27,15 +27,16 @@ in that time reopens the full wait (and ``ForceEndpoint`` is sent again).
 A server that hangs with its socket open (no messages, no close: issue 10) is told apart from that silent
 answer, as the Deepgram client does: the server answers every word with a partial ``Turn`` (and a
 ``ForceEndpoint`` with a turn open with its end), so a :class:`Stall` is (a) a ``ForceEndpoint`` left
-unanswered for ``finalize_wait_s`` while a turn it showed (a partial) is open, or (b) more than
-``stall_audio_s`` (1 s) of speech-level audio sent with no message at all since, checked at ``finalize``
-(then the answer is not waited for) and when the wait ends. Only speech-level audio counts: the server owes
-no answer to silence, nor to line noise after a turn it ended itself (that brief, documented no-answer case
-still closes with ""). The stream then fails with a retryable :class:`ProviderTimeout` and
-``Usage(failed=True)`` (the STT chain replays the turn into the next recognizer) instead of closing the
-turn with its last partial or "", which would silently lose the caller's words. Not caught: a hang right
-after the server ended a turn, followed by less than ``stall_audio_s`` of speech (indistinguishable from
-noise); a long word-less sound (a sustained "mmm") the server shows nothing for looks like (b).
+unanswered for ``finalize_wait_s`` (1.5 s, as Deepgram's Finalize wait) while a turn it showed (a partial)
+is open, or (b) more than ``stall_audio_s`` (1 s) of speech-level audio sent with no message at all since,
+checked at ``finalize`` (then the answer is not waited for) and when the wait ends. Only speech-level audio
+counts: the server owes no answer to silence, nor to line noise after a turn it ended itself (that brief,
+documented no-answer case still closes with ""). The stream then fails with a retryable
+:class:`ProviderTimeout` and ``Usage(failed=True)`` (the STT chain replays the turn into the next
+recognizer) instead of closing the turn with its last partial or "", which would silently lose the caller's
+words. Not caught: a hang right after the server ended a turn, followed by less than ``stall_audio_s`` of
+speech and no partial (indistinguishable from noise); a long word-less sound (a sustained "mmm") the server
+shows nothing for looks like (b).
 
 Billing. AssemblyAI bills the time the socket is open, not the audio sent, so the one :class:`Usage` per
 stream (emitted after ``Termination``, or on failure / cancellation) carries the billed seconds in
@@ -182,7 +183,7 @@ class TurnAssembler:
         *,
         format_turns: bool,
         format_wait_s: float = 0.8,
-        finalize_wait_s: float = 2.0,
+        finalize_wait_s: float = 1.5,
         no_turn_wait_s: float = 0.5,
         stall_audio_s: float = STALL_AUDIO_S,
     ) -> None:
@@ -386,7 +387,7 @@ class AssemblyAISTT(Lifecycle):
         max_turn_silence: int | None = None,
         message_ms: int = MIN_MESSAGE_MS,
         format_wait_s: float = 0.8,
-        finalize_wait_s: float = 2.0,
+        finalize_wait_s: float = 1.5,
         no_turn_wait_s: float = 0.5,
         silence_dbfs: float = -50.0,
         connect_timeout_s: float = 5.0,
