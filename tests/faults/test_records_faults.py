@@ -65,13 +65,17 @@ def run(engine: Engine, tmp: Path, url: str) -> SimulationResult:
                                     tmp / "spool", records_url=url))
 
 
-def read_back(url: str) -> CallDetail:
+async def call_record(store: RecordStore, fs_uuid: str) -> CallDetail:
+    """This call's record, exactly one (the PostgreSQL server is shared by the module's rows)."""
+    details = [await store.get_call(summary.id) for summary in await store.list_calls(limit=1000)]
+    [detail] = [d for d in details if d is not None and d.call.fs_uuid == fs_uuid]
+    return detail
+
+
+def read_back(url: str, fs_uuid: str) -> CallDetail:
     async def read() -> CallDetail:
         async with RecordStore.open(url, migrate=False) as store:
-            [summary] = await store.list_calls()
-            detail = await store.get_call(summary.id)
-            assert detail is not None
-            return detail
+            return await call_record(store, fs_uuid)
 
     return asyncio.run(read())
 
@@ -199,7 +203,7 @@ def test_records_disk_full_for_seconds_mid_call(engine: Engine, tmp_path: Path, 
                 done.set()
                 thread.join()
         assert filled.is_set() and retried.is_set()  # a write really met the full disk, and was retried
-        detail = read_back(url)
+        detail = read_back(url, result.fake_call.uuid)
     check_row(result, detail, "records DB disk full 3 s mid-call", fault_row)
 
 
@@ -216,7 +220,7 @@ def test_records_database_read_only_for_seconds_mid_call(
                                             off=lambda cur: cur.execute("PRAGMA query_only = 0")) as hit:
         result = run(engine, tmp_path, url)
     assert hit.is_set() and retried.is_set()  # a write really met the read-only database, and was retried
-    check_row(result, read_back(url), "records DB read-only 3 s mid-call", fault_row)
+    check_row(result, read_back(url, result.fake_call.uuid), "records DB read-only 3 s mid-call", fault_row)
 
 
 def check_row(result: SimulationResult, detail: CallDetail, fault: str, fault_row: RecordRow,
@@ -265,7 +269,7 @@ def test_records_database_gone_for_seconds_mid_call(
             done.set()
             thread.join()
     assert stopped.is_set() and retried.is_set()  # a write really met the outage, and was retried
-    check_row(result, read_back(postgres.url), "records DB (PostgreSQL) gone 3 s mid-call", fault_row)
+    check_row(result, read_back(postgres.url, result.fake_call.uuid), "records DB (PostgreSQL) gone 3 s mid-call", fault_row)
 
 
 def test_records_database_gone_until_after_the_call(
@@ -295,10 +299,7 @@ def test_records_database_gone_until_after_the_call(
 
     async def next_start() -> CallDetail:
         async with RecordStore.open(postgres.url, spill_dir=spill) as store:  # as parley serve opens it
-            [summary] = await store.list_calls()
-            detail = await store.get_call(summary.id)
-            assert detail is not None
-            return detail
+            return await call_record(store, result.fake_call.uuid)
 
     detail = asyncio.run(next_start())
     assert not spill.exists() or not list(spill.iterdir())  # written, so gone
