@@ -21,23 +21,12 @@ import httpx
 import numpy as np
 import pytest
 
+from parley.bench.cluster_procs import two_free_ports
 from parley.freeswitch.stream_token import stream_token
 from parley.sim.echo_call import free_port
 from parley.sim.fake_freeswitch import FakeFreeSwitch
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
-
-
-def two_free_ports() -> int:
-    for _ in range(50):
-        base = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", base + 1))
-            except OSError:
-                continue
-        return base
-    raise RuntimeError("no two consecutive free ports")
 
 
 async def until(cond: Callable[[], object], timeout: float = 60.0) -> None:
