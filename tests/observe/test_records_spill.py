@@ -147,3 +147,21 @@ def test_the_spill_folder_sits_next_to_a_sqlite_file_else_in_the_state_dir(
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert spill_folder("postgresql+asyncpg://u@db/parley") == tmp_path / "state" / "parley" / "records-spill"
     assert spill_folder("postgresql+asyncpg://u@db/parley", "/var/spool/parley") == Path("/var/spool/parley")
+
+
+def test_a_file_whose_claimer_died_is_claimed_again(tmp_path: Path) -> None:
+    """A worker killed mid-replay leaves ``...jsonl.replaying-<pid>``: the next start takes it back (a live
+    claimer's file is left alone)."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # a pid that has exited
+    path = write_spill(tmp_path, [SpilledWrite("finish", call_id="c1", values={"status": "completed"})], host="h")
+    assert path is not None
+    orphan = path.rename(path.with_name(f"{path.name}.replaying-{dead}"))
+    other = write_spill(tmp_path, [SpilledWrite("finish", call_id="c2", values={"status": "completed"})], host="h")
+    assert other is not None
+    live = other.rename(other.with_name(f"{other.name}.replaying-1"))  # pid 1 is always alive
+    assert [c.writes[0].call_id for c in claim_spills(tmp_path)] == ["c1"]
+    assert not orphan.exists() and live.exists()

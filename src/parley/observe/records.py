@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import socket
 import statistics
 import uuid
@@ -72,7 +73,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from parley.errors import ConfigError, ParleyError
-from parley.observe.records_spill import SpilledWrite, claim_spills, write_spill
+from parley.observe.records_spill import SpilledWrite, claim_spills, unclaimed, write_spill
 from parley.observe.redact import redact_number
 from parley.providers.base import Usage
 
@@ -869,6 +870,10 @@ class RecordStore:
                 path = write_spill(self.spill_dir, (_spilled(op) for op in queued), host=self.host)
             except OSError as exc:
                 log.error("call records: cannot spill %d queued write(s) to %s: %s", len(queued), self.spill_dir, exc)
+                for claimed in self._replaying:  # the earlier runs' files stay for the next start
+                    with contextlib.suppress(OSError):
+                        os.rename(claimed, unclaimed(claimed))
+                self._replaying.clear()
             else:
                 self._pending.clear()
                 self.stats.spilled += len(queued)

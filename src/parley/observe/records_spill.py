@@ -18,6 +18,7 @@ twice, which only a connection cut at the instant of a commit can cause.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -130,6 +131,21 @@ def write_spill(folder: Path, writes: Iterable[SpilledWrite], *, host: str) -> P
     return final
 
 
+def unclaimed(path: Path) -> Path:
+    """A claimed file's name before the claim (``...jsonl.replaying-<pid>`` -> ``...jsonl``)."""
+    return path.with_name(path.name.split(".replaying-", 1)[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A spill file this process claimed, and the writes it holds."""
@@ -143,6 +159,11 @@ def claim_spills(folder: Path) -> Iterator[Claimed]:
     time never replays it too). A file with an unreadable line is set aside as ``*.bad`` and logged."""
     if not folder.is_dir():
         return
+    for orphan in folder.glob(f"{PREFIX}*{SUFFIX}.replaying-*"):  # its claimer died before writing it
+        pid = orphan.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(orphan, unclaimed(orphan))
     for path in sorted(folder.glob(f"{PREFIX}*{SUFFIX}")):
         claimed = path.with_name(f"{path.name}.replaying-{os.getpid()}")
         try:
