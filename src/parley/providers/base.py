@@ -12,6 +12,17 @@ Usage is what cost is computed from: audio seconds for STT, input/output tokens 
 TTS (tokens for a token-billed voice). A provider emits :class:`Usage` at least once per request, also for
 cancelled and failed requests (failed calls still cost money).
 
+Per call: every provider is shared by all calls of the process, and each call opens its own stream on it
+(``open()``), as STT always did: a recognition session, an :class:`LLMStream` or a :class:`TTSStream`. A
+stream is where a provider keeps what one call needs (a vendor socket bound to the call) and where the
+call's usage goes: usage travels as stream events, and the usage of a request the consumer stopped early
+(a barge-in closes the generator, which can then yield nothing) goes to the ``on_usage`` sink the stream
+was opened with: explicit, per call, never an ambient variable. A fallback chain that moves a request to its
+next provider says so with a :class:`Switched` event in the same stream. Outside a call (a check, a tool,
+the simulated caller's voice), ``stream()`` / ``synthesize()`` on the provider serve one request, with an
+optional ``on_cancel`` sink of their own; :class:`LLMRequests` / :class:`TTSRequests` give the per-call
+``open()`` of a provider whose requests share nothing within a call.
+
 Every provider also has a lifecycle, the same for the three kinds: ``prewarm()`` (open what the first
 request would otherwise pay for, e.g. a vendor socket; best effort), ``aclose()`` (close what it holds
 across calls) and ``check()`` (is it reachable, authenticated, and its model still served; billing nothing
@@ -22,7 +33,7 @@ gives the do-nothing versions to a provider with nothing to warm, close or judge
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
@@ -43,6 +54,20 @@ class Usage:
     requests: int = 1
     cancelled: bool = False
     failed: bool = False
+
+
+UsageSink: TypeAlias = Callable[[Usage], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Switched:
+    """A fallback chain moved the request (or the recognition) from provider ``old`` to ``new``: an event of
+    the call, carried in the stream like usage."""
+
+    capability: Literal["stt", "llm", "tts"]
+    old: str
+    new: str
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +132,7 @@ class UtteranceEnd:
     t: float
 
 
-STTEvent: TypeAlias = SpeechStarted | Transcript | UtteranceEnd | Usage
+STTEvent: TypeAlias = SpeechStarted | Transcript | UtteranceEnd | Usage | Switched
 
 
 class STTStream(Protocol):
@@ -167,16 +192,58 @@ class TextDelta:
     text: str
 
 
-LLMEvent: TypeAlias = TextDelta | ToolCall | Usage
+LLMEvent: TypeAlias = TextDelta | ToolCall | Usage | Switched
+
+
+class LLMStream(Protocol):
+    """One call's use of a language model. Each :meth:`stream` is one request: text deltas and tool calls as
+    they are produced, Usage at the end; a request stopped early reports its Usage to the stream's sink."""
+
+    def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+        ...
+
+    async def close(self) -> None:
+        """The call ended: release what the stream holds (usage still owed goes to the sink)."""
 
 
 @runtime_checkable
 class LLMProvider(_Lifecycle, Protocol):
     name: str
 
-    def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
-        """Text deltas and tool calls as they are produced; Usage at the end (or on cancel/failure)."""
+    async def open(self, on_usage: UsageSink) -> LLMStream:
+        """The stream of one call; ``on_usage`` receives the usage of its requests stopped early."""
         ...
+
+    def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
+        """One request outside a call; Usage at the end, or to ``on_cancel`` when stopped early."""
+        ...
+
+
+class _LLMRequester(Protocol):
+    def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
+    ) -> AsyncGenerator[LLMEvent, None]: ...
+
+
+class LLMRequests:
+    """``open()`` for a provider whose requests share nothing within a call (one HTTP request each)."""
+
+    async def open(self: _LLMRequester, on_usage: UsageSink) -> LLMStream:
+        return _RequestsLLMStream(self, on_usage)
+
+
+class _RequestsLLMStream:
+    def __init__(self, provider: _LLMRequester, on_usage: UsageSink) -> None:
+        self._provider = provider
+        self._on_usage = on_usage
+
+    def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+        return self._provider.stream(messages, tools, on_cancel=self._on_usage)
+
+    async def close(self) -> None:
+        return None
 
 
 # ---- TTS --------------------------------------------------------------------------------------------
@@ -191,11 +258,19 @@ class AudioChunk:
     text: str | None = None
 
 
-TTSEvent: TypeAlias = AudioChunk | Usage
+TTSEvent: TypeAlias = AudioChunk | Usage | Switched
 
 
-class _Synthesizer(Protocol):
+class TTSStream(Protocol):
+    """One call's voice. Each :meth:`synthesize` is one piece of text (a sentence or clause), its audio
+    streamed as it is produced, Usage at the end; a request stopped early reports its Usage to the sink."""
+
+    sample_rate: int
+
     def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]: ...
+
+    async def close(self) -> None:
+        """The call ended: release what the stream holds (a socket bound to the call goes back or closes)."""
 
 
 @runtime_checkable
@@ -203,14 +278,45 @@ class TTSProvider(_Lifecycle, Protocol):
     name: str
     sample_rate: int
 
-    def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
-        """Audio for one piece of text (a sentence or clause), streamed as it is produced."""
+    async def open(self, on_usage: UsageSink) -> TTSStream:
+        """The voice of one call; ``on_usage`` receives the usage of its requests stopped early."""
+        ...
+
+    def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
+        """Audio for one piece of text outside a call, streamed as it is produced."""
         ...
 
 
-class LocalVoice(Lifecycle):
-    """The lifecycle of a local voice: nothing to warm or close; ``check()`` speaks a word, which proves the
-    model (or the binary) runs on this machine, and costs nothing."""
+class _Synthesizer(Protocol):
+    sample_rate: int
+
+    def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]: ...
+
+
+class TTSRequests:
+    """``open()`` for a voice whose requests share nothing within a call (a local model, one HTTP request)."""
+
+    async def open(self: _Synthesizer, on_usage: UsageSink) -> TTSStream:
+        return _RequestsTTSStream(self, on_usage)
+
+
+class _RequestsTTSStream:
+    def __init__(self, provider: _Synthesizer, on_usage: UsageSink) -> None:
+        self._provider = provider
+        self._on_usage = on_usage
+        self.sample_rate = provider.sample_rate
+
+    def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        return self._provider.synthesize(text, on_cancel=self._on_usage)
+
+    async def close(self) -> None:
+        return None
+
+
+class LocalVoice(Lifecycle, TTSRequests):
+    """The lifecycle of a local voice: nothing to warm or close, a per-call stream that is one request per
+    piece of text; ``check()`` speaks a word, which proves the model (or the binary) runs on this machine,
+    and costs nothing."""
 
     async def check(self: _Synthesizer) -> Verdict | None:
         gen = self.synthesize("OK.")
