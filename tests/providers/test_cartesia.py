@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from parley.errors import ConfigError
-from parley.providers.base import AudioChunk, TTSEvent, TTSProvider, Usage
+from parley.providers.base import AudioChunk, TTSEvent, TTSProvider, Usage, UsageSink
 from parley.providers.cartesia_tts import (
     API_VERSION,
     CartesiaTTS,
@@ -153,8 +153,10 @@ async def test_concurrent_requests_use_separate_sockets(fake: FakeCartesia) -> N
 async def test_barge_in_sends_cancel_reports_cancelled_usage_and_drops_late_chunks(fake: FakeCartesia) -> None:
     fake.chunk_delay_s = 0.01
     cancelled: list[Usage] = []
-    async with tts_for(fake, on_cancel=cancelled.append) as tts:
-        gen = tts.synthesize(SENTENCE)
+    async with tts_for(fake) as tts:
+        call = await tts.open(cancelled.append)  # the call's sink: a barge-in's usage goes here
+        assert call.sample_rate == tts.sample_rate
+        gen = call.synthesize(SENTENCE)
         async with contextlib.aclosing(gen):
             async for ev in gen:
                 assert isinstance(ev, AudioChunk)
@@ -163,7 +165,9 @@ async def test_barge_in_sends_cancel_reports_cancelled_usage_and_drops_late_chun
         conn = fake.connections[0]
         (first,) = conn.contexts
         await eventually(lambda: conn.received[-1] == {"context_id": first, "cancel": True})
-        events = await collect(tts.synthesize("Sorry, go ahead."))
+        events = await collect(call.synthesize("Sorry, go ahead."))
+        await call.close()
+    assert cancelled == [usage(len(SENTENCE), cancelled=True)]  # the finished request's usage was yielded
     assert pcm(events) == fake.expected_pcm("Sorry, go ahead.")  # none of the first context's late chunks
     assert conn.contexts[first].cancelled and not conn.contexts[first].done_sent
     assert conn.contexts[first].chunks_sent > 1 and fake.handshakes == 1
@@ -172,11 +176,11 @@ async def test_barge_in_sends_cancel_reports_cancelled_usage_and_drops_late_chun
 async def test_barge_in_by_task_cancellation(fake: FakeCartesia) -> None:
     fake.chunk_delay_s = 0.05
     cancelled: list[Usage] = []
-    tts = tts_for(fake, on_cancel=cancelled.append)
+    tts = tts_for(fake)
     got_audio = asyncio.Event()
 
-    async def speak() -> None:
-        async with contextlib.aclosing(tts.synthesize(SENTENCE)) as gen:
+    async def speak() -> None:  # one request outside a call: its own on_cancel sink
+        async with contextlib.aclosing(tts.synthesize(SENTENCE, on_cancel=cancelled.append)) as gen:
             async for _ in gen:
                 got_audio.set()
 
@@ -337,7 +341,7 @@ class LocalTTS:
     name = "local"
     sample_rate = 16000
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         yield AudioChunk(np.full(160, 3, np.int16), 16000, text)
         yield Usage("local", "v", "tts", characters=len(text))
 

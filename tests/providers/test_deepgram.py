@@ -516,18 +516,22 @@ async def test_two_requests_share_one_socket_and_prewarm_opens_it_early() -> Non
     assert dg.speak_sessions[0].count("Close") == 1
 
 
-async def test_barge_in_sends_clear_reports_cancelled_usage_and_the_socket_stays_clean() -> None:
+async def test_barge_in_sends_clear_reports_cancelled_usage_to_the_call_and_the_socket_stays_clean() -> None:
     cancelled: list[Usage] = []
     async with fake(speak_frame_delay_s=0.005) as dg:
-        provider = tts(dg, sample_rate=8000, on_cancel=cancelled.append)
-        gen = provider.synthesize("A long answer that the caller interrupts.")
+        provider = tts(dg, sample_rate=8000)
+        call = await provider.open(cancelled.append)  # the call's sink: a barge-in's usage goes here
+        assert call.sample_rate == 8000
+        gen = call.synthesize("A long answer that the caller interrupts.")
         first = await anext(gen)
         assert isinstance(first, AudioChunk)
         await gen.aclose()  # barge-in
         assert cancelled == [Usage("deepgram", "aura-2-thalia-en", "tts", characters=41, cancelled=True)]
         await eventually(lambda: dg.speak_sessions[0].count("Clear") == 1)
-        after = await collect(provider.synthesize("Yes?"))  # no stale audio of the interrupted answer
+        after = await collect(call.synthesize("Yes?"))  # no stale audio of the interrupted answer
+        await call.close()
         await provider.aclose()
+    assert len(cancelled) == 1  # the finished request's usage was yielded, not sent to the sink
     assert sum(e.samples.size for e in after if isinstance(e, AudioChunk)) == 4 * 80
     assert len(dg.handshakes) == 1
     session = dg.speak_sessions[0]
@@ -538,10 +542,10 @@ async def test_barge_in_sends_clear_reports_cancelled_usage_and_the_socket_stays
 async def test_cancelling_the_consumer_task_also_clears() -> None:
     cancelled: list[Usage] = []
     async with fake(speak_frame_delay_s=0.01) as dg:
-        provider = tts(dg, on_cancel=cancelled.append)
+        provider = tts(dg)
 
-        async def play() -> None:
-            async for _ in provider.synthesize("Some words to speak."):
+        async def play() -> None:  # one request outside a call: its own on_cancel sink
+            async for _ in provider.synthesize("Some words to speak.", on_cancel=cancelled.append):
                 pass
 
         task = asyncio.create_task(play())
@@ -552,6 +556,45 @@ async def test_cancelling_the_consumer_task_also_clears() -> None:
         await eventually(lambda: dg.speak_sessions[0].count("Clear") == 1)
         await provider.aclose()
     assert len(cancelled) == 1 and cancelled[0].cancelled
+
+
+async def test_a_call_keeps_its_socket_and_gives_it_back_to_the_pool_at_close() -> None:
+    async with fake() as dg:
+        provider = tts(dg, sample_rate=8000)
+        a, b = await provider.open([].append), await provider.open([].append)
+        await collect(a.synthesize("One."))
+        await collect(b.synthesize("Two."))  # a holds its socket between requests: b opens another
+        await collect(a.synthesize("Three."))
+        await collect(b.synthesize("Four."))
+        assert provider.connections == 2
+        await a.close()
+        c = await provider.open([].append)
+        events = await collect(c.synthesize("Five."))  # a's socket, from the pool: no handshake
+        assert provider.connections == 2
+        await c.close()
+        await b.close()
+        await provider.aclose()
+    assert sum(e.samples.size for e in events if isinstance(e, AudioChunk)) == 5 * 80
+    texts = [[m["text"] for m in s.received if m["type"] == "Speak"] for s in dg.speak_sessions]
+    assert texts == [["One.", "Three.", "Five."], ["Two.", "Four."]]  # one call's Flushes on one connection
+    assert all(s.count("Close") == 1 for s in dg.speak_sessions)  # both came back in a known state
+
+
+async def test_a_call_closed_during_its_clear_returns_the_socket_once_cleared() -> None:
+    cancelled: list[Usage] = []
+    async with fake(speak_frame_delay_s=0.005) as dg:
+        provider = tts(dg, sample_rate=8000)
+        call = await provider.open(cancelled.append)
+        gen = call.synthesize("A long answer that the caller interrupts.")
+        assert isinstance(await anext(gen), AudioChunk)
+        await gen.aclose()  # barge-in, then the caller hangs up before Cleared arrives
+        await call.close()
+        after = await collect(provider.synthesize("Yes?"))  # waits for the drain, then reuses the socket
+        await provider.aclose()
+    assert len(cancelled) == 1 and cancelled[0].cancelled
+    assert sum(e.samples.size for e in after if isinstance(e, AudioChunk)) == 4 * 80
+    assert provider.connections == 1
+    assert [m["type"] for m in dg.speak_sessions[0].received] == ["Speak", "Flush", "Clear", "Speak", "Flush", "Close"]
 
 
 async def test_a_socket_closed_while_idle_is_replaced() -> None:
@@ -604,6 +647,17 @@ async def test_flush_cap_per_connection_is_absorbed_by_a_fresh_socket() -> None:
                 events = await collect(provider.synthesize(f"Sentence {i}."))
                 assert any(isinstance(e, AudioChunk) for e in events)
     assert dg.flush_warnings == 0 and len(dg.speak_sessions) == 2
+
+
+async def test_flush_cap_per_connection_moves_a_call_to_a_fresh_socket() -> None:
+    async with FakeDeepgram(KEY, ms_per_char=0.5, flush_limit=20, flush_limit_scope="connection") as dg:
+        async with tts(dg) as provider:
+            call = await provider.open([].append)
+            for i in range(25):
+                events = await collect(call.synthesize(f"Sentence {i}."))
+                assert any(isinstance(e, AudioChunk) for e in events)
+            await call.close()
+    assert dg.flush_warnings == 0 and [s.count("Flush") for s in dg.speak_sessions] == [20, 5]
 
 
 async def test_flush_cap_per_key_fails_fast_and_retryable_instead_of_stalling() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from parley.errors import ConfigError
-from parley.providers.base import AudioChunk, TTSEvent, TTSProvider, Usage
+from parley.providers.base import AudioChunk, TTSEvent, TTSProvider, Usage, UsageSink
 from parley.providers.elevenlabs_tts import (
     ElevenLabsTTS,
     ServerAudio,
@@ -140,8 +140,9 @@ async def test_blank_text_costs_nothing(fake: FakeElevenLabs) -> None:
 async def test_barge_in_stops_audio_reports_cancelled_usage_and_drops_late_frames(fake: FakeElevenLabs) -> None:
     fake.chunk_delay_s = 0.01
     cancelled: list[Usage] = []
-    async with tts_for(fake, on_cancel=cancelled.append) as tts:
-        gen = tts.synthesize(SENTENCE)
+    async with tts_for(fake) as tts:
+        call = await tts.open(cancelled.append)  # the call's sink: a barge-in's usage goes here
+        gen = call.synthesize(SENTENCE)
         async with contextlib.aclosing(gen):
             async for ev in gen:
                 assert isinstance(ev, AudioChunk)
@@ -150,7 +151,8 @@ async def test_barge_in_stops_audio_reports_cancelled_usage_and_drops_late_frame
         conn = fake.connections[0]
         (first_ctx,) = conn.contexts
         # the next sentence reuses the socket and gets only its own audio, not the rest of the first
-        events = await collect(tts.synthesize("Sorry, go ahead."))
+        events = await collect(call.synthesize("Sorry, go ahead."))
+        await call.close()
     assert {"context_id": first_ctx, "close_context": True} in conn.received  # closed after its first audio
     assert pcm(events) == fake.expected_pcm("Sorry, go ahead.")
     assert fake.handshakes == 1 and len(cancelled) == 1
@@ -160,11 +162,11 @@ async def test_barge_in_stops_audio_reports_cancelled_usage_and_drops_late_frame
 async def test_barge_in_by_task_cancellation(fake: FakeElevenLabs) -> None:
     fake.chunk_delay_s = 0.05
     cancelled: list[Usage] = []
-    tts = tts_for(fake, on_cancel=cancelled.append)
+    tts = tts_for(fake)
     got_audio = asyncio.Event()
 
-    async def speak() -> None:
-        async with contextlib.aclosing(tts.synthesize(SENTENCE)) as gen:
+    async def speak() -> None:  # one request outside a call: its own on_cancel sink
+        async with contextlib.aclosing(tts.synthesize(SENTENCE, on_cancel=cancelled.append)) as gen:
             async for _ in gen:
                 got_audio.set()
 
@@ -346,7 +348,7 @@ class LocalTTS:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         self.calls += 1
         yield AudioChunk(np.full(160, 7, np.int16), 16000, text)
         yield Usage("local", "v", "tts", characters=len(text))

@@ -25,12 +25,13 @@ pytest.importorskip("hibari")
 from parley.audio.pcm import Int16Array
 from parley.audio.resample import resample
 from parley.errors import ConfigError
-from parley.providers.base import AudioChunk, STTEvent, STTProvider, Transcript, TTSProvider, Usage
+from parley.providers.base import AudioChunk, STTEvent, STTProvider, Transcript, TTSEvent, TTSProvider, Usage
 from parley.providers.errors import ProviderError, ProviderProtocolError
 from parley.providers.espeak_tts import EspeakTTS, WavStreamParser
 from parley.providers.hibari_tts import HibariModel, HibariTTS
 from parley.providers.piper_tts import PiperModel, PiperTTS, piper_available
 from parley.providers.whisper_stt import WhisperModelPool, WhisperSTT, WhisperSTTStream
+from parley.sim.caller_voice import LOWER_3_SEMITONES, PitchShifted
 
 SENTENCE = "Your appointment is confirmed for Tuesday at nine."
 HAS_ESPEAK = shutil.which("espeak-ng") is not None
@@ -113,15 +114,15 @@ async def test_hibari_seed_makes_output_identical(hibari: HibariModel) -> None:
     assert np.array_equal(a[0].samples, b[0].samples)
 
 
-async def test_hibari_cancel_midway_reports_cancelled_usage_and_stops(hibari: HibariModel) -> None:
+async def test_hibari_cancel_midway_reports_cancelled_usage_to_the_call_and_stops(hibari: HibariModel) -> None:
     cancelled: list[Usage] = []
-    tts = HibariTTS(hibari, on_cancel=cancelled.append)
+    call = await HibariTTS(hibari).open(cancelled.append)  # the call's sink: barge-in usage goes here
     text = " ".join(f"This is sentence number {i}, which is long enough to take a moment." for i in range(12))
     first = asyncio.Event()
-    received: list[AudioChunk | Usage] = []
+    received: list[TTSEvent] = []
 
     async def consume() -> None:
-        async for event in tts.synthesize(text):
+        async for event in call.synthesize(text):
             received.append(event)
             first.set()
 
@@ -139,13 +140,27 @@ async def test_hibari_cancel_midway_reports_cancelled_usage_and_stops(hibari: Hi
     ]
 
 
-async def test_hibari_break_out_of_iteration_reports_cancelled(hibari: HibariModel) -> None:
+async def test_hibari_break_out_of_one_request_reports_cancelled_to_its_on_cancel(hibari: HibariModel) -> None:
     cancelled: list[Usage] = []
-    tts = HibariTTS(hibari, on_cancel=cancelled.append)
-    async with contextlib.aclosing(tts.synthesize("One. Two. Three. Four.")) as events:
+    tts = HibariTTS(hibari)
+    async with contextlib.aclosing(tts.synthesize("One. Two. Three. Four.", on_cancel=cancelled.append)) as events:
         async for _event in events:
             break
     assert len(cancelled) == 1 and cancelled[0].cancelled
+
+
+async def test_pitch_shifted_caller_voice_passes_the_calls_sink_on(hibari: HibariModel) -> None:
+    cancelled: list[Usage] = []
+    voice = PitchShifted(HibariTTS(hibari, seed=0))
+    call = await voice.open(cancelled.append)
+    assert call.sample_rate == voice.sample_rate == round(24_000 * LOWER_3_SEMITONES)
+    text = "One. Two. Three. Four."
+    async with contextlib.aclosing(call.synthesize(text)) as events:
+        async for event in events:
+            assert isinstance(event, AudioChunk) and event.sample_rate == voice.sample_rate
+            break
+    assert cancelled == [Usage(provider="hibari-local", model="heart", kind="tts", characters=len(text), cancelled=True)]
+    await call.close()
 
 
 async def test_hibari_empty_text_yields_only_usage(hibari: HibariModel) -> None:
@@ -347,7 +362,7 @@ def _espeak_children() -> list[int]:
 @pytest.mark.parametrize("aclosing", [True, False], ids=["aclosing", "plain-async-for"])
 async def test_espeak_cancel_kills_the_process(aclosing: bool) -> None:
     cancelled: list[Usage] = []
-    tts = EspeakTTS(on_cancel=cancelled.append)
+    tts = await EspeakTTS().open(cancelled.append)  # one call's voice: a barge-in's usage goes to its sink
     text = "This is a long announcement that keeps going. " * 200  # more audio than a pipe buffer holds
     first = asyncio.Event()
 
@@ -425,7 +440,7 @@ async def test_piper_round_trip(piper: PiperModel, whisper: WhisperModelPool) ->
 @needs_piper
 async def test_piper_cancel_reports_cancelled_usage(piper: PiperModel) -> None:
     cancelled: list[Usage] = []
-    tts = PiperTTS(piper, on_cancel=cancelled.append)
+    tts = await PiperTTS(piper).open(cancelled.append)
     text = " ".join(f"Sentence number {i} is here." for i in range(10))
     before = piper.chunks_synthesized
     async with contextlib.aclosing(tts.synthesize(text)) as events:

@@ -67,27 +67,37 @@ async def test_one_session_serves_consecutive_sentences() -> None:
         assert len(fake.received("response.create")) == 3
 
 
-async def test_closing_mid_audio_cancels_the_response_and_reports_its_cost_later() -> None:
-    cancelled: list[Usage] = []
+async def test_closing_mid_audio_cancels_the_response_and_reports_its_cost_later_to_its_call() -> None:
+    cancelled: list[Usage] = []  # the sink of the call that barged in
+    other: list[Usage] = []  # the sink of the call whose next sentence drains the parked session
     async with FakeOpenAIRealtime(KEY, ms_per_char=100.0, chunk_interval_s=0.05) as fake:
-        async with OpenAIRealtimeTTS(KEY, url=fake.url, on_cancel=cancelled.append) as tts:
-            async with asyncio.timeout(5), aclosing(tts.synthesize("A long sentence that the caller cuts off.")) as gen:
+        async with OpenAIRealtimeTTS(KEY, url=fake.url) as tts:
+            call = await tts.open(cancelled.append)
+            other_call = await tts.open(other.append)
+            assert call.sample_rate == 24000
+            async with asyncio.timeout(5), aclosing(call.synthesize("A long sentence that the caller cuts off.")) as gen:
                 async for event in gen:
                     assert isinstance(event, AudioChunk)
                     break
             assert not cancelled  # read before the session is used again
-            events = await speak(tts, "Next.")
+            async with asyncio.timeout(5), aclosing(other_call.synthesize("Next.")) as gen:
+                events = [ev async for ev in gen]
             assert any(isinstance(e, AudioChunk) for e in events)
             assert fake.received("response.cancel")
+            await call.close()
+            await other_call.close()
         assert cancelled and all(u.cancelled for u in cancelled)
+        assert other == []  # the drained cost went to the call that cancelled, not the one that drained it
+        assert not any(isinstance(e, Usage) and e.cancelled for e in events)
         assert len(fake.connections) == 1  # the cancelled session was drained and reused
 
 
 async def test_cancelled_usage_is_reported_at_aclose_when_no_sentence_follows() -> None:
     cancelled: list[Usage] = []
     async with FakeOpenAIRealtime(KEY, ms_per_char=100.0, chunk_interval_s=0.05) as fake:
-        tts = OpenAIRealtimeTTS(KEY, url=fake.url, on_cancel=cancelled.append)
-        async with asyncio.timeout(5), aclosing(tts.synthesize("Cut off right away, please.")) as gen:
+        tts = OpenAIRealtimeTTS(KEY, url=fake.url)  # one request outside a call: its own on_cancel sink
+        async with asyncio.timeout(5), aclosing(tts.synthesize("Cut off right away, please.",
+                                                               on_cancel=cancelled.append)) as gen:
             async for _ in gen:
                 break
         await tts.aclose()

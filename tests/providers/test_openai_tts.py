@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from parley.providers.base import AudioChunk, TTSEvent, TTSProvider, Usage
+from parley.providers.base import AudioChunk, TTSEvent, TTSProvider, Usage, UsageSink
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -204,11 +204,14 @@ async def test_connection_refused() -> None:
 async def test_barge_in_closes_the_response_and_reports_cancelled_usage() -> None:
     cancelled: list[Usage] = []
     async with FakeOpenAITTS(KEY, [TTSReply(stop_after_bytes=4800, then="hold")]) as fake:
-        async with tts(fake, on_cancel=cancelled.append) as provider:
-            stream = provider.synthesize(TEXT)
+        async with tts(fake) as provider:
+            call = await provider.open(cancelled.append)  # the call's sink: a barge-in's usage goes here
+            assert call.sample_rate == 24000
+            stream = call.synthesize(TEXT)
             assert isinstance(await anext(stream), AudioChunk)
             await stream.aclose()
             await asyncio.wait_for(fake.disconnected.wait(), 2)
+            await call.close()
     assert cancelled == [usage(len(TEXT), cancelled=True)]
 
 
@@ -216,12 +219,12 @@ async def test_cancelling_the_consumer_task_closes_the_response() -> None:
     cancelled: list[Usage] = []
     got_audio = asyncio.Event()
 
-    async def play(provider: OpenAITTS) -> None:
-        async for _ in provider.synthesize(TEXT):
+    async def play(provider: OpenAITTS) -> None:  # one request outside a call: its own on_cancel sink
+        async for _ in provider.synthesize(TEXT, on_cancel=cancelled.append):
             got_audio.set()
 
     async with FakeOpenAITTS(KEY, [TTSReply(stop_after_bytes=4800, then="hold")]) as fake:
-        async with tts(fake, on_cancel=cancelled.append) as provider:
+        async with tts(fake) as provider:
             task = asyncio.create_task(play(provider))
             await asyncio.wait_for(got_audio.wait(), 2)
             task.cancel()
@@ -243,7 +246,7 @@ class LocalVoice:
     name = "local"
     sample_rate = 24000
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         yield AudioChunk(np.zeros(240, np.int16), 24000, text)
         yield Usage("local", "tone", "tts", characters=len(text))
 

@@ -28,7 +28,9 @@ Audio comes as ``{"type": "chunk", "context_id": C, "data": <base64>}`` and ends
 Barge-in (the consumer closes the generator or cancels its task): nothing more is yielded, and
 ``{"context_id": C, "cancel": true}`` is sent. Cancel only stops inputs that have not started generating, so
 late chunks (and any ``done``) of that context still arrive; they are dropped by context id when the socket
-is next used. ``on_cancel`` receives ``Usage(cancelled=True)``.
+is next used. The request's ``on_cancel`` sink receives ``Usage(cancelled=True)`` (in a call, the sink the
+call's stream was opened with; the per-call ``open()`` is :class:`~parley.providers.base.TTSRequests`'s: a
+call's requests share nothing but the pool).
 
 Auth: ``Authorization: Bearer <key>`` and ``Cartesia-Version`` headers (current docs; the older
 ``X-API-Key`` / ``?api_key=`` forms are not used, so the key never appears in a URL). Idle sockets are
@@ -47,7 +49,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -56,7 +58,7 @@ from websockets.exceptions import ConnectionClosed
 
 from parley import wire_json
 from parley.errors import ConfigError
-from parley.providers.base import TTSEvent, Usage
+from parley.providers.base import TTSEvent, TTSRequests, Usage, UsageSink
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -187,7 +189,7 @@ def error_for_handshake(status: int, body: bytes) -> ProviderError:
 # ---- the provider --------------------------------------------------------------------------------------
 
 
-class CartesiaTTS(PooledVoice):
+class CartesiaTTS(PooledVoice, TTSRequests):
     """A :class:`~parley.providers.base.TTSProvider` speaking raw ``pcm_s16le`` from Cartesia Sonic."""
 
     name: str = PROVIDER
@@ -206,7 +208,6 @@ class CartesiaTTS(PooledVoice):
         buffer_delay_ms: int = 0,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 10.0,
-        on_cancel: Callable[[Usage], None] | None = None,
     ) -> None:
         if sample_rate not in PCM_RATES:
             raise ConfigError(f"cartesia: no raw PCM output at {sample_rate} Hz (choose from {sorted(PCM_RATES)})")
@@ -224,7 +225,6 @@ class CartesiaTTS(PooledVoice):
         self.add_timestamps = add_timestamps
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
-        self.on_cancel = on_cancel
         self.last_word_timestamps: Mapping[str, object] | None = None
         self._api_key = api_key
         self._ws_log = QuietWsLog(log.getChild("websockets"), {})
@@ -235,10 +235,10 @@ class CartesiaTTS(PooledVoice):
     def __repr__(self) -> str:
         return f"CartesiaTTS(voice_id={self.voice_id!r}, model={self.model!r}, sample_rate={self.sample_rate})"
 
-    def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         return pooled_synthesis(self._pool, text, sample_rate=self.sample_rate, attempt=self._attempt,
                                 retry=self._retry, goodbye=self._goodbye, usage=self._usage,
-                                on_cancel=self.on_cancel)
+                                on_cancel=on_cancel)
 
     async def _attempt(self, sock: PooledSocket, req: WsRequest) -> AsyncIterator[bytes]:
         await self._pool.send(sock, self._request(req.ctx, req.text))

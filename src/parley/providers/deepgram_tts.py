@@ -1,9 +1,11 @@
 """Deepgram Aura-2 text-to-speech over the ``/v1/speak`` WebSocket, spoken with ``websockets`` (no SDK).
 
-Owns: a small pool of open speak sockets reused across :meth:`DeepgramTTS.synthesize` calls (sequential
-use needs exactly one; concurrent requests each get their own socket), the Speak / Flush / Clear exchange
-of one request, and translating failures into :mod:`parley.providers.errors` (handshake and close-frame
-mapping shared with :mod:`parley.providers.deepgram_stt`). Must not know about calls, playback or turns.
+Owns: a small pool of open speak sockets reused across requests (sequential use needs exactly one;
+concurrent requests each get their own socket), the per-call stream that binds one of them to a call
+(:meth:`DeepgramTTS.open`), the Speak / Flush / Clear exchange of one request, and translating failures
+into :mod:`parley.providers.errors` (handshake and close-frame mapping shared with
+:mod:`parley.providers.deepgram_stt`). Must not know what a call does (its turns, playback, other
+providers): a call is only the stream it opened.
 
 Wire (docs/provider-protocols.md §2): ``Authorization: Token <key>``; query ``model``,
 ``encoding=linear16``, ``sample_rate``. One request = ``{"type":"Speak","text":...}`` (split at spaces when
@@ -14,7 +16,12 @@ raw little-endian int16 (no header) then ``{"type":"Flushed"}``. ``Metadata``, `
 Sockets: :meth:`prewarm` opens one ahead of the first turn. A socket goes back to the pool only in a known
 state (after ``Flushed``, or ``Cleared`` following a barge-in); one the server closed while idle (idle
 timeout) is replaced lazily, and a request whose reused socket turns out closed before any audio is
-retried once on a fresh one.
+retried once on a fresh one. A call's stream (:meth:`DeepgramTTS.open`) takes a socket from the pool at its
+first request and keeps it between its requests, in the same known states, so one call's Flushes count on
+one connection and two calls never interleave on one socket; ``close()`` gives it back to the pool (or
+closes it when the pool is full), and a bound socket found unusable (closed, or at its Flush cap) is
+replaced from the pool like an idle one. :meth:`synthesize` outside a call takes and returns a socket per
+request.
 
 Flush cap: Deepgram processes at most 20 Flushes per 60 s; beyond that a ``Warning`` comes back and the
 Flush is not processed (docs tts-ws-flush), so no audio and no ``Flushed`` follow. The docs do not say
@@ -27,9 +34,11 @@ One Flush per sentence stays: :meth:`synthesize` speaks one sentence and needs `
 flushing once per reply (the vendor's advice, also better prosody) needs a per-reply stream.
 
 Barge-in: closing the generator (``aclose()``) or cancelling its task sends ``{"type":"Clear"}`` at once
-and reports ``Usage(cancelled=True)`` through ``on_cancel``; a background task owned by the provider then
-drops the in-flight audio until ``Cleared`` (bounded by ``clear_timeout_s``, else the socket is closed) so
-the next request on that socket hears none of it. The next request waits for that drain (bounded).
+and reports ``Usage(cancelled=True)`` to the request's ``on_cancel`` sink (in a call, the ``on_usage`` sink
+its stream was opened with); a background task owned by the provider then drops the in-flight audio until
+``Cleared`` (bounded by ``clear_timeout_s``, else the socket is closed) so the next request on that socket
+hears none of it, and gives the socket back to its call (or to the pool once the call closed). The next
+request waits for that drain (bounded): in a call, for its own call's drain only.
 
 Failures yield ``Usage(failed=True)`` and raise: 401/403 -> :class:`ProviderAuthError`, 429/5xx -> retryable
 :class:`ProviderError`, no frame within ``read_timeout_s`` -> :class:`ProviderTimeout`, a drop ->
@@ -43,7 +52,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -55,11 +64,11 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.protocol import State
 
 from parley.errors import ConfigError
-from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
+from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, UsageSink, Verdict
 from parley.providers.deepgram_stt import PROVIDER, close_error, in_band_error, open_socket, parse_message
 from parley.providers.errors import ProviderConnectionError, ProviderError, ProviderTimeout, redact
 
-__all__ = ["DeepgramTTS", "speak_control"]
+__all__ = ["DeepgramTTS", "DeepgramTTSStream", "speak_control"]
 
 log = logging.getLogger("parley.providers.deepgram")
 
@@ -111,7 +120,6 @@ class DeepgramTTS(Lifecycle):
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 5.0,
         clear_timeout_s: float = 1.0,
-        on_cancel: Callable[[Usage], None] | None = None,
     ) -> None:
         if not api_key:
             raise ConfigError("deepgram: an API key is required")
@@ -125,8 +133,8 @@ class DeepgramTTS(Lifecycle):
         self.clear_timeout_s = clear_timeout_s
         self.connections = 0  # handshakes made (reuse shows as a low count)
         self._api_key = api_key
-        self._on_cancel = on_cancel
         self._idle: list[_Socket] = []
+        self._calls: set[DeepgramTTSStream] = set()  # open per-call streams (their bound sockets)
         self._draining: set[asyncio.Task[None]] = set()
         self._closing: set[asyncio.Task[None]] = set()
         self._flushes: deque[float] = deque(maxlen=FLUSH_LIMIT)  # loop times of recent Flushes, every socket
@@ -151,9 +159,14 @@ class DeepgramTTS(Lifecycle):
         return None
 
     async def aclose(self) -> None:
-        """Close every pooled socket (``Close`` message, then the WebSocket close)."""
+        """Close every pooled socket and every socket bound to a call (``Close`` message, then the WebSocket
+        close)."""
         if self._draining:
             await asyncio.wait(set(self._draining))
+        for call in self._calls:
+            if call.sock is not None:
+                self._discard(call.sock, polite=True)
+                call.sock = None
         idle, self._idle = self._idle, []
         for sock in idle:
             self._discard(sock, polite=True)
@@ -168,20 +181,32 @@ class DeepgramTTS(Lifecycle):
     ) -> None:
         await self.aclose()
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def open(self, on_usage: UsageSink) -> DeepgramTTSStream:
+        """The voice of one call: its requests share one speak socket (see the module)."""
+        call = DeepgramTTSStream(self, on_usage)
+        self._calls.add(call)
+        return call
+
+    def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
+        """One request outside a call, on a socket taken from the pool for it alone."""
+        return self._synthesize(text, on_cancel, None)
+
+    async def _synthesize(
+        self, text: str, on_cancel: UsageSink | None, call: DeepgramTTSStream | None
+    ) -> AsyncGenerator[TTSEvent, None]:
         request = _Request(text)
         failure: ProviderError | None = None
         try:
             if text.strip():
-                async with aclosing(self._audio(request)) as chunks:
+                async with aclosing(self._audio(request, call)) as chunks:
                     async for chunk in chunks:
                         yield chunk
             request.done = True
         except ProviderError as exc:
             failure = exc
         finally:
-            if not request.done and failure is None and self._on_cancel is not None:
-                self._on_cancel(self._usage(request, cancelled=True))  # stopped early: cannot be yielded
+            if not request.done and failure is None and on_cancel is not None:
+                on_cancel(self._usage(request, cancelled=True))  # stopped early: cannot be yielded
         if failure is not None:
             yield self._usage(request, failed=True)
             raise failure
@@ -193,16 +218,19 @@ class DeepgramTTS(Lifecycle):
 
     # ---- one request ---------------------------------------------------------------------------------
 
-    async def _audio(self, request: _Request) -> AsyncGenerator[AudioChunk, None]:
+    async def _audio(self, request: _Request, call: DeepgramTTSStream | None) -> AsyncGenerator[AudioChunk, None]:
         now = asyncio.get_running_loop().time()
         if now < self._flush_blocked_until:
             raise self._flush_limit(f"Flush cap reached; {self._flush_blocked_until - now:.0f} s left in the window")
-        if self._draining:  # a barge-in's Clear is still being answered: its socket is about to be free
+        # a barge-in's Clear is still being answered: its socket is about to be free (the call's own, if bound)
+        if call is not None and call.draining is not None:
+            await asyncio.wait({call.draining}, timeout=self.clear_timeout_s)
+        elif self._draining and (call is None or call.sock is None):
             await asyncio.wait(set(self._draining), timeout=self.clear_timeout_s)
         for attempt in range(2):
-            sock, reused = await self._take()
+            sock, reused = await self._take(call)
             try:
-                async with aclosing(self._speak(sock, reused, request)) as chunks:
+                async with aclosing(self._speak(sock, reused, request, call)) as chunks:
                     async for chunk in chunks:
                         yield chunk
                 return
@@ -211,7 +239,9 @@ class DeepgramTTS(Lifecycle):
                     raise ProviderConnectionError("deepgram: speak socket closed at once", provider=PROVIDER) from exc
                 log.debug("deepgram speak socket was closed while idle; reconnecting")
 
-    async def _speak(self, sock: _Socket, reused: bool, request: _Request) -> AsyncGenerator[AudioChunk, None]:
+    async def _speak(
+        self, sock: _Socket, reused: bool, request: _Request, call: DeepgramTTSStream | None
+    ) -> AsyncGenerator[AudioChunk, None]:
         ws = sock.ws
         loop = asyncio.get_running_loop()
         try:
@@ -258,13 +288,13 @@ class DeepgramTTS(Lifecycle):
                 detail = redact(str(exc), [self._api_key]) or type(exc).__name__
                 raise ProviderConnectionError(f"deepgram: speak socket failed: {detail}", provider=PROVIDER) from exc
         except (GeneratorExit, asyncio.CancelledError):
-            await self._interrupt(sock)
+            await self._interrupt(sock, call)
             raise
         except BaseException:
             self._discard(sock)
             raise
         request.done = True
-        self._release(sock)
+        self._release(sock, call)
 
     @staticmethod
     def _flush_limit(detail: str) -> ProviderError:
@@ -277,8 +307,13 @@ class DeepgramTTS(Lifecycle):
         self.connections += 1
         return _Socket(ws)
 
-    async def _take(self) -> tuple[_Socket, bool]:
+    async def _take(self, call: DeepgramTTSStream | None) -> tuple[_Socket, bool]:
         now = asyncio.get_running_loop().time()
+        if call is not None and call.sock is not None:
+            sock, call.sock = call.sock, None
+            if sock.usable(now):
+                return sock, True
+            self._discard(sock, polite=True)  # the call's socket closed, or at its Flush limit: take another
         while self._idle:
             sock = self._idle.pop()
             if sock.usable(now):
@@ -286,22 +321,29 @@ class DeepgramTTS(Lifecycle):
             self._discard(sock, polite=True)  # closed while idle (idle timeout), or at its Flush limit
         return await self._connect(), False
 
-    def _release(self, sock: _Socket) -> None:
+    def _release(self, sock: _Socket, call: DeepgramTTSStream | None = None) -> None:
+        """``sock`` is in a known state: back to its call while the call is open and holds no other, else to
+        the pool (or closed when the pool is full or the socket is not open)."""
+        if call is not None and not call.closed and call.sock is None and sock.ws.state is State.OPEN:
+            call.sock = sock
+            return
         if sock.ws.state is State.OPEN and len(self._idle) < MAX_IDLE_SOCKETS:
             self._idle.append(sock)
         else:
             self._discard(sock, polite=True)
 
-    async def _interrupt(self, sock: _Socket) -> None:
+    async def _interrupt(self, sock: _Socket, call: DeepgramTTSStream | None) -> None:
         """Barge-in: Clear now; drain to ``Cleared`` in the background, then the socket is reusable."""
         try:
             await sock.ws.send(CLEAR)
         except (ConnectionClosed, WebSocketException):
             self._discard(sock)
             return
-        self._spawn(self._draining, self._drain(sock), "deepgram-speak-clear")
+        task = self._spawn(self._draining, self._drain(sock, call), "deepgram-speak-clear")
+        if call is not None:
+            call.draining = task
 
-    async def _drain(self, sock: _Socket) -> None:
+    async def _drain(self, sock: _Socket, call: DeepgramTTSStream | None) -> None:
         try:
             async with asyncio.timeout(self.clear_timeout_s):
                 while True:
@@ -312,7 +354,7 @@ class DeepgramTTS(Lifecycle):
             log.debug("deepgram speak socket dropped after Clear: %s", type(exc).__name__)
             self._discard(sock)
             return
-        self._release(sock)
+        self._release(sock, call)
 
     def _discard(self, sock: _Socket, *, polite: bool = False) -> None:
         if sock.ws.state is not State.CLOSED:
@@ -324,10 +366,41 @@ class DeepgramTTS(Lifecycle):
                 await ws.send(CLOSE)
             await ws.close()
 
-    def _spawn(self, tasks: set[asyncio.Task[None]], coro: Coroutine[object, object, None], name: str) -> None:
+    def _spawn(
+        self, tasks: set[asyncio.Task[None]], coro: Coroutine[object, object, None], name: str
+    ) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        return task
+
+    def _hang_up(self, call: DeepgramTTSStream) -> None:
+        """``call`` ended: its socket goes back to the pool (a drain in progress returns it when done)."""
+        call.closed = True
+        self._calls.discard(call)
+        if call.sock is not None:
+            sock, call.sock = call.sock, None
+            self._release(sock)
+
+
+class DeepgramTTSStream:
+    """One call's voice on :class:`DeepgramTTS`: its requests run one at a time on the speak socket bound to the
+    call (``sock``, held only between requests, in a known state); usage of a request stopped early goes to
+    ``on_usage``."""
+
+    def __init__(self, provider: DeepgramTTS, on_usage: UsageSink) -> None:
+        self.provider = provider
+        self.on_usage = on_usage
+        self.sample_rate = provider.sample_rate
+        self.sock: _Socket | None = None
+        self.draining: asyncio.Task[None] | None = None  # the Clear of this call's last barge-in
+        self.closed = False
+
+    def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        return self.provider._synthesize(text, self.on_usage, self)
+
+    async def close(self) -> None:
+        self.provider._hang_up(self)
 
 
 def speak_control(message: Mapping[str, object]) -> str:

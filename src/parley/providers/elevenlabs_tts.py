@@ -32,7 +32,9 @@ context is already closed (or gets ``close_context`` now, if the request stopped
 server still finishes a flush in progress, so its late frames are dropped by context id when the socket is
 next used (the vendor's documented multi-context barge-in). A socket keeps a set of contexts that have not
 sent ``isFinal`` yet and is closed instead of pooled when three are pending, well under the documented
-limit of five per socket (pipecat#4041). ``on_cancel`` receives ``Usage(cancelled=True)``.
+limit of five per socket (pipecat#4041). The request's ``on_cancel`` sink receives ``Usage(cancelled=True)``
+(in a call, the sink the call's stream was opened with; the per-call ``open()`` is
+:class:`~parley.providers.base.TTSRequests`'s: a call's requests share nothing but the pool).
 
 Idle sockets: the server ends a socket after ``inactivity_timeout`` (default 20 s, max 180) without text,
 with an ``input_timeout_exceeded`` error and close 1008: a socket pooled between replies would expire
@@ -54,7 +56,7 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 from urllib.parse import quote, urlencode
@@ -64,7 +66,7 @@ from websockets.exceptions import ConnectionClosed
 
 from parley import wire_json
 from parley.errors import ConfigError
-from parley.providers.base import TTSEvent, Usage
+from parley.providers.base import TTSEvent, TTSRequests, Usage, UsageSink
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -199,7 +201,7 @@ def error_for_handshake(status: int, body: bytes) -> ProviderError:
 # ---- the provider --------------------------------------------------------------------------------------
 
 
-class ElevenLabsTTS(PooledVoice):
+class ElevenLabsTTS(PooledVoice, TTSRequests):
     """A :class:`~parley.providers.base.TTSProvider` speaking raw PCM (``pcm_<rate>``) from ElevenLabs."""
 
     name: str = PROVIDER
@@ -217,7 +219,6 @@ class ElevenLabsTTS(PooledVoice):
         read_timeout_s: float = 10.0,
         inactivity_timeout_s: int | None = 180,
         close_grace_s: float = 0.5,
-        on_cancel: Callable[[Usage], None] | None = None,
     ) -> None:
         if sample_rate not in PCM_RATES:
             raise ConfigError(f"elevenlabs: no raw PCM output at {sample_rate} Hz (choose from {sorted(PCM_RATES)})")
@@ -232,7 +233,6 @@ class ElevenLabsTTS(PooledVoice):
         self.read_timeout_s = read_timeout_s
         self.inactivity_timeout_s = inactivity_timeout_s
         self.close_grace_s = close_grace_s  # longest wait for the first audio before close_context anyway
-        self.on_cancel = on_cancel
         self.last_alignment: Mapping[str, object] | None = None  # of the last chunk that had one
         self._api_key = api_key
         self._ws_log = QuietWsLog(log.getChild("websockets"), {})
@@ -253,10 +253,10 @@ class ElevenLabsTTS(PooledVoice):
         path = f"/v1/text-to-speech/{quote(self.voice_id, safe='')}/multi-stream-input"
         return f"{self.url_base}{path}?{urlencode(query)}"
 
-    def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         return pooled_synthesis(self._pool, text, sample_rate=self.sample_rate, attempt=self._attempt,
                                 retry=self._retry, goodbye=self._goodbye, usage=self._usage,
-                                on_cancel=self.on_cancel)
+                                on_cancel=on_cancel)
 
     async def _attempt(self, sock: PooledSocket, req: WsRequest) -> AsyncIterator[bytes]:
         opening, flushed, closing = self._messages(req.ctx, req.text)

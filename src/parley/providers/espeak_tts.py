@@ -5,7 +5,8 @@ wrong), but it needs no model, starts in about 20 ms and runs hundreds of times 
 Owns: running ``espeak-ng --stdout`` as a subprocess per request (text on stdin, never on the command
 line), parsing the streamed WAV it writes (:class:`WavStreamParser`, sans-I/O: bytes in, samples out) and
 yielding the audio as it arrives. Must not know playback or other providers. Cancelling the consumer
-kills the process. espeak-ng is GPL-3, but it runs as a separate program and is not linked.
+kills the process, and the request's ``Usage(cancelled=True)`` goes to its ``on_cancel`` sink (in a call,
+the sink of the call's stream). espeak-ng is GPL-3, but it runs as a separate program and is not linked.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 
 import numpy as np
 
 from parley.audio.pcm import Int16Array
 from parley.errors import ConfigError, ParleyError
-from parley.providers.base import AudioChunk, LocalVoice, TTSEvent, Usage
+from parley.providers.base import AudioChunk, LocalVoice, TTSEvent, Usage, UsageSink
 from parley.providers.errors import ProviderError, ProviderProtocolError
 
 PROVIDER = "espeak-ng"
@@ -109,14 +110,12 @@ class EspeakTTS(LocalVoice):
         rate_wpm: int = 165,
         *,
         executable: str = "espeak-ng",
-        on_cancel: Callable[[Usage], None] | None = None,
     ) -> None:
         self.voice = voice
         self.rate_wpm = rate_wpm
         self.executable = executable
-        self.on_cancel = on_cancel
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         if not self.voice or self.voice.startswith("-") or not 80 <= self.rate_wpm <= 450:
             raise ConfigError(f"bad espeak-ng voice {self.voice!r} or rate {self.rate_wpm} (80-450 wpm)")
         finished = False
@@ -130,8 +129,8 @@ class EspeakTTS(LocalVoice):
         except ParleyError as exc:
             failure = exc
         finally:
-            if not finished and failure is None and self.on_cancel is not None:
-                self.on_cancel(self._usage(text, cancelled=True))  # stopped early: cannot be yielded
+            if not finished and failure is None and on_cancel is not None:
+                on_cancel(self._usage(text, cancelled=True))  # stopped early: cannot be yielded
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()

@@ -13,8 +13,9 @@ thread after the sentence in progress, and nothing more is synthesized.
 
 Usage. A complete iteration ends with ``Usage(kind="tts", characters=len(text))``. An async generator
 cannot yield to a consumer that cancelled it, so the Usage of a request stopped early
-(``cancelled=True``) goes to the ``on_cancel`` callback instead; every request's Usage reaches exactly one
-of the two. On failure a ``Usage(failed=True)`` is yielded, then the
+(``cancelled=True``) goes to the request's ``on_cancel`` sink instead (in a call, the sink the call's stream
+was opened with: ``open(on_usage)`` from :class:`~parley.providers.base.LocalVoice`); every request's Usage
+reaches exactly one of the two. On failure a ``Usage(failed=True)`` is yielded, then the
 :class:`~parley.providers.errors.ProviderError` (not retryable). A missing package is a
 :class:`~parley.errors.ConfigError` with the install hint.
 """
@@ -22,13 +23,13 @@ of the two. On failure a ``Usage(failed=True)`` is yielded, then the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
 
 from parley.errors import ConfigError
-from parley.providers.base import LocalVoice, TTSEvent, Usage
+from parley.providers.base import LocalVoice, TTSEvent, Usage, UsageSink
 from parley.providers.errors import ProviderError
 from parley.providers.local_voice import Pieces, VoiceWorker, stream_pieces
 
@@ -99,21 +100,19 @@ class HibariTTS(LocalVoice):
         *,
         speed: float = 1.0,
         seed: int | None = None,
-        on_cancel: Callable[[Usage], None] | None = None,
     ) -> None:
         self.model = model
         self.speed = speed
         self.seed = seed
-        self.on_cancel = on_cancel
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         stream = stream_pieces(
             self.model.worker,
             self.model.pieces(text, speed=self.speed, seed=self.seed),
             text=text,
             sample_rate=SAMPLE_RATE,
             usage=lambda cancelled, failed: self._usage(text, cancelled=cancelled, failed=failed),
-            on_cancel=self.on_cancel,
+            on_cancel=on_cancel,
         )
         async with contextlib.aclosing(stream):
             async for event in stream:

@@ -3,8 +3,9 @@
 Owns: the one worker thread per model that advances a synthesis generator one ``next()`` at a time (so
 sentences of concurrent calls interleave FIFO and never oversubscribe the CPU), closing the generator on
 that thread when the consumer stops early, and the Usage contract: a complete iteration ends with
-``Usage(characters=len(text))``; a request stopped early reports ``Usage(cancelled=True)`` to ``on_cancel``
-(an async generator cannot yield to a consumer that left); a failure yields ``Usage(failed=True)`` and then
+``Usage(characters=len(text))``; a request stopped early reports ``Usage(cancelled=True)`` to the request's
+``on_cancel`` sink (an async generator cannot yield to a consumer that left; in a call that is the sink the
+call's stream was opened with); a failure yields ``Usage(failed=True)`` and then
 raises the :class:`~parley.providers.errors.ProviderError`.
 """
 
@@ -17,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from parley.audio.pcm import Float32Array, from_float
 from parley.errors import ParleyError
-from parley.providers.base import AudioChunk, TTSEvent, Usage
+from parley.providers.base import AudioChunk, TTSEvent, Usage, UsageSink
 from parley.providers.errors import ProviderError
 
 Piece = tuple[str | None, Float32Array]  # (sentence text on its first chunk, float audio)
@@ -61,7 +62,7 @@ async def stream_pieces(
     text: str,
     sample_rate: int,
     usage: Callable[[bool, bool], Usage],  # (cancelled, failed) -> Usage
-    on_cancel: Callable[[Usage], None] | None,
+    on_cancel: UsageSink | None,
 ) -> AsyncGenerator[TTSEvent, None]:
     finished = False
     failure: ParleyError | None = None

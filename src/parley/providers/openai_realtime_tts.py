@@ -18,8 +18,10 @@ Usage: every response's ``response.done`` usage becomes the Realtime cost lines 
 They are yielded after the audio. A cancelled synthesis (barge-in: the iterator is closed or its task
 cancelled) sends ``response.cancel`` and parks the session; its ``response.done`` (status ``cancelled``,
 with the tokens billed so far) is read before the session is used again, or at :meth:`aclose`, and goes to
-``on_cancel``. A session that failed is closed, never reused; a pooled session found dead before any audio
-is replaced once.
+the cancelled request's own ``on_cancel`` sink, kept with the parked session (in a call, the sink the call's
+stream was opened with, even when another call's request is the one that drains it; the per-call ``open()``
+is :class:`~parley.providers.base.TTSRequests`'s: a call's requests share nothing but the pool). A session
+that failed is closed, never reused; a pooled session found dead before any audio is replaced once.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from types import TracebackType
 
-from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
+from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, TTSRequests, Usage, UsageSink, Verdict
 from parley.providers.errors import ProviderConnectionError, ProviderError
 from parley.providers.openai_realtime import PCM_RATE, URL, OpenAIRealtime, OpenAIRealtimeStream
 from parley.providers.realtime_base import ModelAudio, ModelText, ResponseDone
@@ -48,21 +50,20 @@ READ_VERBATIM = (
 DRAIN_S = 2.0  # how long a parked (cancelled) session may take to report its response.done
 
 
-class OpenAIRealtimeTTS(Lifecycle):
+class OpenAIRealtimeTTS(Lifecycle, TTSRequests):
     """A :class:`~parley.providers.base.TTSProvider` speaking through Realtime sessions (24 kHz PCM16)."""
 
     name = PROVIDER
     sample_rate = PCM_RATE
 
     def __init__(self, api_key: str, *, model: str = DEFAULT_MODEL, voice: str = "marin", url: str = URL,
-                 instructions: str = READ_VERBATIM, connect_timeout_s: float = 5.0, max_idle: int = 2,
-                 on_cancel: Callable[[Usage], None] | None = None) -> None:
+                 instructions: str = READ_VERBATIM, connect_timeout_s: float = 5.0, max_idle: int = 2) -> None:
         self.realtime = OpenAIRealtime(api_key, model=model, voice=voice, url=url, connect_timeout_s=connect_timeout_s)
         self.instructions = instructions
         self.max_idle = max_idle
         self._idle: list[OpenAIRealtimeStream] = []
-        self._parked: list[OpenAIRealtimeStream] = []  # cancelled mid-response: drain before reuse
-        self._on_cancel = on_cancel
+        # cancelled mid-response, with the sink its cost goes to: drain before reuse
+        self._parked: list[tuple[OpenAIRealtimeStream, UsageSink | None]] = []
 
     @property
     def model(self) -> str:
@@ -92,13 +93,13 @@ class OpenAIRealtimeTTS(Lifecycle):
     async def aclose(self) -> None:
         """Report what parked sessions' cancelled responses cost, then close every session."""
         while self._parked:
-            stream = self._parked.pop()
-            await self._drain(stream)
+            stream, on_cancel = self._parked.pop()
+            await self._drain(stream, on_cancel)
             await stream.close()
         while self._idle:
             await self._idle.pop().close()
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         stream, pooled = await self._take()
         usages: list[Usage] = []
         state = "open"  # open -> done (reusable) | failed
@@ -127,7 +128,7 @@ class OpenAIRealtimeTTS(Lifecycle):
                 yield line
             raise
         finally:
-            await self._release(stream, state)
+            await self._release(stream, state, on_cancel)
         for line in usages:
             yield line
 
@@ -150,8 +151,8 @@ class OpenAIRealtimeTTS(Lifecycle):
 
     async def _take(self) -> tuple[OpenAIRealtimeStream, bool]:
         while self._parked:
-            stream = self._parked.pop()
-            if await self._drain(stream):
+            stream, on_cancel = self._parked.pop()
+            if await self._drain(stream, on_cancel):
                 self._idle.append(stream)
             else:
                 await stream.close()
@@ -162,31 +163,31 @@ class OpenAIRealtimeTTS(Lifecycle):
             await stream.close()
         return await self.realtime.open_speech(self.instructions), False
 
-    async def _release(self, stream: OpenAIRealtimeStream, state: str) -> None:
+    async def _release(self, stream: OpenAIRealtimeStream, state: str, on_cancel: UsageSink | None) -> None:
         if state == "done" and not stream.finished and len(self._idle) < self.max_idle:
             self._idle.append(stream)
             return
         if state == "open" and not stream.finished:  # cancelled: stop the response, read its cost later
             with contextlib.suppress(Exception):
                 await stream.cancel()
-            self._parked.append(stream)
+            self._parked.append((stream, on_cancel))
             return
         with contextlib.suppress(Exception):
             await stream.close()
 
-    async def _drain(self, stream: OpenAIRealtimeStream) -> bool:
+    async def _drain(self, stream: OpenAIRealtimeStream, on_cancel: UsageSink | None) -> bool:
         """Read a cancelled response to its ``response.done``; its usage goes to ``on_cancel``. Reusable?"""
         try:
             async with asyncio.timeout(DRAIN_S):
                 async for event in stream:
-                    if isinstance(event, Usage) and self._on_cancel is not None:
-                        self._on_cancel(event)
+                    if isinstance(event, Usage) and on_cancel is not None:
+                        on_cancel(event)
                     if isinstance(event, ResponseDone):
                         return not stream.finished
         except (TimeoutError, ProviderError):
             pass
-        if self._on_cancel is not None:
-            self._on_cancel(Usage(PROVIDER, f"{self.model}/audio", "llm", cancelled=True))
+        if on_cancel is not None:
+            on_cancel(Usage(PROVIDER, f"{self.model}/audio", "llm", cancelled=True))
         return False
 
 

@@ -27,9 +27,11 @@ A body ending with half a sample is logged and the stray byte dropped. A failed 
 ``Usage(failed=True)`` (characters counted only if the server accepted the request) and then raises.
 
 Cancellation (barge-in): closing the iterator or cancelling its task closes the response at once (there is
-no cancel endpoint); ``on_cancel`` receives ``Usage(cancelled=True)`` with the characters sent, which are
-billed anyway. The key is sent only in the ``Authorization`` header, never logged or shown in ``repr``,
-and redacted from error messages (OpenAI echoes a wrong key in its 401 message).
+no cancel endpoint); the request's ``on_cancel`` sink (in a call, the sink the call's stream was opened
+with; ``open()`` is :class:`~parley.providers.base.TTSRequests`'s, one HTTP request per sentence) receives
+``Usage(cancelled=True)`` with the characters sent, which are billed anyway. The key is sent only in the
+``Authorization`` header, never logged or shown in ``repr``, and redacted from error messages (OpenAI echoes
+a wrong key in its 401 message).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from types import TracebackType
 from typing import Literal, TypeAlias
@@ -46,7 +48,7 @@ import httpx
 
 from parley import wire_json
 from parley.audio.pcm import from_bytes
-from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
+from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, TTSRequests, Usage, UsageSink, Verdict
 from parley.providers.errors import (
     ProviderError,
     ProviderProtocolError,
@@ -96,7 +98,7 @@ def _error_details(body: bytes) -> tuple[str, str | None]:
     return str(error.get("message") or text)[:300], str(code) if code else None
 
 
-class OpenAITTS(Lifecycle):
+class OpenAITTS(Lifecycle, TTSRequests):
     """A :class:`~parley.providers.base.TTSProvider` for OpenAI's ``/audio/speech`` (raw PCM, 24 kHz)."""
 
     name = PROVIDER
@@ -115,7 +117,6 @@ class OpenAITTS(Lifecycle):
         timeout_s: float = 30.0,
         connect_timeout_s: float = 5.0,
         http_client: httpx.AsyncClient | None = None,
-        on_cancel: Callable[[Usage], None] | None = None,
     ) -> None:
         self.model = model
         self.voice = voice
@@ -126,7 +127,6 @@ class OpenAITTS(Lifecycle):
         self.stream_format = stream_format_for(model, stream_format)
         self._api_key = api_key
         self._http = HttpSession(timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, client=http_client)
-        self._on_cancel = on_cancel
 
     def __repr__(self) -> str:
         return f"OpenAITTS(url={self.url!r}, model={self.model!r}, voice={self.voice!r})"
@@ -158,7 +158,7 @@ class OpenAITTS(Lifecycle):
             body["speed"] = self.speed
         return body
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         state = _Request()
 
         def usage(*, failed: bool = False, cancelled: bool = False) -> Usage:
@@ -166,7 +166,7 @@ class OpenAITTS(Lifecycle):
                 return self._usage(text if state.accepted else "", failed=True)
             return self._usage(text, cancelled=cancelled, tokens=None if cancelled else state.tokens)
 
-        async with aclosing(metered(self._audio(text, state), usage, self._on_cancel)) as events:
+        async with aclosing(metered(self._audio(text, state), usage, on_cancel)) as events:
             async for event in events:
                 yield event
 

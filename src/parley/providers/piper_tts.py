@@ -11,8 +11,9 @@ about 200 ms on 1 thread, about 9x realtime (hibari is the faster default).
 
 Threads, cancellation and usage work as in :mod:`parley.providers.hibari_tts`: one worker thread per model
 advances piper's sync generator one sentence at a time; a consumer that stops early has the generator
-closed on that thread after the sentence in progress, and its ``Usage(cancelled=True)`` goes to
-``on_cancel``; a complete iteration ends with ``Usage(characters=len(text))``.
+closed on that thread after the sentence in progress, and its ``Usage(cancelled=True)`` goes to the
+request's ``on_cancel`` sink (in a call, the sink of the call's stream); a complete iteration ends with
+``Usage(characters=len(text))``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from parley.errors import ConfigError
-from parley.providers.base import LocalVoice, TTSEvent, Usage
+from parley.providers.base import LocalVoice, TTSEvent, Usage, UsageSink
 from parley.providers.errors import ProviderError
 from parley.providers.local_voice import Pieces, VoiceWorker, stream_pieces
 
@@ -125,19 +126,18 @@ class PiperTTS(LocalVoice):
     name: str = PROVIDER
     sample_rate: int = SAMPLE_RATE
 
-    def __init__(self, model: PiperModel, *, on_cancel: Callable[[Usage], None] | None = None) -> None:
+    def __init__(self, model: PiperModel) -> None:
         self.model = model
         self.sample_rate = model.sample_rate
-        self.on_cancel = on_cancel
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         stream = stream_pieces(
             self.model.worker,
             self.model.pieces(text),
             text=text,
             sample_rate=self.sample_rate,
             usage=lambda cancelled, failed: self._usage(text, cancelled=cancelled, failed=failed),
-            on_cancel=self.on_cancel,
+            on_cancel=on_cancel,
         )
         async with contextlib.aclosing(stream):
             async for event in stream:

@@ -6,7 +6,8 @@ failure allows it (a pooled socket that went stale while idle) and nothing was h
 of audio that may split a sample across messages (:class:`PcmAssembler`), and the end of every request:
 finished (release the socket, usage), failed (discard the socket, ``Usage(failed=True)``, raise) or stopped
 early by the consumer at a barge-in (the vendor's goodbye message, e.g. a cancel, then the socket back to
-the pool, ``Usage(cancelled=True)`` to ``on_cancel``). The lifecycle over the pool (prewarm, check, aclose,
+the pool, ``Usage(cancelled=True)`` to the request's ``on_cancel`` sink: in a call, the sink the call's
+stream was opened with). The lifecycle over the pool (prewarm, check, aclose,
 ``async with``) is :class:`PooledVoice`.
 
 Must not know any vendor's messages: each vendor module passes its attempt (send the request on a socket,
@@ -25,7 +26,7 @@ from types import TracebackType
 from typing import Self
 
 from parley.audio.pcm import from_bytes
-from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, Verdict
+from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, Usage, UsageSink, Verdict
 from parley.providers.errors import ProviderError
 from parley.providers.ws_pool import PooledSocket, SocketPool
 
@@ -78,7 +79,7 @@ async def pooled_synthesis(
     retry: Callable[[ProviderError, WsRequest], bool],
     goodbye: Callable[[WsRequest], Mapping[str, object] | None],
     usage: UsageOf,
-    on_cancel: Callable[[Usage], None] | None,
+    on_cancel: UsageSink | None,
 ) -> AsyncGenerator[TTSEvent, None]:
     """Audio for ``text`` through ``attempt`` on a pooled socket, then one :class:`Usage` (see the module)."""
     if not text.strip():

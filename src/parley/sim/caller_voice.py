@@ -9,9 +9,10 @@ other natural-sounding choice when installed.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 
-from parley.providers.base import AudioChunk, LocalVoice, TTSEvent, TTSProvider
+from parley.providers.base import AudioChunk, LocalVoice, TTSEvent, TTSProvider, UsageSink
 
 CALLER_VOICES = ("hibari-low", "espeak", "piper", "hibari")
 LOWER_3_SEMITONES = 2 ** (-3 / 12)
@@ -26,12 +27,14 @@ class PitchShifted(LocalVoice):
         self.name = f"{inner.name}-x{factor:.2f}"
         self.sample_rate = round(inner.sample_rate * factor)
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
-        async for ev in self.inner.synthesize(text):
-            if isinstance(ev, AudioChunk):
-                yield AudioChunk(ev.samples, round(ev.sample_rate * self.factor), ev.text)
-            else:
-                yield ev
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
+        # closed with this generator, so a request stopped early reports its usage to on_cancel at once
+        async with contextlib.aclosing(self.inner.synthesize(text, on_cancel=on_cancel)) as events:
+            async for ev in events:
+                if isinstance(ev, AudioChunk):
+                    yield AudioChunk(ev.samples, round(ev.sample_rate * self.factor), ev.text)
+                else:
+                    yield ev
 
 
 CALLER_SEED = 0  # hibari samples noise: an unseeded caller says each line a little differently every run
