@@ -12,7 +12,18 @@ import httpx
 import pytest
 
 from parley.providers.anthropic_llm import OPENING_USER_TURN, AnthropicLLM, MessageStreamAssembler, wire_messages
-from parley.providers.base import LLMEvent, LLMProvider, Message, TextDelta, ToolCall, ToolSpec, Usage
+from parley.providers.base import (
+    Lifecycle,
+    LLMEvent,
+    LLMProvider,
+    LLMRequests,
+    Message,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    Usage,
+    UsageSink,
+)
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -284,27 +295,39 @@ async def test_connection_refused() -> None:
 # ---- cancellation -------------------------------------------------------------------------------------------
 
 
-async def test_aclose_closes_the_response_and_reports_cancelled_usage() -> None:
-    cancelled: list[Usage] = []
+async def test_a_barge_in_closes_the_response_and_its_usage_reaches_the_calls_sink() -> None:
+    sink: list[Usage] = []
     async with FakeAnthropic(KEY, [reply(text("One", " two"), input_tokens=77, stop_after=4, then="hold")]) as fake:
-        async with llm(fake, on_cancel=cancelled.append) as provider:
-            stream = provider.stream(MESSAGES)
+        async with llm(fake) as provider:
+            call = await provider.open(sink.append)
+            stream = call.stream(MESSAGES)
             assert await anext(stream) == TextDelta("One")
-            await stream.aclose()
+            assert sink == []
+            await stream.aclose()  # the barge-in: the generator can yield nothing more
             await asyncio.wait_for(fake.disconnected.wait(), 2)
-    assert cancelled == [usage(77, 1, cancelled=True)]
+            await call.close()
+    assert sink == [usage(77, 1, cancelled=True)]
 
 
-async def test_cancelling_the_consumer_task_closes_the_response() -> None:
+async def test_a_finished_request_of_the_call_reports_its_usage_in_the_stream_not_the_sink() -> None:
+    sink: list[Usage] = []
+    async with FakeAnthropic(KEY, [reply(text("Hi"), input_tokens=5)]) as fake, llm(fake) as provider:
+        call = await provider.open(sink.append)
+        events = await collect(call.stream(MESSAGES))
+    assert events == [TextDelta("Hi"), usage(5, 1)]
+    assert sink == []
+
+
+async def test_cancelling_the_consumer_task_closes_the_response_and_reports_to_the_requests_on_cancel() -> None:
     cancelled: list[Usage] = []
     got_first = asyncio.Event()
 
     async def consume(provider: AnthropicLLM) -> None:
-        async for _ in provider.stream(MESSAGES):
+        async for _ in provider.stream(MESSAGES, on_cancel=cancelled.append):
             got_first.set()
 
     async with FakeAnthropic(KEY, [reply(text("One"), input_tokens=9, stop_after=4, then="hold")]) as fake:
-        async with llm(fake, on_cancel=cancelled.append) as provider:
+        async with llm(fake) as provider:
             task = asyncio.create_task(consume(provider))
             await asyncio.wait_for(got_first.wait(), 2)
             task.cancel()
@@ -317,14 +340,14 @@ async def test_cancelling_the_consumer_task_closes_the_response() -> None:
 # ---- fallback -----------------------------------------------------------------------------------------------
 
 
-class ScriptedLLM:
+class ScriptedLLM(Lifecycle, LLMRequests):
     name = "local"
 
     def __init__(self) -> None:
         self.calls = 0
 
     async def stream(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
     ) -> AsyncGenerator[LLMEvent, None]:
         self.calls += 1
         yield TextDelta("One moment please.")

@@ -419,8 +419,8 @@ async def test_connection_refused() -> None:
 # ---- cancellation, secrets, lifecycle -----------------------------------------------------------------
 
 
-async def test_aclose_closes_the_response_and_reports_cancelled_usage() -> None:
-    cancelled: list[Usage] = []
+async def test_a_barge_in_closes_the_response_and_its_usage_reaches_the_calls_sink() -> None:
+    sink: list[Usage] = []
     server: FakeOpenAI
 
     async def script(conn: Connection) -> None:
@@ -428,17 +428,30 @@ async def test_aclose_closes_the_response_and_reports_cancelled_usage() -> None:
         await conn.event(chunk({"content": "One"}))
         await server.wait_for_disconnect(conn)
 
-    async with FakeOpenAI(script) as server, llm(server, on_cancel=cancelled.append) as provider:
-        stream = provider.stream(MESSAGES)
+    async with FakeOpenAI(script) as server, llm(server) as provider:
+        call = await provider.open(sink.append)
+        stream = call.stream(MESSAGES)
         assert await anext(stream) == TextDelta("One")
-        await stream.aclose()  # type: ignore[attr-defined]
+        assert sink == []
+        await stream.aclose()  # the barge-in: the generator can yield nothing more
         await asyncio.wait_for(server.disconnected.wait(), 2)
         with pytest.raises(StopAsyncIteration):
             await anext(stream)
-    assert cancelled == [Usage(provider="openai", model="gpt-4o-mini", kind="llm", cancelled=True)]
+        await call.close()
+    assert sink == [Usage(provider="openai", model="gpt-4o-mini", kind="llm", cancelled=True)]
 
 
-async def test_cancelling_the_consumer_task_closes_the_response() -> None:
+async def test_a_finished_request_of_the_call_reports_its_usage_in_the_stream_not_the_sink() -> None:
+    sink: list[Usage] = []
+    async with FakeOpenAI(streaming(FIRST, chunk({"content": "Hi"}), chunk({}, "stop"), USAGE)) as server:
+        async with llm(server) as provider:
+            call = await provider.open(sink.append)
+            events = await collect(call.stream(MESSAGES))
+    assert events[-1] == Usage(provider="openai", model="gpt-4o-mini", kind="llm", input_tokens=12, output_tokens=17)
+    assert sink == []
+
+
+async def test_cancelling_the_consumer_task_closes_the_response_and_reports_to_the_requests_on_cancel() -> None:
     cancelled: list[Usage] = []
     server: FakeOpenAI
     got_first = asyncio.Event()
@@ -454,10 +467,10 @@ async def test_cancelling_the_consumer_task_closes_the_response() -> None:
         await server.wait_for_disconnect(conn)
 
     async def consume(provider: OpenAICompatLLM) -> None:
-        async for _ in provider.stream(MESSAGES):
+        async for _ in provider.stream(MESSAGES, on_cancel=cancelled.append):
             got_first.set()
 
-    async with FakeOpenAI(script) as server, llm(server, on_cancel=cancelled.append) as provider:
+    async with FakeOpenAI(script) as server, llm(server) as provider:
         task = asyncio.create_task(consume(provider))
         await asyncio.wait_for(got_first.wait(), 2)
         task.cancel()

@@ -3,7 +3,9 @@ fallback escalation, hangup and transfer tool calls, DTMF, statelessness and YAM
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -338,9 +340,53 @@ async def test_nothing_to_say_after_a_tool_result(brain: RulesDialogue) -> None:
 async def test_closing_the_stream_early_emits_nothing_more(brain: RulesDialogue) -> None:
     stream = brain.stream([], TOOLS)
     assert isinstance(await anext(stream), TextDelta)
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
+
+
+def cut_short(words: int) -> Usage:
+    """The usage of the greeting (3 prompt tokens) stopped after ``words`` words were handed over."""
+    return Usage("rules", "riverside-dental-receptionist", "llm", input_tokens=3, output_tokens=words, cancelled=True)
+
+
+async def test_a_barge_in_reports_the_words_sent_to_the_calls_sink(brain: RulesDialogue) -> None:
+    sink: list[Usage] = []
+    call = await brain.open(sink.append)
+    stream = call.stream([Message("system", "You are Riley.")], TOOLS)
+    first_two = [await anext(stream), await anext(stream)]
+    assert first_two == [TextDelta("Thanks for calling "), TextDelta("Riverside Dental, this ")]
+    assert sink == []
+    await stream.aclose()  # the barge-in: the generator can yield nothing more
+    assert sink == [cut_short(6)]
+    await call.close()
+
+
+async def test_a_finished_reply_of_the_call_reports_its_usage_in_the_stream_not_the_sink(brain: RulesDialogue) -> None:
+    sink: list[Usage] = []
+    call = await brain.open(sink.append)
+    events = [e async for e in call.stream([Message("system", "You are Riley.")], TOOLS)]
+    assert events[-1] == Usage("rules", "riverside-dental-receptionist", "llm", input_tokens=3, output_tokens=14)
+    assert sink == []
+
+
+async def test_a_cancelled_request_reports_to_its_own_on_cancel(brain: RulesDialogue) -> None:
+    cancelled: list[Usage] = []
+    got_first = asyncio.Event()
+
+    async def consume() -> None:
+        stream = brain.stream([Message("system", "You are Riley.")], TOOLS, on_cancel=cancelled.append)
+        async with aclosing(stream):
+            async for _ in stream:
+                got_first.set()
+                await asyncio.Event().wait()  # the consumer is busy when the barge-in cancels it
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_first.wait(), 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cancelled == [cut_short(3)]
 
 
 UTTERANCES = st.one_of(

@@ -22,16 +22,18 @@ refused or dropped connections and a body that ends before ``message_stop`` ->
 A failed stream yields ``Usage(failed=True)`` (tokens as far as known) and then raises.
 
 Cancellation: closing the iterator or cancelling its task closes the HTTP response at once (the API has no
-cancel endpoint); ``on_cancel`` receives ``Usage(cancelled=True)`` with the token counts seen so far
-(``message_start`` gives the input tokens early, so they are usually known). The key is sent only in the
-``x-api-key`` header, never logged, never in ``repr``, and redacted from error messages.
+cancel endpoint); the request's ``on_cancel`` (the ``stream()`` argument, or the call's sink when the
+request runs in the stream ``open()`` gave the call; :class:`LLMRequests`, one HTTP request each) receives
+``Usage(cancelled=True)`` with the token counts seen so far (``message_start`` gives the input tokens early,
+so they are usually known). The key is sent only in the ``x-api-key`` header, never logged, never in
+``repr``, and redacted from error messages.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -39,7 +41,18 @@ from types import TracebackType
 import httpx
 
 from parley import wire_json
-from parley.providers.base import Lifecycle, LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage, Verdict
+from parley.providers.base import (
+    Lifecycle,
+    LLMEvent,
+    LLMRequests,
+    Message,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    Usage,
+    UsageSink,
+    Verdict,
+)
 from parley.providers.errors import (
     ProviderAuthError,
     ProviderConnectionError,
@@ -252,7 +265,7 @@ def _error_details(body: bytes) -> tuple[str, str | None]:
 # ---- the provider -----------------------------------------------------------------------------------------
 
 
-class AnthropicLLM(Lifecycle):
+class AnthropicLLM(Lifecycle, LLMRequests):
     """An :class:`~parley.providers.base.LLMProvider` for Anthropic's streaming Messages API."""
 
     name = PROVIDER
@@ -269,7 +282,6 @@ class AnthropicLLM(Lifecycle):
         connect_timeout_s: float = 5.0,
         version: str = "2023-06-01",
         http_client: httpx.AsyncClient | None = None,
-        on_cancel: Callable[[Usage], None] | None = None,
     ) -> None:
         self.model = model
         self.base_url = base_url.rstrip("/")
@@ -279,7 +291,6 @@ class AnthropicLLM(Lifecycle):
         self.version = version
         self._api_key = api_key
         self._http = HttpSession(timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, client=http_client)
-        self._on_cancel = on_cancel
 
     def __repr__(self) -> str:
         return f"AnthropicLLM(url={self.url!r}, model={self.model!r})"
@@ -301,11 +312,11 @@ class AnthropicLLM(Lifecycle):
         return await anthropic_verdict(self.base_url, self._api_key, self.model, provider=PROVIDER)
 
     async def stream(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
     ) -> AsyncGenerator[LLMEvent, None]:
         assembler = MessageStreamAssembler()
         usage = functools.partial(self._usage, assembler)
-        async with aclosing(metered(self._events(messages, tools, assembler), usage, self._on_cancel)) as events:
+        async with aclosing(metered(self._events(messages, tools, assembler), usage, on_cancel)) as events:
             async for event in events:
                 yield event
 

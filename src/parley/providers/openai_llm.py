@@ -30,8 +30,11 @@ yields ``Usage(failed=True)`` (tokens as far as known) and then raises.
 
 Cancellation: closing the iterator (``aclose()``) or cancelling the task iterating it closes the HTTP
 response at once; nothing more is yielded. The usage chunk only comes at the very end, so a cancelled
-request usually has no token counts: ``on_cancel`` (if given) receives ``Usage(cancelled=True)`` with
-the counts the stream did report, else zeros, although the vendor may bill what it generated.
+request usually has no token counts: the request's ``on_cancel`` (the ``stream()`` argument, or the call's
+sink when the request runs in the stream ``open()`` gave the call) receives ``Usage(cancelled=True)`` with
+the counts the stream did report, else zeros, although the vendor may bill what it generated. Requests of
+one call share nothing but the HTTP client, so the per-call stream is :class:`LLMRequests`' (one request
+each).
 
 The API key is sent only in the ``Authorization`` header; it is never logged, never part of ``repr``,
 and redacted from error messages.
@@ -43,7 +46,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -52,7 +55,18 @@ from typing import Literal, TypeAlias
 import httpx
 
 from parley import wire_json
-from parley.providers.base import Lifecycle, LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage, Verdict
+from parley.providers.base import (
+    Lifecycle,
+    LLMEvent,
+    LLMRequests,
+    Message,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    Usage,
+    UsageSink,
+    Verdict,
+)
 from parley.providers.errors import (
     ProviderConnectionError,
     ProviderError,
@@ -277,7 +291,7 @@ class _FieldRefused(Exception):
     """The model refused ``max_tokens`` (400 ``unsupported_parameter``): ask again with the other field."""
 
 
-class OpenAICompatLLM(Lifecycle):
+class OpenAICompatLLM(Lifecycle, LLMRequests):
     """An :class:`~parley.providers.base.LLMProvider` for an OpenAI-compatible ``/chat/completions``."""
 
     def __init__(
@@ -294,7 +308,6 @@ class OpenAICompatLLM(Lifecycle):
         max_tokens_field: MaxTokensField = "auto",
         extra_headers: Mapping[str, str] | None = None,
         http_client: httpx.AsyncClient | None = None,
-        on_cancel: Callable[[Usage], None] | None = None,
     ) -> None:
         self.name = name
         self.model = model
@@ -310,7 +323,6 @@ class OpenAICompatLLM(Lifecycle):
         self._api_key = api_key
         self._extra_headers = dict(extra_headers or {})
         self._http = HttpSession(timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, client=http_client)
-        self._on_cancel = on_cancel
 
     def __repr__(self) -> str:
         return f"OpenAICompatLLM(name={self.name!r}, url={self.url!r}, model={self.model!r})"
@@ -332,11 +344,11 @@ class OpenAICompatLLM(Lifecycle):
         return await openai_verdict(self.base_url, self._api_key, self.model, provider=self.name)
 
     async def stream(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
     ) -> AsyncGenerator[LLMEvent, None]:
         assembler = ChatStreamAssembler(self.name)
         usage = functools.partial(self._usage, assembler)
-        async with aclosing(metered(self._events(messages, tools, assembler), usage, self._on_cancel)) as events:
+        async with aclosing(metered(self._events(messages, tools, assembler), usage, on_cancel)) as events:
             async for event in events:
                 yield event
 

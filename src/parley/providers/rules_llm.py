@@ -17,7 +17,10 @@ greeting. Caller key presses arrive as user messages ``[DTMF 1]`` (several keys:
 The reply streams as word-group :class:`TextDelta` pieces, then at most one :class:`ToolCall`
 (``hangup`` after the goodbye, ``transfer`` with ``{"destination": <target name>}``; each only when offered
 in ``tools``, a transfer only to a name in the offered ``destination`` enum), then
-``Usage(provider="rules", kind="llm")`` with whitespace-token counts of prompt and reply.
+``Usage(provider="rules", kind="llm")`` with whitespace-token counts of prompt and reply. A reply stopped
+early (a barge-in) reports ``Usage(cancelled=True)``, with the words it did send, to the request's
+``on_cancel`` (the ``stream()`` argument, or the call's sink via ``open()``: :class:`LLMRequests`, since
+each request replays the whole conversation and shares nothing within a call).
 
 YAML schema (``{slot}`` fields in texts are filled in; ``{agent}`` and ``{organization}`` everywhere)::
 
@@ -87,7 +90,17 @@ from typing import TypeVar, cast
 import yaml
 
 from parley.errors import ConfigError
-from parley.providers.base import Lifecycle, LLMEvent, Message, TextDelta, ToolCall, ToolSpec, Usage
+from parley.providers.base import (
+    Lifecycle,
+    LLMEvent,
+    LLMRequests,
+    Message,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    Usage,
+    UsageSink,
+)
 from parley.providers.rules_language import ChoiceSlot, DigitsSlot, RegexSlot, Slot, TextSlot, TimeSlot, keyword_pattern
 from parley.providers.rules_policy import Action, DialogueConfig, Intent, Offer, Prompted, Reply, YesNo, replay
 
@@ -373,7 +386,7 @@ def _tokens(text: str) -> int:
     return len(text.split())
 
 
-class RulesDialogue(Lifecycle):
+class RulesDialogue(Lifecycle, LLMRequests):
     """A deterministic dialogue policy presented as an :class:`~parley.providers.base.LLMProvider`."""
 
     name = "rules"
@@ -410,17 +423,26 @@ class RulesDialogue(Lifecycle):
         return replay(self.config, (m.content for m in messages if m.role == "user"), _offer(tools))[1]
 
     async def stream(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
     ) -> AsyncGenerator[LLMEvent, None]:
         reply = self.respond(messages, tools)
-        words = reply.text.split()
-        for start in range(0, len(words), _WORDS_PER_DELTA):
-            piece = " ".join(words[start : start + _WORDS_PER_DELTA])
-            yield TextDelta(piece if start + _WORDS_PER_DELTA >= len(words) else piece + " ")
-            await asyncio.sleep(0)  # let a barge-in cancel us between pieces, like a real stream
-        if reply.tool is not None:
-            turn = sum(m.role == "user" for m in messages)
-            yield ToolCall(f"rules_{turn}_{reply.tool}", reply.tool, dict(reply.arguments))
         prompt = sum(_tokens(m.content) for m in messages)
+        words = reply.text.split()
+        sent = 0
+        ended = False
+        try:
+            for start in range(0, len(words), _WORDS_PER_DELTA):
+                piece = " ".join(words[start : start + _WORDS_PER_DELTA])
+                sent = min(start + _WORDS_PER_DELTA, len(words))  # words handed to the consumer so far
+                yield TextDelta(piece if sent >= len(words) else piece + " ")
+                await asyncio.sleep(0)  # let a barge-in cancel us between pieces, like a real stream
+            if reply.tool is not None:
+                turn = sum(m.role == "user" for m in messages)
+                yield ToolCall(f"rules_{turn}_{reply.tool}", reply.tool, dict(reply.arguments))
+            ended = True
+        finally:
+            if not ended and on_cancel is not None:  # stopped early: the consumer will take nothing more
+                on_cancel(Usage(provider=self.name, model=self.model, kind="llm", input_tokens=prompt,
+                                output_tokens=sent, cancelled=True))  # fmt: skip
         yield Usage(provider=self.name, model=self.model, kind="llm", input_tokens=prompt,
-                    output_tokens=_tokens(reply.text))  # fmt: skip
+                    output_tokens=len(words))  # fmt: skip
