@@ -46,7 +46,18 @@ from parley.freeswitch.stream_token import stream_token
 from parley.observe.http import HttpServer
 from parley.observe.readiness import Readiness, is_loopback
 from parley.observe.records import CallRecord, RecordStore
-from parley.providers.base import AudioChunk, Lifecycle, LLMEvent, Message, STTEvent, ToolSpec, TTSEvent
+from parley.providers.base import (
+    AudioChunk,
+    Lifecycle,
+    LLMEvent,
+    LLMRequests,
+    Message,
+    STTEvent,
+    ToolSpec,
+    TTSEvent,
+    TTSRequests,
+    UsageSink,
+)
 from parley.sim.echo_call import free_port
 from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
 from parley.turns.policy import TurnPolicy
@@ -83,19 +94,25 @@ class _Stream:
         yield  # pragma: no cover
 
 
-@dataclass
-class _Providers(Lifecycle):
-    name: str = "fake"
-    sample_rate: int = 8000
+class _Ears(Lifecycle):
+    name = "fake"
 
     async def open(self, *, sample_rate: int, language: str | None = None) -> _Stream:
         return _Stream()
 
-    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+
+@dataclass
+class _Providers(Lifecycle, LLMRequests, TTSRequests):
+    name: str = "fake"
+    sample_rate: int = 8000
+
+    async def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
         raise AssertionError("no caller words, so no LLM call")
         yield  # pragma: no cover
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         t = np.arange(int(0.3 * 8000)) / 8000
         yield AudioChunk((4000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), 8000, text)
 
@@ -142,7 +159,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[tuple[FakeFreeSwitch, RecordStore
         providers = _Providers()
         conv = ConversationSettings(greeting="", apology="Sorry, we have a technical problem.")
         engine = Engine(
-            stt=providers, llm=providers, tts=providers, policy=TurnPolicy(), conversation=conv,  # type: ignore[arg-type]
+            stt=_Ears(), llm=providers, tts=providers, policy=TurnPolicy(), conversation=conv,  # type: ignore[arg-type]
             vad_factory=lambda rate: _SilentVad(),  # type: ignore[arg-type,return-value]
             emergency_tts=providers,  # type: ignore[arg-type]
         )

@@ -19,7 +19,7 @@ from parley.config import Settings
 from parley.errors import ConfigError
 from parley.observe import timings as tm
 from parley.observe.metrics import Metrics
-from parley.providers.base import AudioChunk
+from parley.providers.base import AudioChunk, LLMRequests
 from parley.sim.caller_voice import caller_voice
 from parley.sim.scripted_caller import Pause
 from parley.sim.simulate import SimulationResult, load_scenario, run_scenario, shipped_scenarios
@@ -250,12 +250,12 @@ def test_dtmf_reaches_the_conversation_as_input(engine: Engine, tmp_path: Path) 
     assert turns[0].timings.voice_to_voice_ms is not None
 
 
-class BrokenBrain:
+class BrokenBrain(LLMRequests):
     """An LLM provider whose every request fails (as a cloud LLM behind a dead network would)."""
 
     name = "broken"
 
-    async def stream(self, messages, tools=()):  # type: ignore[no-untyped-def]
+    async def stream(self, messages, tools=(), *, on_cancel=None):  # type: ignore[no-untyped-def]
         from parley.providers.errors import ProviderConnectionError
 
         raise ProviderConnectionError("connection refused", provider="broken")

@@ -403,6 +403,7 @@ async def start(
     engine: Engine | None = None
     if agent is None:
         engine = await asyncio.to_thread(build_engine, settings)
+        resources.push_async_callback(engine.aclose)  # runs last: vendor sockets and pools, after every call
         store = await open_records(settings, resources)
         metrics = Metrics()
         tracer = CallTracer.open(settings.observe)

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from parley.config import Settings
 from parley.errors import ConfigError, ParleyError
-from parley.observe import usage
 from parley.providers.base import LLMProvider, STTProvider, TTSProvider
 from parley.providers.errors import ProviderAuthError, ProviderConnectionError, ProviderTimeout
 from parley.providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS, SwitchHook
@@ -60,7 +59,7 @@ class Providers:
     ) -> None:
         self.settings = settings
         self.env = os.environ if env is None else env
-        self.on_switch = on_switch or _record_switch
+        self.on_switch = on_switch  # an extra observer: the call hears of a switch through its streams
         self._models: dict[str, Any] = {}
         conv = settings.conversation
         chains = (("stt", conv.stt, STT_NAMES), ("llm", conv.llm, LLM_NAMES), ("tts", conv.tts, TTS_NAMES))
@@ -184,11 +183,11 @@ class Providers:
             key = self.env.get(key_env) or None  # local OpenAI-compatible servers (Ollama, vLLM) need no key
             if key is None and "api.openai.com" in base:
                 raise ConfigError(f"openai is configured but {key_env} is not set")
-            return OpenAICompatLLM(base, key, str(o.get("model", OPENAI_DEFAULT_MODEL)), on_cancel=usage.report,
+            return OpenAICompatLLM(base, key, str(o.get("model", OPENAI_DEFAULT_MODEL)),
                                    **_pick(o, temperature="temperature", max_tokens="max_tokens"))
         from parley.providers.anthropic_llm import AnthropicLLM
 
-        return AnthropicLLM(self.key(name), str(o.get("model", "claude-haiku-4-5")), on_cancel=usage.report,
+        return AnthropicLLM(self.key(name), str(o.get("model", "claude-haiku-4-5")),
                             **_pick(o, base_url="base_url", max_tokens="max_tokens"))
 
     def one_tts(self, name: str) -> TTSProvider:
@@ -197,46 +196,39 @@ class Providers:
             from parley.providers.hibari_tts import HibariModel, HibariTTS
 
             model = self._model("hibari", lambda: HibariModel.load(threads=int(o.get("threads", 1))))
-            return HibariTTS(model, on_cancel=usage.report)
+            return HibariTTS(model)
         if name == "piper":
             from parley.providers.piper_tts import PiperModel, PiperTTS
 
             model = self._model("piper", lambda: PiperModel.load(threads=int(o.get("threads", 1))))
-            return PiperTTS(model, on_cancel=usage.report)
+            return PiperTTS(model)
         if name == "espeak":
             from parley.providers.espeak_tts import EspeakTTS
 
-            return EspeakTTS(on_cancel=usage.report, **_pick(o, voice="voice", rate_wpm="rate_wpm"))
+            return EspeakTTS(**_pick(o, voice="voice", rate_wpm="rate_wpm"))
         if name == "deepgram":
             from parley.providers.deepgram_tts import DeepgramTTS
 
             opts = _pick(o, tts_model="model", speak_url="url", sample_rate="sample_rate")
-            return DeepgramTTS(self.key(name), on_cancel=usage.report, **opts)
+            return DeepgramTTS(self.key(name), **opts)
         if name == "elevenlabs":
             from parley.providers.elevenlabs_tts import ElevenLabsTTS
 
             return ElevenLabsTTS(self.key(name), str(o.get("voice_id", "")) or _need(name, "voice_id"),
-                                 on_cancel=usage.report,
                                  **_pick(o, model="model", url_base="url_base", sample_rate="sample_rate"))
         if name == "cartesia":
             from parley.providers.cartesia_tts import CartesiaTTS
 
             return CartesiaTTS(self.key(name), str(o.get("voice_id", "")) or _need(name, "voice_id"),
-                               on_cancel=usage.report, **_pick(o, model="model", url="url", sample_rate="sample_rate"))
+                               **_pick(o, model="model", url="url", sample_rate="sample_rate"))
         if name == "openai-realtime":  # the successor of /v1/audio/speech: TTS on the Realtime client
             from parley.providers.openai_realtime_tts import OpenAIRealtimeTTS
 
-            return OpenAIRealtimeTTS(self.key(name), on_cancel=usage.report,
+            return OpenAIRealtimeTTS(self.key(name),
                                      **_pick(o, model="model", voice="voice", url="url", instructions="instructions"))
         from parley.providers.openai_tts import OpenAITTS
 
-        return OpenAITTS(self.key("openai"), on_cancel=usage.report,
-                         **_pick(o, tts_model="model", voice="voice", base_url="base_url"))
-
-
-def _record_switch(capability: str, old: str, new: str, error: BaseException) -> None:
-    """Default switch hook: the switch becomes an event of the call it happened in."""
-    usage.event("fallback", {"capability": capability, "from": old, "to": new, "error": str(error)[:300]})
+        return OpenAITTS(self.key("openai"), **_pick(o, tts_model="model", voice="voice", base_url="base_url"))
 
 
 def _pick(options: Mapping[str, Any], **names: str) -> dict[str, Any]:

@@ -17,22 +17,31 @@ from parley.audio.pcm import Int16Array
 from parley.config import ConversationSettings
 from parley.freeswitch.audio_stream import AudioFrame
 from parley.freeswitch.call import CallEvent
-from parley.providers.base import Lifecycle, LLMEvent, Message, STTStream, ToolCall, ToolSpec, TTSEvent
+from parley.providers.base import (
+    Lifecycle,
+    LLMEvent,
+    LLMRequests,
+    Message,
+    ToolCall,
+    ToolSpec,
+    TTSEvent,
+    TTSRequests,
+    UsageSink,
+)
 from parley.turns.policy import TurnPolicy
 
 
-class _Nothing(Lifecycle):
+class _Nothing(Lifecycle, LLMRequests, TTSRequests):
     name = "none"
     sample_rate = 8000
 
-    async def open(self, *, sample_rate: int, language: str | None = None) -> STTStream:
-        raise AssertionError("not used")
-
-    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+    async def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
         raise AssertionError("not used")
         yield  # pragma: no cover
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         raise AssertionError("not used")
         yield  # pragma: no cover
 
@@ -70,7 +79,7 @@ class _Vad:
 def session(conv: ConversationSettings) -> tuple[CallSession, FakeCall]:
     nothing = _Nothing()
     engine = Engine(
-        stt=nothing, llm=nothing, tts=nothing, policy=TurnPolicy(), conversation=conv,  # type: ignore[arg-type]
+        stt=None, llm=nothing, tts=nothing, policy=TurnPolicy(), conversation=conv,  # type: ignore[arg-type]
         vad_factory=lambda rate: _Vad(),  # type: ignore[arg-type,return-value]
     )
     call = FakeCall()

@@ -46,7 +46,18 @@ from parley.config import (
 from parley.freeswitch import esl_protocol as esl
 from parley.freeswitch.stream_token import stream_token
 from parley.observe.records import CallRecord, RecordStore
-from parley.providers.base import AudioChunk, Lifecycle, LLMEvent, Message, STTEvent, ToolSpec, TTSEvent
+from parley.providers.base import (
+    AudioChunk,
+    Lifecycle,
+    LLMEvent,
+    LLMRequests,
+    Message,
+    STTEvent,
+    ToolSpec,
+    TTSEvent,
+    TTSRequests,
+    UsageSink,
+)
 from parley.sim.echo_call import free_port
 from parley.sim.fake_freeswitch import FakeCall, FakeFreeSwitch
 from parley.turns.policy import TurnPolicy
@@ -92,23 +103,32 @@ class _Stream:
 
 
 @dataclass
-class _Providers(Lifecycle):
-    """STT (optionally failing to open), an LLM that is never asked, and a tone for a voice."""
+class _Ears(Lifecycle):
+    """STT, optionally failing to open."""
 
     stt_error: Exception | None = None
     name: str = "fake"
-    sample_rate: int = 8000
 
     async def open(self, *, sample_rate: int, language: str | None = None) -> _Stream:
         if self.stt_error is not None:
             raise self.stt_error
         return _Stream()
 
-    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+
+@dataclass
+class _Providers(Lifecycle, LLMRequests, TTSRequests):
+    """An LLM that is never asked, and a tone for a voice."""
+
+    name: str = "fake"
+    sample_rate: int = 8000
+
+    async def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
         raise AssertionError("no caller words, so no LLM call")
         yield  # pragma: no cover
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         t = np.arange(int(0.6 * 8000)) / 8000
         yield AudioChunk((4000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), 8000, text)
 
@@ -188,10 +208,10 @@ async def rig_for(tmp_path: Path, *, stt_error: Exception | None = None, public_
                                    stack)
     assert store is not None
     port = free_port()
-    providers = _Providers(stt_error)
+    providers = _Providers()
     conv = ConversationSettings(greeting="", apology="Sorry, we have a technical problem.")
     engine = Engine(
-        stt=providers, llm=providers, tts=providers, policy=TurnPolicy(), conversation=conv,  # type: ignore[arg-type]
+        stt=_Ears(stt_error), llm=providers, tts=providers, policy=TurnPolicy(), conversation=conv,  # type: ignore[arg-type]
         vad_factory=lambda rate: _SilentVad(),  # type: ignore[arg-type,return-value]
         emergency_tts=providers,  # type: ignore[arg-type]
     )

@@ -1,47 +1,38 @@
-"""Usage of a request cancelled by a barge-in reaches the call that cancelled it, not another call."""
+"""Usage of a request cancelled by a barge-in reaches the call that cancelled it, not another call.
+
+One real shared voice (espeak-ng, a process per request), two calls each with the stream it opened: the
+routing is the sink each call opened its stream with, so nothing ambient can cross calls."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
 
-import numpy as np
+from parley.providers.base import AudioChunk, TTSProvider, Usage
+from parley.providers.espeak_tts import EspeakTTS
 
-from parley.observe import usage
-from parley.providers.base import AudioChunk, TTSEvent, Usage
-
-
-async def shared_provider(text: str) -> AsyncGenerator[TTSEvent, None]:
-    """Shaped like the real TTS providers: on early close, Usage goes to on_cancel (= usage.report)."""
-    finished = False
-    try:
-        for _ in range(10):
-            yield AudioChunk(np.zeros(160, np.int16), 8000, text)
-            await asyncio.sleep(0)
-        finished = True
-    finally:
-        if not finished:
-            usage.report(Usage("vendor", "m", "tts", characters=len(text), cancelled=True))
-    yield Usage("vendor", "m", "tts", characters=len(text))
+TEXT = "This sentence is long enough to come back in more than one piece of audio."
 
 
-async def call(name: str, sink: list[Usage], cut_after: int) -> None:
-    usage.CURRENT.set(sink.append)
-    gen = shared_provider(name)
+async def call(voice: TTSProvider, sink: list[Usage], cut_after: int | None) -> None:
+    stream = await voice.open(sink.append)
+    gen = stream.synthesize(TEXT)
     async with contextlib.aclosing(gen):
-        n = 0
+        chunks = 0
         async for ev in gen:
             if isinstance(ev, Usage):
                 sink.append(ev)
-            n += 1
-            if n == cut_after:
-                break  # barge-in
+            elif isinstance(ev, AudioChunk):
+                chunks += 1
+                if chunks == cut_after:
+                    break  # barge-in: the generator is closed and can yield nothing more
+    await stream.close()
 
 
-async def test_cancelled_usage_lands_on_the_right_call() -> None:
-    a: list[Usage] = []
-    b: list[Usage] = []
-    await asyncio.gather(call("call-a", a, cut_after=3), call("call-bb", b, cut_after=99))
-    assert [(u.characters, u.cancelled) for u in a] == [(6, True)]
-    assert [(u.characters, u.cancelled) for u in b] == [(7, False)]
+async def test_cancelled_usage_lands_on_the_call_that_cancelled() -> None:
+    voice = EspeakTTS()
+    cut: list[Usage] = []
+    whole: list[Usage] = []
+    await asyncio.gather(call(voice, cut, cut_after=1), call(voice, whole, cut_after=None))
+    assert [(u.characters, u.cancelled) for u in cut] == [(len(TEXT), True)]
+    assert [(u.characters, u.cancelled) for u in whole] == [(len(TEXT), False)]

@@ -15,23 +15,31 @@ from parley.providers.base import (
     AudioChunk,
     Lifecycle,
     LLMEvent,
+    LLMRequests,
+    LLMStream,
     Message,
     STTEvent,
+    Switched,
     TextDelta,
     ToolSpec,
     Transcript,
     TTSEvent,
+    TTSRequests,
+    TTSStream,
     Usage,
+    UsageSink,
 )
 from parley.providers.errors import ProviderError, ProviderTimeout
 from parley.providers.fallback import AllProvidersFailed, FallbackLLM, FallbackSTT, FallbackTTS
 
 
-class ScriptedLLM:
+class ScriptedLLM(LLMRequests):
     def __init__(self, name: str, words: list[str], fail_after: int | None = None) -> None:
         self.name, self.words, self.fail_after, self.calls = name, words, fail_after, 0
 
-    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+    async def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
         self.calls += 1
         for i, w in enumerate(self.words):
             if self.fail_after is not None and i >= self.fail_after:
@@ -42,13 +50,13 @@ class ScriptedLLM:
         yield Usage(self.name, "m", "llm", output_tokens=len(self.words))
 
 
-class ScriptedTTS:
+class ScriptedTTS(TTSRequests):
     sample_rate = 8000
 
     def __init__(self, name: str, fail: bool = False) -> None:
         self.name, self.fail, self.calls = name, fail, 0
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         self.calls += 1
         if self.fail:
             raise ProviderError(f"{self.name} 401", provider=self.name, status=401, retryable=False)
@@ -159,6 +167,7 @@ async def test_stt_switches_mid_turn_and_replays_the_turn_audio() -> None:
         await stream.send_audio(np.zeros(320, np.int16))
     await stream.finalize()
     it = aiter(stream)
+    assert isinstance(await anext(it), Switched)  # the call is told first
     ev = await anext(it)
     assert isinstance(ev, Transcript) and ev.text == "whisper heard 1600"
     assert chain.stats.switches == 1
@@ -185,6 +194,7 @@ async def test_a_switch_in_the_next_turn_replays_only_that_turn_and_does_not_fin
     assert whisper.samples == 4 * 320  # only turn 2's audio, in order, once
     assert whisper.queue.empty()  # and not finalized: the turn is not over
     await stream.finalize()
+    assert isinstance(await anext(it), Switched)
     assert (await anext(it)).text == "whisper heard 1280"  # type: ignore[union-attr]
     await stream.close()
 
@@ -204,7 +214,7 @@ async def test_stt_with_every_provider_down() -> None:
         await FallbackSTT([Down()]).open(sample_rate=8000)  # type: ignore[list-item]
 
 
-class PingOnly:
+class PingOnly(LLMRequests):
     """An LLM stream that is open but says nothing (a queued or overloaded vendor sending only pings)."""
 
     name = "stalled"
@@ -212,7 +222,9 @@ class PingOnly:
     def __init__(self) -> None:
         self.closed = False
 
-    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+    async def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
         try:
             await asyncio.sleep(3600)
             yield TextDelta("never")
@@ -236,12 +248,14 @@ async def test_a_lone_stalled_provider_is_an_error_not_silence() -> None:
         await collect(chain.stream([Message("user", "hi")]))
 
 
-class SlowLocal:
+class SlowLocal(LLMRequests):
     """A local model on a loaded box: its first output comes late, but it comes."""
 
     name = "rules"
 
-    async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
+    async def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
         await asyncio.sleep(0.2)
         yield TextDelta("Late, but here.")
 
@@ -305,7 +319,10 @@ async def test_a_recognizer_that_stops_answering_is_replaced_within_the_result_d
     await stream.finalize()
     it = aiter(stream)
     async with asyncio.timeout(1.0):  # the deadline is 50 ms; the hung close must not hold the switch up
+        switched = await anext(it)
         ev = await anext(it)
+    assert isinstance(switched, Switched) and (switched.capability, switched.old, switched.new) == (
+        "stt", "deepgram", "whisper")  # the call hears of the switch in the stream, before the replayed turn
     assert ev == Transcript("whisper heard 1600", final=True, t=0.0, speech_final=True)  # the turn, replayed
     assert switches == [("stt", "deepgram", "whisper")] and chain.stats.failures == {"deepgram": 1}
     assert not cloud.streams[0].closed  # still closing, off the switch's path
@@ -343,6 +360,7 @@ async def test_a_turn_the_recognizer_closed_itself_owes_no_answer_to_the_finaliz
     await stream.send_audio(np.zeros(320, np.int16))
     await stream.finalize()
     async with asyncio.timeout(1.0):
+        assert isinstance(await anext(it), Switched)
         assert (await anext(it)).text == "whisper heard 320"  # type: ignore[union-attr]
     cloud.streams[0].release.set()
     await stream.close()
@@ -351,7 +369,7 @@ async def test_a_turn_the_recognizer_closed_itself_owes_no_answer_to_the_finaliz
 # ---- the lifecycle: prewarm, aclose, check through a chain -------------------------------------------------
 
 
-class WarmTTS(Lifecycle):
+class WarmTTS(Lifecycle, TTSRequests):
     sample_rate = 8000
 
     def __init__(self, name: str) -> None:
@@ -363,7 +381,7 @@ class WarmTTS(Lifecycle):
     async def aclose(self) -> None:
         self.closed += 1
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         yield AudioChunk(np.ones(160, np.int16), 8000, text)
 
 
@@ -375,3 +393,91 @@ async def test_a_tts_chain_warms_its_preferred_voice_and_closes_them_all() -> No
     assert await chain.check() is None  # the chain has nothing of its own to judge (compose checks each)
     await chain.aclose()
     assert (first.closed, second.closed) == (1, 1)
+
+
+# ---- per call: each call opens its own stream on the chain -----------------------------------------------
+
+
+class CallScopedLLM(LLMRequests):
+    """Counts the per-call streams opened and closed on it; a request closed early reports usage to on_cancel."""
+
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name, self.fail, self.opened, self.closed = name, fail, 0, 0
+
+    async def open(self, on_usage: UsageSink) -> LLMStream:
+        self.opened += 1
+        outer = self
+
+        class _Stream:
+            def stream(
+                self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+            ) -> AsyncGenerator[LLMEvent, None]:
+                return outer.stream(messages, tools, on_cancel=on_usage)
+
+            async def close(self) -> None:
+                outer.closed += 1
+
+        return _Stream()
+
+    async def prewarm(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def check(self) -> None:
+        return None
+
+    async def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
+        if self.fail:
+            raise ProviderError(f"{self.name} 503", provider=self.name, status=503, retryable=True)
+        ended = False
+        try:
+            yield TextDelta("one ")
+            yield TextDelta("two")
+            ended = True
+            yield Usage(self.name, "m", "llm", output_tokens=2)
+        finally:
+            if not ended and on_cancel is not None:
+                on_cancel(Usage(self.name, "m", "llm", output_tokens=1, cancelled=True))
+
+
+async def test_a_call_stream_reports_a_switch_as_an_event_and_opens_each_provider_once() -> None:
+    cloud, local = CallScopedLLM("cloud", fail=True), CallScopedLLM("local")
+    chain = FallbackLLM([cloud, local], cooldown_s=0)
+    sink: list[Usage] = []
+    call = await chain.open(sink.append)
+    first = await collect(call.stream([Message("user", "hi")]))
+    switched = [e for e in first if isinstance(e, Switched)]
+    assert [(e.capability, e.old, e.new) for e in switched] == [("llm", "cloud", "local")]
+    assert "503" in switched[0].error
+    assert [e.text for e in first if isinstance(e, TextDelta)] == ["one ", "two"]
+    await collect(call.stream([Message("user", "again")]))  # each provider's call stream is reused
+    assert (cloud.opened, local.opened) == (1, 1)
+    await call.close()
+    assert (cloud.closed, local.closed) == (1, 1) and sink == []
+
+
+async def test_usage_of_a_request_stopped_early_reaches_the_call_it_belongs_to() -> None:
+    """Two calls on one shared chain: each barge-in's usage lands on its own call, with no ambient state."""
+    chain = FallbackLLM([CallScopedLLM("cloud")])
+    first_sink: list[Usage] = []
+    second_sink: list[Usage] = []
+    first, second = await chain.open(first_sink.append), await chain.open(second_sink.append)
+    for call in (first, second):
+        gen = call.stream([Message("user", "hi")])
+        assert await anext(gen) == TextDelta("one ")
+        await gen.aclose()  # the caller barged in
+    assert first_sink == [Usage("cloud", "m", "llm", output_tokens=1, cancelled=True)]
+    assert second_sink == [Usage("cloud", "m", "llm", output_tokens=1, cancelled=True)]
+
+
+async def test_a_tts_call_stream_switches_voice_with_an_event_and_keeps_the_sample_rate() -> None:
+    chain = FallbackTTS([ScriptedTTS("elevenlabs", fail=True), ScriptedTTS("hibari")])
+    call: TTSStream = await chain.open([].append)
+    assert call.sample_rate == 8000
+    events = await collect(call.synthesize("Hello."))
+    assert [type(e).__name__ for e in events] == ["Switched", "AudioChunk", "Usage"]
+    await call.close()

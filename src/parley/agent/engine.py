@@ -2,19 +2,27 @@
 
 Owns: bundling what every call's :class:`~parley.agent.session.CallSession` uses (STT, brain, TTS,
 the VAD factory, the end-of-turn model, the turn policy and the conversation settings). Built by the
-composition root; never by a provider or a session.
+composition root; never by a provider or a session. At shutdown, :meth:`Engine.aclose` closes what the
+providers hold across calls (vendor sockets, HTTP connection pools), once each.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from parley.audio.pcm import Int16Array
 from parley.config import ConversationSettings
+from parley.errors import ParleyError
 from parley.providers.base import LLMProvider, STTProvider, TTSProvider
 from parley.turns.policy import TurnPolicy
+
+log = logging.getLogger("parley.engine")
+
+CLOSE_TIMEOUT_S = 5.0  # per provider: a vendor that does not answer its close handshake must not hold a stop
 
 
 class VadResultLike(Protocol):
@@ -50,3 +58,18 @@ class Engine:
 
     def new_vad(self, sample_rate: int) -> FrameVadLike:
         return self.vad_factory(sample_rate)
+
+    async def aclose(self) -> None:
+        """Close every provider's cross-call resources (the calls are over); a failure is logged, not raised."""
+        seen: set[int] = set()
+        for provider in (self.stt, self.llm, self.tts, self.emergency_tts):
+            if provider is None or id(provider) in seen:
+                continue
+            seen.add(id(provider))
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await provider.aclose()
+            except TimeoutError:
+                log.warning("closing %s failed: no answer within %.0f s", provider.name, CLOSE_TIMEOUT_S)
+            except (ParleyError, OSError) as exc:
+                log.warning("closing %s failed: %s", provider.name, exc)

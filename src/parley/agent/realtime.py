@@ -42,7 +42,6 @@ from parley.audio.pcm import Int16Array, from_bytes, rms_dbfs
 from parley.errors import CallGone, ParleyError
 from parley.freeswitch.call import CallLog, Hangup, StreamLost
 from parley.observe import timings as tm
-from parley.observe import usage as usage_sink
 from parley.providers.base import ToolCall, Usage
 from parley.providers.errors import ProviderError
 from parley.providers.realtime_base import (
@@ -140,8 +139,6 @@ class RealtimeSession:
     # ---- lifecycle -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        usage_sink.CURRENT.set(self._usage.append)
-        usage_sink.EVENTS.set(lambda kind, detail: self._events.append((self._clock(), kind, detail)))
         conv = self.engine.conversation
         config = RealtimeConfig(conv.system_prompt, self._tools, self._rate, call_codec(self.call),
                                 server_vad=self._machine is None)
@@ -497,7 +494,7 @@ class RealtimeSession:
             self._done_speaking(self._spoken, self._spoken.utterance.heard_ms(), barged=True)
         if self._hung_up or self.call.hangup_cause is not None:
             return
-        await say_locally(self.call, self.engine, self.engine.switch_apology, self.log)
+        await say_locally(self.call, self.engine, self.engine.switch_apology, self.log, self._usage.append)
         self._fallback = pipeline_session(self.call, self.engine, self._turns, clock=self._clock,
                                           on_turn=self.on_turn)
         await self._fallback.run()

@@ -21,20 +21,25 @@ from parley.agent.realtime_engine import pipeline_engine
 from parley.agent.session import CallSession
 from parley.agent.turn import TurnRecord
 from parley.errors import ParleyError
-from parley.providers.base import AudioChunk
+from parley.providers.base import AudioChunk, Usage, UsageSink
 
 
-async def say_locally(call: CallPort, engine: Engine, text: str, log: logging.LoggerAdapter[logging.Logger]) -> None:
-    """``text`` in the local voice (the emergency TTS, else the pipeline's), heard to its end."""
+async def say_locally(
+    call: CallPort, engine: Engine, text: str, log: logging.LoggerAdapter[logging.Logger], on_usage: UsageSink
+) -> None:
+    """``text`` in the local voice (the emergency TTS, else the pipeline's), heard to its end; what it costs
+    goes to ``on_usage`` (also when the call ends under it)."""
     tts = engine.emergency_tts or engine.tts
     utt: UtterancePort | None = None
     try:
-        gen = tts.synthesize(text)
+        gen = tts.synthesize(text, on_cancel=on_usage)
         async with contextlib.aclosing(gen):
             async for ev in gen:
                 if isinstance(ev, AudioChunk):
                     utt = utt or call.playback.utterance(ev.sample_rate)
                     await utt.write(ev.samples)
+                elif isinstance(ev, Usage):
+                    on_usage(ev)
         if utt is not None:
             await utt.finish()
             await utt.wait_played(timeout=15)

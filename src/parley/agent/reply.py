@@ -29,12 +29,13 @@ from parley.errors import CallGone, ParleyError
 from parley.observe import timings as tm
 from parley.providers.base import (
     AudioChunk,
-    LLMProvider,
+    LLMStream,
     Message,
+    Switched,
     TextDelta,
     ToolCall,
     ToolSpec,
-    TTSProvider,
+    TTSStream,
     Usage,
 )
 
@@ -53,12 +54,12 @@ class ReplyRunner:
         self,
         reply_id: int,
         *,
-        llm: LLMProvider,
-        tts: TTSProvider,
+        llm: LLMStream,
+        tts: TTSStream,
         tools: Sequence[ToolSpec],
         playback: PlaybackPort,
         emit: Callable[[c.CoreEvent], None],
-        usage: Callable[[Usage], None],
+        report: Callable[[Usage | Switched], None],
         clock: Callable[[], float],
         gate: Callable[[], Awaitable[None]],
         messages: Sequence[Message] | None,
@@ -71,7 +72,7 @@ class ReplyRunner:
         self._tools = tools
         self._playback = playback
         self._emit = emit
-        self._usage = usage
+        self._report = report  # usage and fallback switches: the call's record
         self._clock = clock
         self._gate = gate  # resolves when no break is on its way (a break would flush what we queue)
         self._messages = messages
@@ -153,8 +154,8 @@ class ReplyRunner:
                             self._emit(c.ReplyMark(self.id, tm.LLM_FIRST_TOKEN, self._clock()))
                             first = False
                         calls.append(ev)
-                    case Usage():
-                        self._usage(ev)
+                    case Usage() | Switched():
+                        self._report(ev)
         for piece in chunker.flush():
             self._emit(c.ReplyMark(self.id, tm.FIRST_CHUNK, self._clock()))
             await chunks.put(piece)
@@ -174,8 +175,8 @@ class ReplyRunner:
                                 self._emit(c.ReplyMark(self.id, tm.TTS_FIRST_AUDIO, now, now - started))
                                 first = False
                             await self._audio(text, self._trim(rate).feed(samples), rate)
-                        case Usage():
-                            self._usage(ev)
+                        case Usage() | Switched():
+                            self._report(ev)
 
     def _trim(self, rate: int) -> SpeechTrimmer:
         if self._trimmer is None or self._trimmer.rate != rate:

@@ -21,7 +21,7 @@ import logging
 import time
 from array import array
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -39,9 +39,18 @@ from parley.audio.speech_end import refine_speech_end
 from parley.config import LEGACY_TRANSFER_TARGET
 from parley.errors import CallGone, ParleyError, SpoolError
 from parley.freeswitch.call import CallLog, Dtmf, Hangup, StreamLost
-from parley.observe import usage as usage_sink
 from parley.observe.redact import CallerText
-from parley.providers.base import AudioChunk, STTStream, ToolCall, Transcript, Usage
+from parley.providers.base import (
+    AudioChunk,
+    LLMStream,
+    STTStream,
+    Switched,
+    ToolCall,
+    Transcript,
+    TTSEvent,
+    TTSStream,
+    Usage,
+)
 from parley.turns import events as turns
 from parley.turns.machine import TurnMachine
 
@@ -100,6 +109,10 @@ class CallSession:
         self._logged: set[int] = set()
         # STT: frames and control marks in order, sent by one task
         self._stt: STTStream | None = None
+        # the call's own brain and voice streams (opened at the start, closed at the end); usage of a request
+        # a barge-in stopped comes back through the sink they were opened with, a fallback switch as an event
+        self._llm: LLMStream | None = None
+        self._tts: TTSStream | None = None
         self._stt_q: asyncio.Queue[_SttItem] = asyncio.Queue(maxsize=STT_QUEUE_FRAMES)
         self._stt_open = False
         self._finals: list[str] = []
@@ -142,8 +155,22 @@ class CallSession:
     # ---- lifecycle -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        usage_sink.CURRENT.set(self.usage.append)  # cancelled requests' usage (see parley.observe.usage)
-        usage_sink.EVENTS.set(lambda kind, detail: self.events.append((self._clock(), kind, detail)))
+        try:
+            await self._run()
+        finally:
+            await self._close_streams()
+
+    async def _run(self) -> None:
+        try:
+            self._llm = await self.engine.llm.open(self.usage.append)
+            self._tts = await self.engine.tts.open(self.usage.append)
+        except ParleyError as exc:  # no brain or no voice for this call: the caller hears why, never silence
+            self.log.error("the brain or the voice could not start: %s", exc)
+            self.events.append((self._clock(), "agent_failed", {"error": str(exc)[:300]}))
+            self.core.failed = True
+            self._ended = True
+            await self._apologise(self.core.new_turn())
+            return
         try:
             self._stt = await self.engine.stt.open(sample_rate=self._rate)
         except ParleyError as exc:  # no speech recognition at all: the caller hears why, never silence
@@ -167,6 +194,26 @@ class CallSession:
         finally:
             self._ended = True
             await asyncio.gather(*self._records, return_exceptions=True)
+
+    async def _close_streams(self) -> None:
+        """The call's brain and voice streams release what they hold (a vendor socket bound to the call)."""
+        for stream in (self._llm, self._tts):
+            if stream is None:
+                continue
+            try:
+                async with asyncio.timeout(2.0):
+                    await stream.close()
+            except (ParleyError, TimeoutError) as exc:
+                self.log.warning("closing a provider stream failed: %s", exc)
+        self._llm = self._tts = None
+
+    def _report(self, ev: Usage | Switched) -> None:
+        """What a provider stream says besides text and audio: usage, or a fallback switch (an event)."""
+        if isinstance(ev, Usage):
+            self.usage.append(ev)
+            return
+        detail = {"capability": ev.capability, "from": ev.old, "to": ev.new, "error": ev.error}
+        self.events.append((self._clock(), "fallback", detail))
 
     async def _wind_down(self, sender: asyncio.Task[None], consumer: asyncio.Task[None]) -> None:
         """The call is over: the caller's last words, what each reply was heard of, then close STT."""
@@ -374,8 +421,8 @@ class CallSession:
                             self._deliver_final()
                         elif sf:
                             self._closed_early = self.core.pause_id is not None
-                    case Usage():
-                        self.usage.append(ev)
+                    case Usage() | Switched():
+                        self._report(ev)
                     case _:
                         pass
         except ParleyError as exc:
@@ -394,14 +441,15 @@ class CallSession:
     # ---- replies -------------------------------------------------------------------------------------
 
     def _start_reply(self, cmd: c.StartReply) -> None:
+        assert self._llm is not None and self._tts is not None
         runner = ReplyRunner(
             cmd.reply_id,
-            llm=self.engine.llm,
-            tts=self.engine.tts,
+            llm=self._llm,
+            tts=self._tts,
             tools=self._tools,
             playback=self.call.playback,
             emit=self._handle,
-            usage=self.usage.append,
+            report=self._report,
             clock=self._clock,
             gate=self._wait_no_break,
             messages=cmd.messages,
@@ -543,16 +591,22 @@ class CallSession:
                 await self.call.hangup("TEMPORARY_FAILURE")
 
     async def _say_apology(self) -> None:
-        tts = self.engine.emergency_tts or self.engine.tts
+        apology = self.engine.conversation.apology
+        gen: AsyncGenerator[TTSEvent, None]
+        if self.engine.emergency_tts is not None:
+            gen = self.engine.emergency_tts.synthesize(apology, on_cancel=self.usage.append)
+        elif self._tts is not None:
+            gen = self._tts.synthesize(apology)
+        else:
+            gen = self.engine.tts.synthesize(apology, on_cancel=self.usage.append)
         utt = None
-        gen = tts.synthesize(self.engine.conversation.apology)
         async with contextlib.aclosing(gen):
             async for ev in gen:
                 if isinstance(ev, AudioChunk):
                     utt = utt or self.call.playback.utterance(ev.sample_rate)
                     await utt.write(ev.samples)
-                elif isinstance(ev, Usage):
-                    self.usage.append(ev)  # the apology is billed like any speech
+                else:
+                    self._report(ev)  # the apology is billed like any speech
         if utt is not None:
             await utt.finish()
             await utt.wait_played(timeout=15)

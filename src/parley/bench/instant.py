@@ -22,13 +22,16 @@ from parley.audio.pcm import Int16Array
 from parley.providers.base import (
     AudioChunk,
     LLMEvent,
+    LLMRequests,
     Message,
     STTEvent,
     TextDelta,
     ToolSpec,
     Transcript,
     TTSEvent,
+    TTSRequests,
     Usage,
+    UsageSink,
 )
 
 BENCH_TRANSCRIPT = "what are your opening hours"
@@ -87,7 +90,7 @@ class InstantSTT:
         self.name = "bench-instant-stt"
         self.text = text
 
-    # the provider lifecycle: nothing to warm, hold across calls or judge (no providers.base import needed)
+    # the provider lifecycle: nothing to warm, hold across calls or judge
     async def prewarm(self) -> None:
         return None
 
@@ -101,7 +104,7 @@ class InstantSTT:
         return InstantSTTStream(self, sample_rate)
 
 
-class InstantLLM:
+class InstantLLM(LLMRequests):
     """Benchmark fake LLM: the canned reply in ``pieces`` deltas, no waiting (only a yield between them)."""
 
     def __init__(self, reply: str = BENCH_REPLY, pieces: int = 4) -> None:
@@ -109,7 +112,7 @@ class InstantLLM:
         self.reply = reply
         self.pieces = max(1, pieces)
 
-    # the provider lifecycle: nothing to warm, hold across calls or judge (no providers.base import needed)
+    # the provider lifecycle: nothing to warm, hold across calls or judge
     async def prewarm(self) -> None:
         return None
 
@@ -120,7 +123,7 @@ class InstantLLM:
         return None
 
     async def stream(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
     ) -> AsyncGenerator[LLMEvent, None]:
         words = self.reply.split(" ")
         step = max(1, -(-len(words) // self.pieces))
@@ -132,7 +135,7 @@ class InstantLLM:
         yield Usage(self.name, "instant", "llm", input_tokens=prompt, output_tokens=len(words))
 
 
-class InstantTTS:
+class InstantTTS(TTSRequests):
     """Benchmark fake TTS: a quiet tone at 8 kHz, ``MS_PER_CHAR`` per character, returned at once."""
 
     def __init__(self, ms_per_char: float = MS_PER_CHAR) -> None:
@@ -140,7 +143,7 @@ class InstantTTS:
         self.sample_rate = TTS_RATE
         self.ms_per_char = ms_per_char
 
-    # the provider lifecycle: nothing to warm, hold across calls or judge (no providers.base import needed)
+    # the provider lifecycle: nothing to warm, hold across calls or judge
     async def prewarm(self) -> None:
         return None
 
@@ -150,7 +153,7 @@ class InstantTTS:
     async def check(self) -> None:
         return None
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
         yield AudioChunk(tone(len(text) * self.ms_per_char), TTS_RATE, text)
         yield Usage(self.name, "instant", "tts", characters=len(text))
 

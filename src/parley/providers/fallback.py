@@ -16,6 +16,11 @@ What is safe to retry:
   way (with no provider left, the chain's iterator raises :class:`AllProvidersFailed`). A failed stream is
   closed off the switch's path, so a hung peer's close handshake does not hold the next provider up, and
   the usage it reports then is passed on, marked failed.
+
+A switch is told to the call as a :class:`~parley.providers.base.Switched` event in the same stream as the
+audio, text and usage (``on_switch`` is an extra observer for whoever built the chain). A chain's per-call
+stream opens each provider's own per-call stream the first time it needs that provider, and closes them all
+with the call.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -36,15 +41,19 @@ from parley.providers.base import (
     Lifecycle,
     LLMEvent,
     LLMProvider,
+    LLMStream,
     Message,
     STTEvent,
     STTProvider,
     STTStream,
+    Switched,
     ToolSpec,
     Transcript,
     TTSEvent,
     TTSProvider,
+    TTSStream,
     Usage,
+    UsageSink,
 )
 from parley.providers.errors import ProviderError, ProviderTimeout
 
@@ -53,6 +62,7 @@ log = logging.getLogger("parley.fallback")
 RETIRE_S = 2.0  # a failed STT stream's close and its last usage, awaited off the switch's path
 
 E = TypeVar("E")
+S = TypeVar("S", LLMStream, TTSStream)
 SwitchHook = Callable[[str, str, str, BaseException], None]  # capability, from, to, error
 
 
@@ -113,7 +123,7 @@ P = TypeVar("P", bound=_Named)
 
 
 class _Chain(Lifecycle, Generic[P]):
-    capability = ""
+    capability: ClassVar[Literal["stt", "llm", "tts"]]
 
     def __init__(
         self,
@@ -141,7 +151,9 @@ class _Chain(Lifecycle, Generic[P]):
         self.patient = frozenset(patient)
         self.name = names[0] if len(names) == 1 else "fallback(" + ",".join(names) + ")"
 
-    async def _first_working(self, start: Callable[[int], AsyncGenerator[E, None]]) -> AsyncGenerator[E, None]:
+    async def _first_working(
+        self, start: Callable[[int], AsyncGenerator[E, None]]
+    ) -> AsyncGenerator[E | Switched, None]:
         """Run ``start(i)`` for the healthiest provider; on failure before any output, the next one."""
         errors: list[BaseException] = []
         order = self.health.order()
@@ -166,10 +178,12 @@ class _Chain(Lifecycle, Generic[P]):
                         produced = produced or not isinstance(ev, Usage)
                         yield ev
             except ParleyError as exc:
-                self._failed(i, order[pos + 1] if pos + 1 < len(order) and not produced else None, exc)
+                switched = self._failed(i, order[pos + 1] if pos + 1 < len(order) and not produced else None, exc)
                 if produced:
                     raise
                 errors.append(exc)
+                if switched is not None:
+                    yield switched
                 continue
             self.health.ok(i)
             return
@@ -181,28 +195,81 @@ class _Chain(Lifecycle, Generic[P]):
             with contextlib.suppress(ParleyError):
                 await provider.aclose()
 
-    def _failed(self, i: int, nxt: int | None, exc: BaseException) -> None:
+    def _failed(self, i: int, nxt: int | None, exc: BaseException) -> Switched | None:
+        """Provider ``i`` failed; the switch to ``nxt`` (if any) as the event the stream carries to the call."""
         names = self.health.names
         self.health.failed(i)
         self.stats.failures[names[i]] = self.stats.failures.get(names[i], 0) + 1
-        if nxt is None:
-            return
+        return None if nxt is None else self._switched(names[i], names[nxt], exc)
+
+    def _switched(self, old: str, new: str, exc: BaseException) -> Switched:
         self.stats.switches += 1
-        log.warning("%s provider %s failed (%s); switching to %s", self.capability, names[i], exc, names[nxt])
+        log.warning("%s provider %s failed (%s); switching to %s", self.capability, old, exc, new)
         if self._on_switch is not None:
-            self._on_switch(self.capability, names[i], names[nxt], exc)
+            self._on_switch(self.capability, old, new, exc)
+        return Switched(self.capability, old, new, str(exc)[:300])
+
+
+class _Links(Generic[S]):
+    """The per-call streams of a chain's providers for one call, each opened the first time it is needed."""
+
+    def __init__(self, opener: Callable[[int], Awaitable[S]]) -> None:
+        self._opener: Callable[[int], Awaitable[S]] = opener
+        self._streams: dict[int, S] = {}
+
+    async def get(self, i: int) -> S:
+        if i not in self._streams:
+            self._streams[i] = await self._opener(i)  # a ParleyError here is provider i failing the request
+        return self._streams[i]
+
+    async def close(self) -> None:
+        streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
+            with contextlib.suppress(ParleyError):
+                await stream.close()
 
 
 class FallbackLLM(_Chain[LLMProvider]):
     capability = "llm"
 
+    async def open(self, on_usage: UsageSink) -> LLMStream:
+        return FallbackLLMStream(self, on_usage)
+
     async def stream(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = (), *, on_cancel: UsageSink | None = None
     ) -> AsyncGenerator[LLMEvent, None]:
-        gen = self._first_working(lambda i: self.providers[i].stream(messages, tools))
+        gen = self._first_working(lambda i: self.providers[i].stream(messages, tools, on_cancel=on_cancel))
         async with contextlib.aclosing(gen):
             async for ev in gen:
                 yield ev
+
+
+class FallbackLLMStream:
+    """One call's brain through the chain: each request goes to the healthiest provider's per-call stream."""
+
+    def __init__(self, chain: FallbackLLM, on_usage: UsageSink) -> None:
+        self._chain = chain
+        self._links: _Links[LLMStream] = _Links(lambda i: chain.providers[i].open(on_usage))
+
+    async def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncGenerator[LLMEvent, None]:
+        gen = self._chain._first_working(lambda i: self._one(i, messages, tools))
+        async with contextlib.aclosing(gen):
+            async for ev in gen:
+                yield ev
+
+    async def _one(
+        self, i: int, messages: Sequence[Message], tools: Sequence[ToolSpec]
+    ) -> AsyncGenerator[LLMEvent, None]:
+        link = await self._links.get(i)
+        gen = link.stream(messages, tools)
+        async with contextlib.aclosing(gen):
+            async for ev in gen:
+                yield ev
+
+    async def close(self) -> None:
+        await self._links.close()
 
 
 class FallbackTTS(_Chain[TTSProvider]):
@@ -218,11 +285,39 @@ class FallbackTTS(_Chain[TTSProvider]):
             with contextlib.suppress(ParleyError):
                 await self.providers[i].prewarm()
 
-    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
-        gen = self._first_working(lambda i: self.providers[i].synthesize(text))
+    async def open(self, on_usage: UsageSink) -> TTSStream:
+        return FallbackTTSStream(self, on_usage)
+
+    async def synthesize(self, text: str, *, on_cancel: UsageSink | None = None) -> AsyncGenerator[TTSEvent, None]:
+        gen = self._first_working(lambda i: self.providers[i].synthesize(text, on_cancel=on_cancel))
         async with contextlib.aclosing(gen):
             async for ev in gen:
                 yield ev
+
+
+class FallbackTTSStream:
+    """One call's voice through the chain: each piece of text goes to the healthiest provider's per-call stream."""
+
+    def __init__(self, chain: FallbackTTS, on_usage: UsageSink) -> None:
+        self._chain = chain
+        self.sample_rate = chain.sample_rate
+        self._links: _Links[TTSStream] = _Links(lambda i: chain.providers[i].open(on_usage))
+
+    async def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        gen = self._chain._first_working(lambda i: self._one(i, text))
+        async with contextlib.aclosing(gen):
+            async for ev in gen:
+                yield ev
+
+    async def _one(self, i: int, text: str) -> AsyncGenerator[TTSEvent, None]:
+        link = await self._links.get(i)
+        gen = link.synthesize(text)
+        async with contextlib.aclosing(gen):
+            async for ev in gen:
+                yield ev
+
+    async def close(self) -> None:
+        await self._links.close()
 
 
 class FallbackSTT(_Chain[STTProvider]):
@@ -325,10 +420,7 @@ class FallbackSTTStream:
         except AllProvidersFailed as total:
             raise AllProvidersFailed("stt", [exc, *total.errors]) from exc
         names = self._chain.health.names
-        self._chain.stats.switches += 1
-        log.warning("stt provider %s failed (%s); switched to %s mid-call", names[old], exc, names[self._index])
-        if self._chain._on_switch is not None:
-            self._chain._on_switch("stt", names[old], names[self._index], exc)
+        self._events.put_nowait(self._chain._switched(names[old], names[self._index], exc))  # told to the call
         assert self._inner is not None
         for samples in self._turn_audio:  # the caller need not repeat the turn in progress
             await self._inner.send_audio(samples)
