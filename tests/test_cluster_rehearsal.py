@@ -72,6 +72,7 @@ def test_rehearsal_with_four_calls_drains_a_worker_and_everything_adds_up(tmp_pa
     assert [w["calls_started"] for w in report["workers"]] == [w["records"] for w in report["workers"]]
     (drained,) = [w for w in report["workers"] if w["drained"]]
     assert drained["active_at_drain"] >= 1 and drained["ready_status_in_drain"] == 503
+    assert drained["calls_ended"] == drained["calls_started"]  # its last scrape came after its last call
     assert any(c["on_drained_worker"] for c in report["calls"])
     assert all(w["esl_connected"] for w in report["workers"])
     assert all(check["ok"] for check in report["checks"]) and report["ok"]
@@ -122,6 +123,9 @@ def test_report_passes_when_everything_adds_up_and_fails_each_check_on_its_own()
     assert failed(_report(rows_per_call=2)) == ["records exactly once"]
     assert failed(_report(dropped="turn 2 not answered")) == ["no call dropped"]
     assert failed(_report(started=(2, 1))) == ["metrics add up"]
+    lost_end = _report()
+    lost_end.workers[0].calls_ended = 0  # the drained worker went before its last call's end was scraped
+    assert failed(lost_end) == ["metrics add up"]
     short = _report()
     short.calls[1].turns_said = short.calls[1].turns_answered = 1  # stopped before its last turn
     assert failed(short) == ["no call dropped"]

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from parley.app import DRAIN_GRACE_S
-from parley.config import AudioStreamSettings, ObserveSettings, load_settings
+from parley.config import AudioStreamSettings, ObserveSettings, Settings, load_settings, settings_from_mapping
 from parley.freeswitch.bridge import AGENT_TEARDOWN_S, APOLOGY_MAX_S
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -46,6 +46,11 @@ def manifests() -> Iterator[tuple[Path, dict[str, Any]]]:
 def by_kind(kind: str) -> dict[str, Any]:
     [doc] = [d for _p, d in manifests() if d["kind"] == kind]
     return doc
+
+
+def configmap_settings() -> Settings:
+    """The ConfigMap's parley.yaml as parley reads it (no environment)."""
+    return settings_from_mapping(yaml.safe_load(by_kind("ConfigMap")["data"]["parley.yaml"]), env={})
 
 
 def worker() -> dict[str, Any]:
@@ -102,8 +107,10 @@ def test_stopping_a_pod_drains_within_the_grace_period() -> None:
     grace = float(args[args.index("--drain-grace-s") + 1])
     env = {e["name"]: e for e in c["env"]}
     assert float(env["PARLEY_DRAIN_GRACE_S"]["value"]) == grace == DRAIN_GRACE_S
-    # the drain grace, then the goodbye, then the agents' teardown, all before Kubernetes' SIGKILL
-    assert pod["terminationGracePeriodSeconds"] >= grace + APOLOGY_MAX_S + AGENT_TEARDOWN_S
+    # the drain grace, then the goodbye, the agents' teardown and the last scrape, all before Kubernetes' SIGKILL
+    final_scrape = configmap_settings().observe.final_scrape_s
+    assert final_scrape > 0
+    assert pod["terminationGracePeriodSeconds"] >= grace + APOLOGY_MAX_S + AGENT_TEARDOWN_S + final_scrape
     strategy = by_kind("Deployment")["spec"]["strategy"]
     assert strategy["rollingUpdate"]["maxUnavailable"] == 0
 

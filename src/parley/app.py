@@ -367,6 +367,26 @@ class Running:
             await self.resources.aclose()  # the records writer flushes what is queued
 
 
+async def _final_scrape(running: Running, wait_s: float, hurry: asyncio.Event) -> None:
+    """With ``observe.final_scrape_s`` set, hold /metrics up after the last call until one scrape has read the
+    final counters (or the wait is over, or a second stop signal came): a scrape before the drain misses the
+    calls that ended in it, and a worker that is gone is never scraped again."""
+    if wait_s <= 0 or running.metrics is None or running.http is None or hurry.is_set():
+        return
+    log.info("waiting up to %.0f s for a last /metrics scrape", wait_s)
+    scraped = asyncio.ensure_future(running.metrics.final_scrape(wait_s))
+    hurried = asyncio.ensure_future(hurry.wait())
+    try:
+        await asyncio.wait({scraped, hurried}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hurried.cancel()
+        scraped.cancel()
+    if scraped.done() and not scraped.cancelled() and scraped.result():
+        log.info("last counters scraped")
+    else:
+        log.warning("no /metrics scrape within %.0f s of the last call: the last counters are not read", wait_s)
+
+
 def _check_hosting(settings: Settings) -> None:
     box = settings.records.hosting
     if box:
@@ -501,6 +521,7 @@ async def serve(
         fatal.cancel()
         stopped.cancel()
         log.info("shutting down: %d active call(s)", len(running.bridge.calls))
+        await _final_scrape(running, settings.observe.final_scrape_s, now)
         await running.close()
     if fatal.done() and not fatal.cancelled() and fatal.exception() is None:
         log.error("giving up: %s", fatal.result())

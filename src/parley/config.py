@@ -301,6 +301,13 @@ class ConversationSettings:
     # from the next brain (the rules brain, offline), a worse reply than a late one; a voice is a voice.
     llm_first_token_timeout_s: float = 3.0
     tts_first_audio_timeout_s: float = 1.5
+    # A brain that has said nothing this long after the caller's turn ended (a slow or stalled vendor, a long
+    # tool-less think): the voice says ``hold_line`` while it goes on waiting, so the caller is not left in
+    # silence (issue 10: the stalled LLM row left 3.55 s before the next brain answered). Healthy vendors' first
+    # token comes in 0.3-1 s, so it is rarely heard. The line is part of what the agent said (transcript,
+    # memory). 0 or an empty line: never.
+    hold_after_s: float = 1.2
+    hold_line: str = "One moment."
     # After parley ends a caller's turn, its final transcript must come within this long, else the recognizer is
     # failed over (the turn's audio replayed into the next one) or, with none left, the caller hears the
     # apology: a vendor can stop answering with its socket open (issue 10). Measured final-transcript latency
@@ -379,6 +386,10 @@ class ObserveSettings:
     # Caller speech and phone numbers are redacted from the logs (and span attributes) unless this is
     # set (PARLEY_LOG_CALLER_TEXT=1): transcripts belong in the call records, not in log pipelines.
     log_caller_text: bool = False
+    # After a drain, keep /metrics up until Prometheus has scraped it once with the last call ended, at most
+    # this long, so the final counters of a worker going away are read (one scrape interval, e.g. 20 s, where
+    # Prometheus scrapes parley; a second stop signal ends the wait). 0: stop at once.
+    final_scrape_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

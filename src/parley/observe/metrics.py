@@ -29,6 +29,7 @@ misbehaving peer cannot grow the series without bound; the rest overflows into `
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -149,6 +150,7 @@ class Metrics:
         self._clock = clock
         self._cooldown_s = provider_cooldown_s
         self._max_label_values = max_label_values
+        self._scraped = asyncio.Event()  # set by each /metrics answer (final_scrape waits for one)
         self.registry = r = CollectorRegistry()
         self.turn_latency = Histogram("parley_turn_latency_ms", "Time from the caller's speech end to each stage of a "
                                       "turn (ms); stage=voice_to_voice is speech end to the first audible agent "
@@ -345,7 +347,20 @@ class Metrics:
         server.route("/health", self.health_endpoint)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
-        return respond(self.render(), content_type=CONTENT_TYPE)
+        body = self.render()
+        self._scraped.set()
+        return respond(body, content_type=CONTENT_TYPE)
+
+    async def final_scrape(self, timeout_s: float) -> bool:
+        """Wait for the next scrape of ``/metrics`` (the counters as they are now), at most ``timeout_s``.
+        True when one came: a process going away calls this after its last call so its end is not lost."""
+        self._scraped.clear()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._scraped.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def health_endpoint(self, request: web.Request) -> web.Response:
         report = self.health()
