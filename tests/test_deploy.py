@@ -143,6 +143,8 @@ def test_keda_scales_on_active_calls_per_pod() -> None:
     [trigger] = so["spec"]["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     assert "parley_active_calls" in trigger["metadata"]["query"] and float(trigger["metadata"]["threshold"]) > 0
+    # a pod turns calls away only above the load KEDA scales at: scaling comes first
+    assert configmap_settings().freeswitch.audio_stream.max_calls > float(trigger["metadata"]["threshold"])
     assert so["spec"]["minReplicaCount"] >= 1 and so["spec"]["maxReplicaCount"] >= so["spec"]["minReplicaCount"]
     if so["spec"]["maxReplicaCount"] > 1:  # several workers on one FreeSWITCH: each owns only its streams' calls
         args = worker()["args"]

@@ -18,7 +18,7 @@ import secrets
 import signal
 import uuid as uuidlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,42 @@ async def test_drain_grace_over_says_goodbye_and_hangs_up(
         await running.close()
     [rec] = await finished_record(store, call.uuid)
     assert rec.status == "completed" and rec.hangup_by == "agent"
+
+
+async def test_at_max_calls_a_new_call_goes_to_the_fallback_and_ready_says_full(
+    rig: tuple[FakeFreeSwitch, RecordStore, app.ConversationAgent, Settings],
+) -> None:
+    """Capacity: one call up of max_calls 1; the next is turned away like in a drain (no apology, straight to
+    the fallback, a record that says why), /ready is 503 "full" meanwhile, and ready again once the call ends."""
+    fs, store, agent, settings = rig
+    fsw = settings.freeswitch
+    settings = replace(settings, freeswitch=replace(fsw, audio_stream=replace(fsw.audio_stream, max_calls=1)))
+    running = await app.start(settings, agent, apology=await app.render_apology(agent.engine), observe=True)
+    try:
+        assert running.http is not None
+        async with httpx.AsyncClient(base_url=running.http.url) as http:
+            assert (await http.get("/ready")).status_code == 200
+            first = await place(fs, settings)
+            await until(lambda: first.uuid in agent.sessions)
+            full = await http.get("/ready")
+            assert full.status_code == 503 and full.json()["reason"] == "full"
+
+            second = await place(fs, settings)
+            await until(lambda: any(c.startswith(f"api uuid_transfer {second.uuid}".encode()) for c in fs.commands))
+            assert not second.playbacks  # never answered: no apology
+            assert running.bridge.stats.refused_full == 1 and running.server.stats.rejected["full"] == 1
+            assert not first.hungup and first.uuid in running.bridge.calls  # the call up is untouched
+
+            await first.hangup("NORMAL_CLEARING")
+            await until(lambda: not running.bridge.full)
+            assert (await http.get("/ready")).status_code == 200
+            third = await place(fs, settings)
+            await until(lambda: third.uuid in agent.sessions)  # room again: taken
+            await third.hangup("NORMAL_CLEARING")
+            [turned_away] = await finished_record(store, second.uuid)
+            assert turned_away.error is not None and "full" in turned_away.error
+    finally:
+        await running.close()
 
 
 def non_loopback_address() -> str | None:

@@ -432,7 +432,8 @@ async def start(
         apology = await render_apology(engine)
     unserved = agent.record_unserved if isinstance(agent, ConversationAgent) else None
     bridge = Bridge(fs, nodes, agent, apology=apology, unserved=unserved, claim_by_event=call_ownership == "event")
-    server = AudioStreamServer(fs.audio_stream, bridge.on_stream, on_refused=bridge.on_refused, reuse_port=reuse_port)
+    server = AudioStreamServer(fs.audio_stream, bridge.on_stream, on_refused=bridge.on_refused, reuse_port=reuse_port,
+                               has_room=bridge.has_room if fs.audio_stream.max_calls > 0 else None)
     await server.start()
     try:
         await nodes.start()
@@ -441,7 +442,7 @@ async def start(
         await resources.aclose()
         raise
     http: HttpServer | None = None
-    readiness = Readiness(lambda: len(bridge.calls))
+    readiness = Readiness(lambda: len(bridge.calls), full=lambda: bridge.full)
     serve_http = (engine is not None) if observe is None else observe
     if serve_http and settings.observe.enabled:
         http = HttpServer(settings.observe.host, settings.observe.port)

@@ -15,7 +15,8 @@ hangup. Binary frames from us are ignored by the module; text frames are read as
 
 Per connection: ``process_request`` refuses the upgrade (404 unknown path, 400 malformed uuid / rate /
 mix, 401 bad token when the path names the call, 503 with ``Retry-After`` while draining for a call the
-server was not told it owns: see :meth:`AudioStreamServer.drain`). Then one receive loop (the websockets handler task;
+server was not told it owns: see :meth:`AudioStreamServer.drain`, and 503 for a new call when the process is
+at its ``max_calls``). Then one receive loop (the websockets handler task;
 no task per frame) treats a first TEXT frame that is a JSON object as metadata (it may name the call,
 the FreeSWITCH node that placed it (``node``: letters, digits, ``-``, ``_``) and override the format),
 calls ``on_stream`` once (after the first message, or after 0.5 s of silence; never for a connection
@@ -561,6 +562,9 @@ def _remote(ws: ServerConnection) -> str:
     return f"{host}:{port}"
 
 
+FULL_RETRY_AFTER_S = 2  # a full worker has room again as soon as one of its calls ends
+
+
 class AudioStreamServer:
     """Listens for mod_audio_stream connections; one handler task (owned by websockets) per connection."""
 
@@ -573,6 +577,7 @@ class AudioStreamServer:
         logger: logging.Logger | None = None,
         on_refused: Callable[[str | None, str], Awaitable[None] | None] | None = None,
         reuse_port: bool = False,
+        has_room: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.stats = ServerStats()
@@ -581,6 +586,9 @@ class AudioStreamServer:
         # (call uuid from the path or None, stats key) per refused upgrade; an awaitable it returns is awaited (at
         # most REFUSAL_HOOK_S) before the refusal goes out: e.g. an ESL filter that lets the ::error in first
         self._on_refused = on_refused
+        # capacity (settings.max_calls): may a stream for this call (None: not named in the path) be taken?
+        # False refuses it like a drain does, counted as rejected["full"]
+        self._has_room = has_room
         self._clock = clock
         self._log = logger or logging.getLogger(__name__)
         self._streams: dict[int, AudioStream] = {}
@@ -683,6 +691,8 @@ class AudioStreamServer:
             secret = self.settings.token_secret
             if uuid is not None and secret and not _token_ok(secret, uuid, request.headers):
                 raise _Refused("bad_token", "missing or bad stream token", HTTPStatus.UNAUTHORIZED)
+            if self._has_room is not None and not self._has_room(uuid):
+                raise _Refused("full", f"full: {self.settings.max_calls} calls up", HTTPStatus.SERVICE_UNAVAILABLE)
         except _Refused as refused:
             self.stats.rejected[refused.key] = self.stats.rejected.get(refused.key, 0) + 1
             self._log.warning("refused upgrade from %s (%d): %s", _remote(ws), refused.status, refused.reason)
@@ -699,7 +709,8 @@ class AudioStreamServer:
                     self._log.exception("on_refused failed")
             response = ws.respond(refused.status, f"{refused.status.phrase}: {refused.reason}\n")
             if refused.status == HTTPStatus.SERVICE_UNAVAILABLE:
-                response.headers["Retry-After"] = str(self._retry_after_s)
+                retry = self._retry_after_s if refused.key == "draining" else FULL_RETRY_AFTER_S
+                response.headers["Retry-After"] = str(retry)
             return response
         return None
 

@@ -87,6 +87,7 @@ class BridgeStats:
     streams_stalled: int = 0  # mono streams that went silent with their connection open
     media_given_up: int = 0  # calls whose media could not be restored: apology, then fallback or hangup
     refused_draining: int = 0  # new calls sent to the fallback because this process was draining
+    refused_full: int = 0  # new calls sent to the fallback because this process had max_calls calls up
     drain_hangups: int = 0  # calls still up when the drain grace ran out (goodbye, then hangup)
     streams_moved: int = 0  # calls let go because their restarted stream connected to another worker
     agent_errors: int = 0
@@ -283,6 +284,18 @@ class Bridge:
         """While draining: is a stream for this call still welcome (a call held when the drain began, or
         one whose agent runs)? The server's upgrade check asks this."""
         return call_uuid in self._agents or (self._kept is not None and call_uuid in self._kept)
+
+    def has_room(self, call_uuid: str | None) -> bool:
+        """May a stream for this call be taken (the server's upgrade check asks)? A call whose agent runs always
+        (a restarted stream); a new one while fewer than ``max_calls`` agents run (0: no limit)."""
+        limit = self.settings.audio_stream.max_calls
+        return limit <= 0 or (call_uuid is not None and call_uuid in self._agents) or len(self._agents) < limit
+
+    @property
+    def full(self) -> bool:
+        """At ``max_calls``: no new call is taken until one ends (``/ready`` says so)."""
+        limit = self.settings.audio_stream.max_calls
+        return 0 < limit <= len(self._agents)
 
     def begin_drain(self) -> None:
         """Take no new call from now on (idempotent); the calls held now go on."""
@@ -523,6 +536,8 @@ class Bridge:
                 why = self._refusals.get(call.uuid, "refused")
                 if why == "draining":
                     self.stats.refused_draining += 1
+                elif why == "full":
+                    self.stats.refused_full += 1
                 giving_up = asyncio.ensure_future(
                     self._give_up(call, f"media stream refused ({why.replace('_', ' ')})", refused=True))
                 self._giving_up.add(giving_up)  # a drain waits for it: it writes the call's record
@@ -639,7 +654,8 @@ class Bridge:
             call.log.info("agent finished; hanging up")
             await call.hangup("NORMAL_CLEARING")
             return
-        if not (self.draining and error.endswith("(draining)")):  # never answered: straight to the fallback
+        turned_away = (self.draining and error.endswith("(draining)")) or error.endswith("(full)")
+        if not turned_away:  # a call turned away was never answered: straight to the fallback, no apology
             await self._apologise(call)
         if call.hungup.is_set():
             return

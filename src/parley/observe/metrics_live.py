@@ -102,8 +102,8 @@ class LiveCollector(Collector):
             yield counter("parley_garbage_frames_total", "WebSocket frames that were not audio or valid JSON.",
                           st.garbage_binary + st.garbage_text)
             refused = CounterMetricFamily("parley_streams_refused_total", "mod_audio_stream upgrades refused before "
-                                          "the WebSocket opened, by reason (bad_token, draining, not_found, bad_uuid, "
-                                          "bad_format).", labels=["reason"])
+                                          "the WebSocket opened, by reason (bad_token, draining, full, not_found, "
+                                          "bad_uuid, bad_format).", labels=["reason"])
             for reason, n in sorted(st.rejected.items()):  # a fixed set of keys, never a peer's text
                 refused.add_metric([reason], n)
             yield refused

@@ -6,7 +6,8 @@ and the two routes. Must not know how a drain is carried out: ``POST /drain`` on
 
 ``/ready`` answers ``200 {"ready": true, ...}`` while new calls are taken and ``503 {"ready": false, "reason":
 "draining", ...}`` from the moment a drain begins (SIGTERM, ``parley drain``), with the calls still up, so a
-script can wait for zero. It is not ``/health``: a draining process is healthy (its calls go on), and a process
+script can wait for zero; ``503`` with ``"reason": "full"`` while the process is at its ``max_calls`` (ready
+again when a call ends). It is not ``/health``: a draining process is healthy (its calls go on), and a process
 whose FreeSWITCH is down is not restarted for it by a liveness probe that reads ``/ready``.
 
 ``/drain`` takes no body and is answered only for a loopback peer (403 otherwise): the HTTP port may listen on
@@ -43,10 +44,12 @@ class Readiness:
         self,
         active_calls: Callable[[], int] = lambda: 0,
         *,
+        full: Callable[[], bool] = lambda: False,
         on_drain: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.active_calls = active_calls
+        self.full = full  # at capacity (max_calls): not ready until a call ends, then ready again
         self.on_drain = on_drain
         self.reason: str | None = None  # None while ready
         self.since: float | None = None
@@ -54,7 +57,7 @@ class Readiness:
 
     @property
     def ready(self) -> bool:
-        return self.reason is None
+        return self.reason is None and not self.full()
 
     def begin_drain(self, reason: str = "draining") -> None:
         """Not ready from now on (idempotent: the first reason stays)."""
@@ -66,6 +69,8 @@ class Readiness:
         if self.reason is not None and self.since is not None:
             out["reason"] = self.reason
             out["draining_for_s"] = round(max(0.0, self._clock() - self.since), 1)
+        elif self.full():
+            out["reason"] = "full"
         return out
 
     def install(self, server: HttpServer) -> None:
