@@ -31,7 +31,7 @@ from silence import agent_silence  # tests/faults/silence.py (pytest puts tests/
 
 from parley.app import build_engine
 from parley.audio.trim import first_audible_index
-from parley.compose import Providers, _record_switch
+from parley.compose import Providers
 from parley.config import settings_from_mapping
 from parley.observe.records import CallDetail, RecordStore
 from parley.sim.caller_voice import caller_voice
@@ -159,7 +159,6 @@ def run_call(tmp: Path, stack: Stack, scenario: str = "") -> Call:
             )
             def on_switch(cap: str, old: str, new: str, error: BaseException) -> None:
                 switches.append(f"{cap}:{old}->{new}")
-                _record_switch(cap, old, new, error)  # what parley does by default: the switch goes on the record
 
             made = Providers(settings, env=ENV, on_switch=on_switch)
             engine = await asyncio.to_thread(build_engine, settings, providers=made)
@@ -401,7 +400,6 @@ def test_assemblyai_stalls_mid_call(tmp_path: Path, fault_row: RecordRow) -> Non
 
             def on_switch(cap: str, old: str, new: str, error: BaseException) -> None:
                 switches.append(f"{cap}:{old}->{new}")
-                _record_switch(cap, old, new, error)
 
             made = Providers(settings, env={**ENV, "ASSEMBLYAI_API_KEY": key}, on_switch=on_switch)
             engine = await asyncio.to_thread(build_engine, settings, providers=made)

@@ -8,6 +8,10 @@ into the call's playback. It reports what happened to the core as events (stage 
 text piece, the whole text, PLAYBACK_START and the first audible sample, the end of playback) through
 ``emit``. Must not decide anything: cancelling, committing and breaking are the core's decisions.
 
+A brain that says nothing for ``hold`` seconds after the reply may be heard (a slow or stalled vendor, which
+the fallback chain fails over only at its first-token deadline) gets the hold line ("One moment.") spoken
+meanwhile: the request goes on, the line is queued for the voice first and is part of the reply's text.
+
 The first audible sample is PLAYBACK_START of the first chunk plus the silence still at the head of the
 queued audio (the trimmer leaves a ~15 ms pad): that is the figure the caller's ear gets.
 """
@@ -17,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from parley.agent import core as c
 from parley.agent.chunker import SentenceChunker
@@ -29,6 +34,7 @@ from parley.errors import CallGone, ParleyError
 from parley.observe import timings as tm
 from parley.providers.base import (
     AudioChunk,
+    LLMEvent,
     LLMStream,
     Message,
     Switched,
@@ -65,6 +71,7 @@ class ReplyRunner:
         messages: Sequence[Message] | None,
         fixed_text: str | None,
         held: bool,
+        hold: tuple[str, float] | None = None,
     ) -> None:
         self.id = reply_id
         self._llm = llm
@@ -77,6 +84,7 @@ class ReplyRunner:
         self._gate = gate  # resolves when no break is on its way (a break would flush what we queue)
         self._messages = messages
         self._fixed = fixed_text
+        self._hold = hold  # (line, seconds) for a brain slow to start, or None
         self._committed = asyncio.Event()
         if not held:
             self._committed.set()
@@ -138,7 +146,8 @@ class ReplyRunner:
         first = True
         stream = self._llm.stream(list(self._messages or ()), self._tools)
         async with contextlib.aclosing(stream):  # a cancel closes the vendor stream at once
-            async for ev in stream:
+            ev = await self._first_event(stream, chunks, full)
+            while ev is not None:
                 match ev:
                     case TextDelta(text=text):
                         if first:
@@ -156,10 +165,38 @@ class ReplyRunner:
                         calls.append(ev)
                     case Usage() | Switched():
                         self._report(ev)
+                ev = await anext(stream, None)
         for piece in chunker.flush():
             self._emit(c.ReplyMark(self.id, tm.FIRST_CHUNK, self._clock()))
             await chunks.put(piece)
         await chunks.put(None)
+
+    async def _first_event(
+        self, stream: AsyncGenerator[LLMEvent, None], chunks: asyncio.Queue[str | None], full: list[str]
+    ) -> LLMEvent | None:
+        """The brain's first event. If it keeps the caller waiting past the hold time, counted from when the
+        reply may be heard (the commit, for a speculative one), the hold line goes to the voice meanwhile."""
+        if self._hold is None:
+            return await anext(stream, None)
+        line, after_s = self._hold
+        nxt: asyncio.Future[LLMEvent | None] = asyncio.ensure_future(anext(stream, None))
+        try:
+            if not self._committed.is_set():
+                committed = asyncio.ensure_future(self._committed.wait())
+                either: set[asyncio.Future[Any]] = {nxt, committed}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                committed.cancel()
+            if not nxt.done():
+                await asyncio.wait({nxt}, timeout=after_s)
+            if not nxt.done():
+                self._emit(c.ReplyMark(self.id, tm.FIRST_CHUNK, self._clock()))
+                full.append(line + " ")
+                await chunks.put(line)
+            return await nxt
+        finally:
+            if not nxt.done():  # cancelled while waiting: the step in flight must end before the stream closes
+                nxt.cancel()
+                await asyncio.wait({nxt})
 
     async def _voice(self, chunks: asyncio.Queue[str | None]) -> None:
         first = True

@@ -102,6 +102,7 @@ class CallSession:
         self._ring_end_t = 0.0  # when the last frame in the ring ended (media time)
         self._media_t0 = float("inf")  # min over frames of (received at - seq * frame duration)
         self._tools = tool_specs(conv)
+        self._hold = (conv.hold_line, conv.hold_after_s) if conv.hold_line and conv.hold_after_s > 0 else None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._runners: dict[int, ReplyRunner] = {}
@@ -455,6 +456,7 @@ class CallSession:
             messages=cmd.messages,
             fixed_text=cmd.fixed_text,
             held=cmd.held,
+            hold=self._hold,
         )
         self._runners[cmd.reply_id] = runner
         runner.task = self._spawn(runner.run())
