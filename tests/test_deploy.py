@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from parley.agent.engine import CLOSE_TIMEOUT_S
 from parley.app import DRAIN_GRACE_S
 from parley.config import AudioStreamSettings, ObserveSettings, Settings, load_settings, settings_from_mapping
 from parley.freeswitch.bridge import AGENT_TEARDOWN_S, APOLOGY_MAX_S
@@ -110,7 +111,9 @@ def test_stopping_a_pod_drains_within_the_grace_period() -> None:
     # the drain grace, then the goodbye, the agents' teardown and the last scrape, all before Kubernetes' SIGKILL
     final_scrape = configmap_settings().observe.final_scrape_s
     assert final_scrape > 0
-    assert pod["terminationGracePeriodSeconds"] >= grace + APOLOGY_MAX_S + AGENT_TEARDOWN_S + final_scrape
+    providers_closed = 4 * CLOSE_TIMEOUT_S  # STT, LLM, TTS and the emergency voice, each bounded by Engine.aclose
+    assert pod["terminationGracePeriodSeconds"] >= (grace + APOLOGY_MAX_S + AGENT_TEARDOWN_S + final_scrape
+                                                    + providers_closed)
     strategy = by_kind("Deployment")["spec"]["strategy"]
     assert strategy["rollingUpdate"]["maxUnavailable"] == 0
 

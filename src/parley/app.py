@@ -518,11 +518,12 @@ async def serve(
                     drain.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await drain
+            if drain.done() and not drain.cancelled() and drain.exception() is None:  # every call has ended
+                await _final_scrape(running, settings.observe.final_scrape_s, now)
     finally:
         fatal.cancel()
         stopped.cancel()
         log.info("shutting down: %d active call(s)", len(running.bridge.calls))
-        await _final_scrape(running, settings.observe.final_scrape_s, now)
         await running.close()
     if fatal.done() and not fatal.cancelled() and fatal.exception() is None:
         log.error("giving up: %s", fatal.result())

@@ -92,7 +92,7 @@ class AudioStreamSettings:
     # refused (503 + Retry-After; mod_audio_stream error 6, so the dialplan's Lua helper sends the call to the
     # fallback extension: another worker or a person) and /ready says "full" until a call ends, so every call
     # taken keeps real-time audio rather than all of them degrading together. A live call's restarted stream
-    # is always taken. Calls whose streams arrive in the same instant may pass it by one or two. 0: no limit.
+    # is always taken, and a new call counts from the moment its stream is let in. 0: no limit.
     max_calls: int = 0
     # A mono stream that sends no frame for this long while its connection stays open is restarted (0: never).
     # mixed/stereo streams are silent by design while nothing plays, so they are never judged stalled.

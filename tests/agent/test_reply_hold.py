@@ -14,7 +14,7 @@ import numpy as np
 from parley.agent import core as c
 from parley.agent.reply import ReplyRunner
 from parley.freeswitch.playback import UtteranceReport
-from parley.providers.base import AudioChunk, LLMEvent, Message, TextDelta, ToolSpec, TTSEvent, Usage
+from parley.providers.base import AudioChunk, LLMEvent, Message, Switched, TextDelta, ToolSpec, TTSEvent, Usage
 
 HOLD = ("One moment.", 0.05)
 
@@ -22,12 +22,16 @@ HOLD = ("One moment.", 0.05)
 class Brain:
     """Its first word comes after ``delay_s``; ``closed`` tells the request was closed."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, *, failed_first: bool = False) -> None:
         self.delay_s = delay_s
+        self.failed_first = failed_first  # a fallback chain: the first provider failed fast, then a switch
         self.closed = False
 
     async def stream(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncGenerator[LLMEvent, None]:
         try:
+            if self.failed_first:
+                yield Usage("cloud", "m", "llm", failed=True)
+                yield Switched("llm", "cloud", "slow-local", "cloud: 503")
             await asyncio.sleep(self.delay_s)
             yield TextDelta("Your cleaning is on Tuesday at ten.")
             yield Usage("brain", "m", "llm", output_tokens=8)
@@ -83,9 +87,11 @@ async def _open_gate() -> None:
     return None
 
 
-def runner(brain: Brain, voice: Voice, events: list[c.CoreEvent], *, held: bool) -> ReplyRunner:
+def runner(brain: Brain, voice: Voice, events: list[c.CoreEvent], *, held: bool,
+           reported: list[Usage | Switched] | None = None) -> ReplyRunner:
+    sink: list[Usage | Switched] = [] if reported is None else reported
     return ReplyRunner(1, llm=brain, tts=voice, tools=(), playback=Playback(), emit=events.append,  # type: ignore[arg-type]
-                       report=lambda ev: None, clock=time.monotonic, gate=_open_gate,
+                       report=sink.append, clock=time.monotonic, gate=_open_gate,
                        messages=[Message("user", "When is my cleaning?")], fixed_text=None, held=held, hold=HOLD)
 
 
@@ -129,3 +135,23 @@ async def test_a_reply_cancelled_while_holding_closes_the_brain_request() -> Non
     task.cancel()  # the caller barged in over "One moment."
     await asyncio.gather(task, return_exceptions=True)
     assert brain.closed
+
+
+async def test_a_provider_that_failed_fast_does_not_stop_the_hold_clock() -> None:
+    """A chain whose first provider failed at once (its usage and the switch come first) and whose next one
+    is slow: the caller still hears the hold line, and the usage and the switch still reach the record."""
+    voice, events, reported = Voice(), [], []
+    await runner(Brain(delay_s=0.3, failed_first=True), voice, events, held=False, reported=reported).run()
+    assert [t for _, t in voice.texts] == ["One moment.", "Your cleaning is on Tuesday at ten."]
+    assert [type(e).__name__ for e in reported] == ["Usage", "Switched", "Usage"]
+
+
+async def test_a_speculative_reply_dropped_before_its_commit_leaves_no_task_behind() -> None:
+    brain, voice, events = Brain(delay_s=3600), Voice(), []
+    before = asyncio.all_tasks()
+    task = asyncio.create_task(runner(brain, voice, events, held=True).run())
+    await asyncio.sleep(0.1)
+    task.cancel()  # the caller went on: the guess was wrong
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before == set() and brain.closed and voice.texts == []

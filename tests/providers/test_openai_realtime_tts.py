@@ -92,6 +92,24 @@ async def test_closing_mid_audio_cancels_the_response_and_reports_its_cost_later
         assert len(fake.connections) == 1  # the cancelled session was drained and reused
 
 
+async def test_a_call_ending_after_a_barge_in_has_the_cost_on_it_before_its_record() -> None:
+    """The call's last act was a barge-in and no request follows: closing its stream (which the session does
+    before writing the record) reads the cancelled response's cost onto that call, and the session is reused."""
+    cancelled: list[Usage] = []
+    async with FakeOpenAIRealtime(KEY, ms_per_char=100.0, chunk_interval_s=0.05) as fake:
+        async with OpenAIRealtimeTTS(KEY, url=fake.url) as tts:
+            call = await tts.open(cancelled.append)
+            async with asyncio.timeout(5), aclosing(call.synthesize("Cut off at the end of the call.")) as gen:
+                async for _ in gen:
+                    break
+            assert not cancelled
+            async with asyncio.timeout(5):
+                await call.close()
+            assert cancelled and all(u.cancelled for u in cancelled)  # on the call, with the provider still up
+            await speak(tts, "Another call's sentence.")
+            assert len(fake.connections) == 1  # drained cleanly: back in the pool
+
+
 async def test_cancelled_usage_is_reported_at_aclose_when_no_sentence_follows() -> None:
     cancelled: list[Usage] = []
     async with FakeOpenAIRealtime(KEY, ms_per_char=100.0, chunk_interval_s=0.05) as fake:

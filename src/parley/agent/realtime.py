@@ -42,7 +42,7 @@ from parley.audio.pcm import Int16Array, from_bytes, rms_dbfs
 from parley.errors import CallGone, ParleyError
 from parley.freeswitch.call import CallLog, Hangup, StreamLost
 from parley.observe import timings as tm
-from parley.providers.base import ToolCall, Usage
+from parley.providers.base import Switched, ToolCall, Usage
 from parley.providers.errors import ProviderError
 from parley.providers.realtime_base import (
     CallerSpeech,
@@ -483,6 +483,14 @@ class RealtimeSession:
 
     # ---- the switch to the pipeline ------------------------------------------------------------------
 
+    def _report(self, ev: Usage | Switched) -> None:
+        """The local voice's cost, or a switch of its chain (an event of the call)."""
+        if isinstance(ev, Usage):
+            self._usage.append(ev)
+            return
+        detail = {"capability": ev.capability, "from": ev.old, "to": ev.new, "error": ev.error}
+        self._events.append((self._clock(), "fallback", detail))
+
     async def _switch(self, exc: ProviderError) -> None:
         """The model is gone: the caller hears an apology in the local voice, then the pipeline goes on."""
         self.log.error("realtime model %s failed (%s): the pipeline takes the call", self.provider.name, exc)
@@ -494,7 +502,7 @@ class RealtimeSession:
             self._done_speaking(self._spoken, self._spoken.utterance.heard_ms(), barged=True)
         if self._hung_up or self.call.hangup_cause is not None:
             return
-        await say_locally(self.call, self.engine, self.engine.switch_apology, self.log, self._usage.append)
+        await say_locally(self.call, self.engine, self.engine.switch_apology, self.log, self._report)
         self._fallback = pipeline_session(self.call, self.engine, self._turns, clock=self._clock,
                                           on_turn=self.on_turn)
         await self._fallback.run()

@@ -21,25 +21,26 @@ from parley.agent.realtime_engine import pipeline_engine
 from parley.agent.session import CallSession
 from parley.agent.turn import TurnRecord
 from parley.errors import ParleyError
-from parley.providers.base import AudioChunk, Usage, UsageSink
+from parley.providers.base import AudioChunk, Switched, Usage
 
 
 async def say_locally(
-    call: CallPort, engine: Engine, text: str, log: logging.LoggerAdapter[logging.Logger], on_usage: UsageSink
+    call: CallPort, engine: Engine, text: str, log: logging.LoggerAdapter[logging.Logger],
+    report: Callable[[Usage | Switched], None],
 ) -> None:
     """``text`` in the local voice (the emergency TTS, else the pipeline's), heard to its end; what it costs
-    goes to ``on_usage`` (also when the call ends under it)."""
+    (also when the call ends under it) and a switch of the voice's chain go to ``report``."""
     tts = engine.emergency_tts or engine.tts
     utt: UtterancePort | None = None
     try:
-        gen = tts.synthesize(text, on_cancel=on_usage)
+        gen = tts.synthesize(text, on_cancel=report)
         async with contextlib.aclosing(gen):
             async for ev in gen:
                 if isinstance(ev, AudioChunk):
                     utt = utt or call.playback.utterance(ev.sample_rate)
                     await utt.write(ev.samples)
-                elif isinstance(ev, Usage):
-                    on_usage(ev)
+                else:
+                    report(ev)
         if utt is not None:
             await utt.finish()
             await utt.wait_played(timeout=15)

@@ -174,29 +174,51 @@ class ReplyRunner:
     async def _first_event(
         self, stream: AsyncGenerator[LLMEvent, None], chunks: asyncio.Queue[str | None], full: list[str]
     ) -> LLMEvent | None:
-        """The brain's first event. If it keeps the caller waiting past the hold time, counted from when the
-        reply may be heard (the commit, for a speculative one), the hold line goes to the voice meanwhile."""
+        """The brain's first event; with a hold line, its first text or tool call (usage and fallback switches
+        before it are reported here, so a provider that failed fast does not stop the clock). If that keeps the
+        caller waiting past the hold time, counted from when the reply may be heard (the commit, for a
+        speculative one), the hold line goes to the voice meanwhile."""
         if self._hold is None:
             return await anext(stream, None)
         line, after_s = self._hold
-        nxt: asyncio.Future[LLMEvent | None] = asyncio.ensure_future(anext(stream, None))
+        loop = asyncio.get_running_loop()
+        due = loop.time() + after_s if self._committed.is_set() else None
+        said = False
+        committed: asyncio.Future[Any] | None = None
+        nxt: asyncio.Future[LLMEvent | None] | None = None
         try:
-            if not self._committed.is_set():
-                committed = asyncio.ensure_future(self._committed.wait())
-                either: set[asyncio.Future[Any]] = {nxt, committed}
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                committed.cancel()
-            if not nxt.done():
-                await asyncio.wait({nxt}, timeout=after_s)
-            if not nxt.done():
-                self._emit(c.ReplyMark(self.id, tm.FIRST_CHUNK, self._clock()))
-                full.append(line + " ")
-                await chunks.put(line)
-            return await nxt
+            while True:
+                nxt = asyncio.ensure_future(anext(stream, None))
+                while not nxt.done() and not said:
+                    if due is None:  # speculative: the caller is not waiting yet
+                        committed = committed or asyncio.ensure_future(self._committed.wait())
+                        either: set[asyncio.Future[Any]] = {nxt, committed}
+                        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                        if committed.done():
+                            due = loop.time() + after_s
+                        continue
+                    await asyncio.wait({nxt}, timeout=max(0.0, due - loop.time()))
+                    if not nxt.done():
+                        said = True
+                        self._emit(c.ReplyMark(self.id, tm.FIRST_CHUNK, self._clock()))
+                        full.append(line + " ")
+                        await chunks.put(line)
+                ev = await nxt
+                nxt = None
+                if isinstance(ev, Usage | Switched):
+                    self._report(ev)
+                    continue
+                return ev
         finally:
-            if not nxt.done():  # cancelled while waiting: the step in flight must end before the stream closes
+            if committed is not None:
+                committed.cancel()
+            if nxt is not None:  # cancelled while waiting: the step in flight must end before the stream closes
                 nxt.cancel()
-                await asyncio.wait({nxt})
+                while not nxt.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({nxt})
+                if not nxt.cancelled():
+                    nxt.exception()  # retrieved: the cancel that brought us here is what goes up
 
     async def _voice(self, chunks: asyncio.Queue[str | None]) -> None:
         first = True

@@ -62,6 +62,9 @@ PREROLL_S = 0.3  # audio before the detected onset that still goes to STT (soft 
 CONTEXT_S = 8.0  # audio kept for the end-of-turn model
 STT_QUEUE_FRAMES = 500  # 10 s of 20 ms frames waiting for a slow STT socket; the oldest audio drops past it
 STT_FINAL_TIMEOUT_S = 5.0
+# a call's brain and voice streams at its end: room for a vendor to report a cancelled request's cost (the
+# OpenAI Realtime voice waits up to 2 s for it), before the call's record is written
+STREAM_CLOSE_S = 3.0
 HANGUP_FINAL_TIMEOUT_S = 1.5  # a caller who hangs up mid-sentence: how long their last words may take
 # When nothing can be written for FreeSWITCH to play and no apology recording is configured: three short
 # beeps (teletone syntax: 250 ms of 480+620 Hz, 250 ms of silence, three times), not silence.
@@ -202,9 +205,11 @@ class CallSession:
             if stream is None:
                 continue
             try:
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(STREAM_CLOSE_S):
                     await stream.close()
-            except (ParleyError, TimeoutError) as exc:
+            except TimeoutError:
+                self.log.warning("closing a provider stream took over %.0f s; left behind", STREAM_CLOSE_S)
+            except Exception as exc:  # one stream's failure must not keep the next one open
                 self.log.warning("closing a provider stream failed: %s", exc)
         self._llm = self._tts = None
 

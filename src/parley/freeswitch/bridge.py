@@ -73,6 +73,9 @@ APOLOGY_MAX_S = 20.0
 STALL_CHECK_S = 0.25
 _INFO_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_PARK", "CHANNEL_EXECUTE", "CUSTOM"})
 MOVED_GRACE_S = 1.5  # after ::connect, how long our own stream may take to reach us (announced <= 0.5 s)
+# capacity: a new call let in counts against max_calls until its agent starts, at most this long (its stream's
+# first message, the bind and the agent's start take well under a second; a refused or lost one stops counting)
+ADMITTED_S = 5.0
 AGENT_TEARDOWN_S = 8.0  # after a hangup, how long the agent may take to record its last turn and outcome
 
 
@@ -137,6 +140,8 @@ class Bridge:
         self._retiring: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._agents: dict[str, asyncio.Task[None]] = {}
+        # capacity: new calls whose stream was let in and whose agent has not started yet (uuid -> when)
+        self._admitted: dict[str, float] = {}
         self._closing = False
         self._recovering: dict[str, asyncio.Task[None]] = {}
         self._stream_failed: dict[str, asyncio.Event] = {}  # pulsed by each ::error of the call
@@ -287,15 +292,30 @@ class Bridge:
 
     def has_room(self, call_uuid: str | None) -> bool:
         """May a stream for this call be taken (the server's upgrade check asks)? A call whose agent runs always
-        (a restarted stream); a new one while fewer than ``max_calls`` agents run (0: no limit)."""
+        (a restarted stream); a new one while fewer than ``max_calls`` calls are up or let in (0: no limit).
+        A new call let in counts until its agent starts (or ``ADMITTED_S``), so a burst does not pass the cap."""
         limit = self.settings.audio_stream.max_calls
-        return limit <= 0 or (call_uuid is not None and call_uuid in self._agents) or len(self._agents) < limit
+        if limit <= 0 or (call_uuid is not None and call_uuid in self._agents):
+            return True
+        if self._load() >= limit:
+            return False
+        if call_uuid is not None:
+            self._admitted[call_uuid] = time.monotonic()
+        return True
 
     @property
     def full(self) -> bool:
         """At ``max_calls``: no new call is taken until one ends (``/ready`` says so)."""
         limit = self.settings.audio_stream.max_calls
-        return 0 < limit <= len(self._agents)
+        return 0 < limit <= self._load()
+
+    def _load(self) -> int:
+        """Calls whose agent runs, plus new calls let in whose agent has not started yet."""
+        now = time.monotonic()
+        for uuid, at in list(self._admitted.items()):
+            if uuid in self._agents or now - at > ADMITTED_S:
+                del self._admitted[uuid]
+        return len(self._agents) + len(self._admitted)
 
     def begin_drain(self) -> None:
         """Take no new call from now on (idempotent); the calls held now go on."""

@@ -225,7 +225,7 @@ class DeepgramTTS(Lifecycle):
         # a barge-in's Clear is still being answered: its socket is about to be free (the call's own, if bound)
         if call is not None and call.draining is not None:
             await asyncio.wait({call.draining}, timeout=self.clear_timeout_s)
-        elif self._draining and (call is None or call.sock is None):
+        elif call is None and self._draining:
             await asyncio.wait(set(self._draining), timeout=self.clear_timeout_s)
         for attempt in range(2):
             sock, reused = await self._take(call)

@@ -17,10 +17,10 @@ Usage: every response's ``response.done`` usage becomes the Realtime cost lines 
 ``openai-realtime``, models ``<model>/text`` and ``<model>/audio``; the price table prices them as tokens).
 They are yielded after the audio. A cancelled synthesis (barge-in: the iterator is closed or its task
 cancelled) sends ``response.cancel`` and parks the session; its ``response.done`` (status ``cancelled``,
-with the tokens billed so far) is read before the session is used again, or at :meth:`aclose`, and goes to
-the cancelled request's own ``on_cancel`` sink, kept with the parked session (in a call, the sink the call's
-stream was opened with, even when another call's request is the one that drains it; the per-call ``open()``
-is :class:`~parley.providers.base.TTSRequests`'s: a call's requests share nothing but the pool). A session
+with the tokens billed so far) is read before the session is used again, when the call that cancelled it
+closes its stream (so the cost is on its record before the record is written), or at :meth:`aclose`, and
+goes to the cancelled request's own ``on_cancel`` sink, kept with the parked session (in a call, the sink
+the call's stream was opened with, even when another call's request is the one that drains it). A session
 that failed is closed, never reused; a pooled session found dead before any audio is replaced once.
 """
 
@@ -32,7 +32,7 @@ import logging
 from collections.abc import AsyncGenerator
 from types import TracebackType
 
-from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, TTSRequests, Usage, UsageSink, Verdict
+from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, TTSStream, Usage, UsageSink, Verdict
 from parley.providers.errors import ProviderConnectionError, ProviderError
 from parley.providers.openai_realtime import PCM_RATE, URL, OpenAIRealtime, OpenAIRealtimeStream
 from parley.providers.realtime_base import ModelAudio, ModelText, ResponseDone
@@ -50,7 +50,7 @@ READ_VERBATIM = (
 DRAIN_S = 2.0  # how long a parked (cancelled) session may take to report its response.done
 
 
-class OpenAIRealtimeTTS(Lifecycle, TTSRequests):
+class OpenAIRealtimeTTS(Lifecycle):
     """A :class:`~parley.providers.base.TTSProvider` speaking through Realtime sessions (24 kHz PCM16)."""
 
     name = PROVIDER
@@ -89,6 +89,21 @@ class OpenAIRealtimeTTS(Lifecycle, TTSRequests):
         """Open a session (authenticates, bills nothing) and judge the model by the model list."""
         await self.prewarm()
         return await self.realtime.model_verdict()
+
+    async def open(self, on_usage: UsageSink) -> TTSStream:
+        """The voice of one call: its requests share the pool; closing it reads what its barge-ins cost."""
+        return _CallVoice(self, on_usage)
+
+    async def settle(self, on_cancel: UsageSink) -> None:
+        """Read the cost of the responses cancelled with ``on_cancel`` as their sink (a call ending), bounded by
+        ``DRAIN_S`` each; a session that drains cleanly goes back to the pool."""
+        mine = [entry for entry in self._parked if entry[1] == on_cancel]
+        self._parked = [entry for entry in self._parked if entry[1] != on_cancel]
+        for stream, sink in mine:
+            if await self._drain(stream, sink) and len(self._idle) < self.max_idle:
+                self._idle.append(stream)
+            else:
+                await stream.close()
 
     async def aclose(self) -> None:
         """Report what parked sessions' cancelled responses cost, then close every session."""
@@ -189,6 +204,21 @@ class OpenAIRealtimeTTS(Lifecycle, TTSRequests):
         if on_cancel is not None:
             on_cancel(Usage(PROVIDER, f"{self.model}/audio", "llm", cancelled=True))
         return False
+
+
+class _CallVoice:
+    """One call's stream on the shared pool: each text is one request with the call's sink."""
+
+    def __init__(self, provider: OpenAIRealtimeTTS, on_usage: UsageSink) -> None:
+        self._provider = provider
+        self._on_usage = on_usage
+        self.sample_rate = provider.sample_rate
+
+    def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
+        return self._provider.synthesize(text, on_cancel=self._on_usage)
+
+    async def close(self) -> None:
+        await self._provider.settle(self._on_usage)
 
 
 def _words(text: str) -> list[str]:
