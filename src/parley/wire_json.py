@@ -8,8 +8,9 @@ to convert), ``1e999`` (``inf``, then ``OverflowError`` in ``int()``), ``NaN``/`
 every such input raises :class:`WireJsonError`, a ``ValueError`` like ``json.JSONDecodeError``, so each
 caller maps one exception class to its own protocol error. Must not know any protocol or vendor.
 
-Depth is checked on the decoded value (iteratively), and the decoder's own recursion limit is turned into
-the same error, so the bound holds whatever the depth of the calling stack.
+Depth is checked on the decoded value (iteratively; skipped when the text has too few brackets to nest that
+deep), and the decoder's own recursion limit is turned into the same error, so the bound holds whatever the
+depth of the calling stack.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def loads(data: str | bytes | bytearray, *, max_depth: int = MAX_DEPTH) -> objec
         raise WireJsonError(f"nested deeper than {max_depth} levels") from None
     except ValueError as exc:  # JSONDecodeError
         raise WireJsonError(str(exc)) from None
-    if depth(value, max_depth) > max_depth:
+    # Every container opens with a bracket in the text (brackets inside strings only add to the count), so a
+    # text with at most max_depth of them cannot nest deeper: the walk is skipped for the flat messages that
+    # are almost all of the traffic (an ESL event: ~150 string headers, 13 of its 32 us were the walk).
+    if text.count("{") + text.count("[") > max_depth and depth(value, max_depth) > max_depth:
         raise WireJsonError(f"nested deeper than {max_depth} levels")
     return value
 
