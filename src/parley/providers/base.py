@@ -297,10 +297,13 @@ class TTSRequests:
     """``open()`` for a voice whose requests share nothing within a call (a local model, one HTTP request)."""
 
     async def open(self: _Synthesizer, on_usage: UsageSink) -> TTSStream:
-        return _RequestsTTSStream(self, on_usage)
+        return RequestsTTSStream(self, on_usage)
 
 
-class _RequestsTTSStream:
+class RequestsTTSStream:
+    """A call's voice made of one request per text, each with the call's sink (a provider with something to
+    settle at the call's end subclasses it and overrides :meth:`close`)."""
+
     def __init__(self, provider: _Synthesizer, on_usage: UsageSink) -> None:
         self._provider = provider
         self._on_usage = on_usage

@@ -32,7 +32,16 @@ import logging
 from collections.abc import AsyncGenerator
 from types import TracebackType
 
-from parley.providers.base import AudioChunk, Lifecycle, TTSEvent, TTSStream, Usage, UsageSink, Verdict
+from parley.providers.base import (
+    AudioChunk,
+    Lifecycle,
+    RequestsTTSStream,
+    TTSEvent,
+    TTSStream,
+    Usage,
+    UsageSink,
+    Verdict,
+)
 from parley.providers.errors import ProviderConnectionError, ProviderError
 from parley.providers.openai_realtime import PCM_RATE, URL, OpenAIRealtime, OpenAIRealtimeStream
 from parley.providers.realtime_base import ModelAudio, ModelText, ResponseDone
@@ -206,19 +215,16 @@ class OpenAIRealtimeTTS(Lifecycle):
         return False
 
 
-class _CallVoice:
-    """One call's stream on the shared pool: each text is one request with the call's sink."""
+class _CallVoice(RequestsTTSStream):
+    """One call's stream on the shared pool: each text is one request with the call's sink; closing it reads
+    what the call's barge-ins cost."""
 
     def __init__(self, provider: OpenAIRealtimeTTS, on_usage: UsageSink) -> None:
-        self._provider = provider
-        self._on_usage = on_usage
-        self.sample_rate = provider.sample_rate
-
-    def synthesize(self, text: str) -> AsyncGenerator[TTSEvent, None]:
-        return self._provider.synthesize(text, on_cancel=self._on_usage)
+        super().__init__(provider, on_usage)
+        self._realtime = provider
 
     async def close(self) -> None:
-        await self._provider.settle(self._on_usage)
+        await self._realtime.settle(self._on_usage)
 
 
 def _words(text: str) -> list[str]:
